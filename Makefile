@@ -1,0 +1,38 @@
+# stream_detector: `make run` sets everything up and runs the demo; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run demo test test-fast lint evaluate bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create the virtualenv and install the package with dev tools
+
+run: $(STAMP) ## set up, start the embedded broker and run the live demo
+	$(BIN)/stream-detector demo
+
+demo: run
+
+test: $(STAMP) ## run the whole test suite (starts its own embedded broker)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## the tests that need neither the broker nor slow training
+	$(BIN)/python -m pytest -q -m "not broker and not slow"
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check stream_detector tests scripts
+	$(BIN)/mypy stream_detector
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,162 @@
+"""The ``stream-detector`` command: train, score, run, replay, broker, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from stream_detector import __version__
+from stream_detector.config import COMMAND_OPTS, add_options, resolve
+from stream_detector.errors import InputError, StreamDetectorError
+
+log = logging.getLogger("stream_detector")
+
+_HELP = {
+    "train": "fit an autoencoder on history, calibrate its threshold, write a model artifact",
+    "score": "offline: push a CSV through the window/batch/model/threshold path, write scores",
+    "run": "the service: consume Kafka, score windows, publish anomaly events, serve metrics",
+    "replay": "produce a CSV to a Kafka topic as input messages",
+    "broker": "start the embedded Kafka-compatible broker in the foreground",
+    "demo": "embedded broker + synthetic series + train + run + live report",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-detector",
+        description="Streaming time-series anomaly detection with autoencoders on Kafka.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, opts in COMMAND_OPTS.items():
+        p = sub.add_parser(name, help=_HELP[name], description=_HELP[name])
+        add_options(p, opts)
+    return parser
+
+
+def cmd_train(cfg: dict[str, Any]) -> int:
+    from stream_detector.datasets import read_dataset
+    from stream_detector.training import TrainOptions, train_and_save
+
+    ds = read_dataset(cfg["input"], cfg["format"])
+    quiet = cfg["quiet"]
+    opts = TrainOptions(
+        kind=cfg["model"], window=cfg["window"], hop=cfg["hop"], epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"], threshold_quantile=cfg["threshold_quantile"],
+        threshold_factor=cfg["threshold_factor"], train_fraction=cfg["train_fraction"],
+        seed=cfg["seed"], scaler=cfg["scaler"], model_params=cfg["model_param"],
+        validation_split=cfg["validation_split"], patience=cfg["patience"],
+        learning_rate=cfg["learning_rate"], max_windows=cfg["max_windows"],
+        verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
+    )
+    _check_positive(cfg, "epochs", "batch_size", "hop", "max_windows")
+    if cfg["window"] is not None and cfg["window"] < 1:
+        raise InputError("--window must be >= 1")
+    art = train_and_save(ds, opts, cfg["out"])
+    if not quiet:
+        t = art.metadata["training"]
+        print(
+            f"model {art.kind} {art.version}: {t['series']} series, {t['windows']} windows, "
+            f"{t['epochs_run']} epochs, threshold {art.thresholds.global_:.4g} "
+            f"(q{art.thresholds.quantile:g} x {art.thresholds.factor:g}) -> {cfg['out']}"
+        )
+    return 0
+
+
+def _check_positive(cfg: dict[str, Any], *names: str) -> None:
+    for n in names:
+        if cfg.get(n) is not None and cfg[n] < 1:
+            raise InputError(f"--{n.replace('_', '-')} must be >= 1, got {cfg[n]}")
+
+
+def cmd_score(cfg: dict[str, Any]) -> int:
+    from stream_detector.artifact import load_artifact
+    from stream_detector.datasets import read_dataset
+    from stream_detector.scoring import score_dataset, write_scores
+
+    _check_positive(cfg, "max_batch")
+    art = load_artifact(cfg["model"])
+    ds = read_dataset(cfg["input"], cfg["format"])
+    if (ds.fmt == "records") != art.record_mode:
+        kind = "records" if art.record_mode else "time series"
+        raise InputError(f"{cfg['model']}: model was trained on {kind}; got --format {ds.fmt}")
+    for s in ds.series:
+        if len(s) < art.window:
+            raise InputError(
+                f"{s.source}: series {s.key!r} has {len(s)} point(s), fewer than the "
+                f"model's window of {art.window}"
+            )
+    results = score_dataset(art, ds, max_batch=cfg["max_batch"])
+    n = write_scores(results, cfg["output"])
+    flagged = sum(int(r.is_anomaly.sum()) for r in results)
+    print(f"scored {n} rows of {len(results)} series, {flagged} flagged -> {cfg['output']}")
+    if cfg["plot"]:
+        from stream_detector.plotting import plot_scores
+
+        plot_scores(results, cfg["plot"])
+        print(f"plot -> {cfg['plot']}")
+    return 0
+
+
+def cmd_run(cfg: dict[str, Any]) -> int:
+    from stream_detector.pipeline import run_service
+
+    return run_service(cfg)
+
+
+def cmd_replay(cfg: dict[str, Any]) -> int:
+    from stream_detector.replay import replay_files
+
+    n = replay_files(cfg)
+    print(f"produced {n} messages to {cfg['topic']}")
+    return 0
+
+
+def cmd_broker(cfg: dict[str, Any]) -> int:
+    from stream_detector.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=cfg["port"], host=cfg["host"])
+    broker.start()
+    print(f"broker listening on {broker.bootstrap_servers} (Ctrl-C to stop)", flush=True)
+    try:
+        broker.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_demo(cfg: dict[str, Any]) -> int:
+    from stream_detector.demo import run_demo
+
+    return run_demo(cfg)
+
+
+COMMANDS = {"train": cmd_train, "score": cmd_score, "run": cmd_run, "replay": cmd_replay,
+            "broker": cmd_broker, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 usage or input error, 1 other failure)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = resolve(args.command, COMMAND_OPTS[args.command], args)
+        if "log_level" in cfg:
+            logging.getLogger().setLevel(cfg["log_level"])
+        return COMMANDS[args.command](cfg)
+    except InputError as exc:
+        print(f"stream-detector {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except StreamDetectorError as exc:
+        print(f"stream-detector {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

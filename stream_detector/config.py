@@ -1,0 +1,292 @@
+"""Command options and their resolution: flag beats env beats config file beats default.
+
+This is the only module that reads environment variables. Every option of a command can
+be given as ``--flag-name``, as ``STREAM_DETECTOR_FLAG_NAME`` in the environment, or as
+``flag_name:`` in the YAML file named by ``--config`` (top level, or under a section
+named after the command). librdkafka properties come from repeatable ``--kafka KEY=VALUE``,
+a ``kafka:`` mapping in the file, and ``STREAM_DETECTOR_KAFKA_<KEY>`` variables where the
+property's dots are written as underscores (``STREAM_DETECTOR_KAFKA_SASL_PASSWORD``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream_detector.errors import ConfigError
+
+ENV_PREFIX = "STREAM_DETECTOR_"
+KAFKA_ENV_PREFIX = "STREAM_DETECTOR_KAFKA_"
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+def _list(v: Any) -> list[str]:
+    if isinstance(v, (list, tuple)):
+        return [str(x) for x in v]
+    return [p for p in str(v).split(",") if p]
+
+
+def _pairs(v: Any) -> dict[str, str]:
+    """KEY=VALUE strings (or a mapping) -> dict."""
+    if isinstance(v, Mapping):
+        return {str(k): str(x) for k, x in v.items()}
+    out = {}
+    for item in v if isinstance(v, (list, tuple)) else [v]:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", _bool: "true or false",
+               _list: "a list", _pairs: "KEY=VALUE pairs"}
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option of a command."""
+
+    name: str
+    type: Callable[[Any], Any]
+    default: Any
+    help: str
+    choices: Sequence[str] | None = None
+    required: bool = False
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def add_options(parser: argparse.ArgumentParser, opts: Sequence[Opt]) -> None:
+    """Register ``opts`` on ``parser``; defaults stay unset so we can tell who gave a value."""
+    parser.add_argument("--config", default=None, metavar="FILE.yaml",
+                        help="YAML file with option values (flag > env > file > default)")
+    for o in opts:
+        kw: dict[str, Any] = {"dest": o.name, "default": None, "help": o.help}
+        if o.default not in (None, False, [], {}) and not o.required:
+            kw["help"] += f" (default: {o.default})"
+        if o.required:
+            kw["help"] += " (required)"
+        if o.type is _bool:
+            kw["action"] = "store_const"
+            kw["const"] = True
+        elif o.type is _list:
+            kw["nargs"] = "+"
+            kw["metavar"] = o.metavar or "PATH"
+        elif o.type is _pairs:
+            kw["action"] = "append"
+            kw["metavar"] = o.metavar or "KEY=VALUE"
+        else:
+            kw["metavar"] = o.metavar or o.name.upper()
+        if o.choices:
+            kw["choices"] = list(o.choices)
+        parser.add_argument(o.flag, **kw)
+
+
+def _convert(o: Opt, value: Any, source: str) -> Any:
+    try:
+        out = o.type(value)
+    except (TypeError, ValueError) as exc:
+        want = _TYPE_NAMES.get(o.type, "a valid value")
+        raise ConfigError(f"{source}: expected {want} for {o.flag}, got {value!r} ({exc})") from None
+    if o.choices and out not in o.choices:
+        raise ConfigError(f"{source}: {o.flag} must be one of {', '.join(o.choices)}, got {out!r}")
+    return out
+
+
+def load_file(path: str | None, command: str) -> dict[str, Any]:
+    if not path:
+        return {}
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: expected a mapping of option names to values")
+    section = doc.get(command, {})
+    flat = {k: v for k, v in doc.items() if not isinstance(v, dict) or k == "kafka"}
+    if isinstance(section, dict):
+        flat.update(section)
+    return {str(k).replace("-", "_"): v for k, v in flat.items()}
+
+
+def resolve(
+    command: str, opts: Sequence[Opt], args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Merge flag > env > file > default for every option of ``command``."""
+    env = os.environ if environ is None else environ
+    file_values = load_file(getattr(args, "config", None) or env.get(ENV_PREFIX + "CONFIG"),
+                            command)
+    known = {o.name for o in opts} | {"kafka"}
+    unknown = sorted(k for k in file_values if k not in known and k not in _COMMANDS)
+    if unknown:
+        raise ConfigError(f"config file: unknown option(s) for {command}: {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for o in opts:
+        if o.type is _pairs:
+            merged: dict[str, str] = {}
+            if o.name in file_values:
+                merged.update(_convert(o, file_values[o.name], "config file"))
+            if o.name == "kafka":
+                for k, v in env.items():
+                    if k.startswith(KAFKA_ENV_PREFIX):
+                        merged[k[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")] = v
+            flag_value = getattr(args, o.name, None)
+            if flag_value:
+                merged.update(_convert(o, flag_value, "command line"))
+            out[o.name] = merged
+            continue
+        flag_value = getattr(args, o.name, None)
+        if flag_value is not None:
+            out[o.name] = _convert(o, flag_value, "command line")
+        elif o.env in env:
+            out[o.name] = _convert(o, env[o.env], f"environment variable {o.env}")
+        elif o.name in file_values:
+            out[o.name] = _convert(o, file_values[o.name], "config file")
+        elif o.required:
+            raise ConfigError(f"{command}: {o.flag} is required (or {o.env}, or {o.name}: in --config)")
+        else:
+            out[o.name] = o.default
+    return out
+
+
+_COMMANDS = ("train", "score", "run", "replay", "broker", "demo")
+
+FORMAT_OPT = Opt("format", str, "long", "input CSV format", choices=("long", "nab", "wide", "records"))
+INPUT_OPT = Opt("input", _list, None, "input CSV file(s)", required=True)
+KAFKA_OPT = Opt("kafka", _pairs, {}, "librdkafka property, repeatable (SASL, SSL, timeouts)")
+BOOTSTRAP_OPT = Opt("bootstrap_servers", str, None, "Kafka bootstrap servers host:port[,...]",
+                    required=True, metavar="HOSTS")
+
+TRAIN_OPTS = (
+    Opt("model", str, "conv1d", "model kind",
+        choices=("lstm", "conv1d", "cnn-lstm", "bilstm", "feedforward")),
+    INPUT_OPT, FORMAT_OPT,
+    Opt("window", int, None, "points per window (default 64; 1 for records)", metavar="N"),
+    Opt("hop", int, 1, "score a window every N points (stored in the artifact)", metavar="N"),
+    Opt("out", str, None, "output model directory", required=True, metavar="DIR"),
+    Opt("epochs", int, 30, "maximum training epochs (early stopping on validation loss)",
+        metavar="N"),
+    Opt("batch_size", int, 64, "training batch size", metavar="N"),
+    Opt("threshold_quantile", float, 0.995, "threshold = this quantile of training errors",
+        metavar="Q"),
+    Opt("threshold_factor", float, 1.5, "... times this safety factor", metavar="X"),
+    Opt("train_fraction", float, 1.0, "fit on the first F of every series only", metavar="F"),
+    Opt("seed", int, 0, "random seed for reproducible training", metavar="N"),
+    Opt("scaler", str, "robust", "per-feature scaling", choices=("robust", "minmax")),
+    Opt("model_param", _pairs, {}, "model size, repeatable, e.g. units=64 or filters=128"),
+    Opt("validation_split", float, 0.1, "fraction of windows held out for early stopping",
+        metavar="F"),
+    Opt("patience", int, 3, "early-stopping patience in epochs", metavar="N"),
+    Opt("learning_rate", float, 1e-3, "Adam learning rate", metavar="LR"),
+    Opt("max_windows", int, 100_000, "cap on training windows (uniform sample)", metavar="N"),
+    Opt("quiet", _bool, False, "no progress output"),
+)
+
+SCORE_OPTS = (
+    Opt("model", str, None, "model directory made by train", required=True, metavar="DIR"),
+    INPUT_OPT, FORMAT_OPT,
+    Opt("output", str, None, "output CSV", required=True, metavar="FILE"),
+    Opt("plot", str, None, "also draw series, error and threshold to this PNG", metavar="FILE.png"),
+    Opt("max_batch", int, 1024, "windows per batched model call", metavar="N"),
+)
+
+RUN_OPTS = (
+    BOOTSTRAP_OPT,
+    Opt("input_topic", str, None, "topic of input messages", required=True, metavar="T"),
+    Opt("output_topic", str, None, "topic for anomaly events", required=True, metavar="T"),
+    Opt("dlq_topic", str, None, "dead-letter topic for bad input (none: count and skip)",
+        metavar="T"),
+    Opt("group_id", str, "stream-detector", "consumer group", metavar="G"),
+    Opt("model", str, None, "model directory made by train", required=True, metavar="DIR"),
+    Opt("metrics_port", int, 9400, "port for /metrics, /healthz, /readyz (0: off)", metavar="N"),
+    Opt("metrics_host", str, "0.0.0.0", "address the HTTP server binds", metavar="ADDR"),
+    Opt("hop", int, None, "score every N points (default: the artifact's hop)", metavar="N"),
+    Opt("max_batch", int, 256, "flush a batch at this many windows", metavar="N"),
+    Opt("max_batch_latency_ms", float, 50.0, "... or when the oldest window waited this long",
+        metavar="MS"),
+    Opt("max_series", int, 100_000, "series held in memory (least recently seen evicted)",
+        metavar="N"),
+    Opt("idle_ttl_s", float, 3600.0, "forget a series not seen for this long (0: never)",
+        metavar="S"),
+    Opt("events", str, "incidents", "one opened+closed pair per incident, or every window",
+        choices=("incidents", "windows")),
+    Opt("incident_gap", int, None,
+        "normal windows allowed inside one incident (default: half the window)", metavar="N"),
+    Opt("commit_interval_ms", float, 1000.0, "how often delivered offsets are committed",
+        metavar="MS"),
+    Opt("drain_timeout_s", float, 10.0, "graceful stop budget on SIGTERM", metavar="S"),
+    Opt("max_message_bytes", int, 65536, "larger input messages are rejected as oversize",
+        metavar="N"),
+    Opt("exactly_once", _bool, False, "transactional producer (needs Apache Kafka)"),
+    Opt("key_field", str, "key", "JSON field with the series key", metavar="NAME"),
+    Opt("ts_field", str, "ts", "JSON field with the timestamp", metavar="NAME"),
+    Opt("value_field", str, "value", "JSON field with a scalar value", metavar="NAME"),
+    Opt("values_field", str, "values", "JSON field with an array of values", metavar="NAME"),
+    Opt("features_field", str, "features", "JSON field with record features", metavar="NAME"),
+    Opt("log_level", str, "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    KAFKA_OPT,
+)
+
+REPLAY_OPTS = (
+    INPUT_OPT, FORMAT_OPT,
+    Opt("topic", str, None, "topic to produce to", required=True, metavar="T"),
+    BOOTSTRAP_OPT,
+    Opt("rate", float, 0.0, "messages per second (0: as fast as possible)", metavar="N"),
+    Opt("partitions", int, 0, "create the topic with this many partitions if missing (0: no)",
+        metavar="N"),
+    KAFKA_OPT,
+)
+
+BROKER_OPTS = (
+    Opt("port", int, 9092, "port on 127.0.0.1", metavar="N"),
+    Opt("host", str, "127.0.0.1", "address to listen on", metavar="ADDR"),
+)
+
+DEMO_OPTS = (
+    Opt("series", int, 40, "number of synthetic series", metavar="N"),
+    Opt("length", int, 1500, "points per series", metavar="N"),
+    Opt("model", str, "conv1d", "model kind to train if no model is given",
+        choices=("lstm", "conv1d", "cnn-lstm", "bilstm")),
+    Opt("model_dir", str, "models/demo", "model directory (trained here if missing)",
+        metavar="DIR"),
+    Opt("rate", float, 2000.0, "messages per second replayed (0: as fast as possible)",
+        metavar="N"),
+    Opt("partitions", int, 4, "input topic partitions", metavar="N"),
+    Opt("port", int, 0, "broker port (0: a free one)", metavar="N"),
+    Opt("metrics_port", int, 9400, "port for /metrics while the demo runs", metavar="N"),
+    Opt("seed", int, 0, "random seed", metavar="N"),
+    Opt("quiet", _bool, False, "no live view, summary only"),
+)
+
+COMMAND_OPTS: dict[str, tuple[Opt, ...]] = {
+    "train": TRAIN_OPTS, "score": SCORE_OPTS, "run": RUN_OPTS, "replay": REPLAY_OPTS,
+    "broker": BROKER_OPTS, "demo": DEMO_OPTS,
+}

@@ -1,0 +1,1 @@
+"""Evaluation helpers: event-level metrics, ROC-AUC, NAB scoring."""

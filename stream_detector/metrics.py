@@ -1,0 +1,169 @@
+"""The Prometheus metric bundle of the service (names are part of the public contract)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "stream_detector"
+
+# Invalid-message reasons are a closed set, so the label stays bounded.
+INVALID_REASONS = (
+    "not_json",
+    "not_object",
+    "missing_key",
+    "missing_value",
+    "non_numeric",
+    "non_finite",
+    "feature_count",
+    "oversize",
+    "bad_timestamp",
+    "timestamp_backwards",
+)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_ERROR_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0,
+)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every metric the service exports, registered on one registry."""
+
+    registry: CollectorRegistry
+    messages_consumed: Counter
+    invalid_messages: Counter
+    windows_scored: Counter
+    anomalies: Counter
+    events_published: Counter
+    incidents_opened: Counter
+    series_evicted: Counter
+    reconstruction_error: Histogram
+    anomaly_threshold: Gauge
+    inference_batch_size: Histogram
+    inference_seconds: Histogram
+    event_latency: Histogram
+    active_series: Gauge
+    consumer_lag: Gauge
+    assigned_partitions: Gauge
+    model_info: Gauge
+    model_loaded_timestamp: Gauge
+    model_reloads: Counter
+    last_message_timestamp: Gauge
+    ready: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        """Build the bundle on ``registry`` (a fresh one when None, as tests want)."""
+        reg = registry if registry is not None else CollectorRegistry()
+        p = PREFIX
+        m = cls(
+            registry=reg,
+            messages_consumed=Counter(
+                f"{p}_messages_consumed", "Input messages consumed (valid or not).", registry=reg
+            ),
+            invalid_messages=Counter(
+                f"{p}_invalid_messages",
+                "Input messages rejected as bad input, by reason.",
+                ["reason"],
+                registry=reg,
+            ),
+            windows_scored=Counter(
+                f"{p}_windows_scored", "Windows scored by the model.", registry=reg
+            ),
+            anomalies=Counter(
+                f"{p}_anomalies", "Windows whose score exceeded the threshold.", registry=reg
+            ),
+            events_published=Counter(
+                f"{p}_events_published",
+                "Anomaly events confirmed by the broker, by type.",
+                ["type"],
+                registry=reg,
+            ),
+            incidents_opened=Counter(
+                f"{p}_incidents_opened", "Incidents opened (first anomalous window).", registry=reg
+            ),
+            series_evicted=Counter(
+                f"{p}_series_evicted",
+                "Series dropped from memory, by cause (max_series, idle, revoked).",
+                ["cause"],
+                registry=reg,
+            ),
+            reconstruction_error=Histogram(
+                f"{p}_reconstruction_error",
+                "Reconstruction error of scored windows.",
+                buckets=_ERROR_BUCKETS,
+                registry=reg,
+            ),
+            anomaly_threshold=Gauge(
+                f"{p}_anomaly_threshold",
+                "Global threshold of the loaded model (per-key thresholds may differ).",
+                registry=reg,
+            ),
+            inference_batch_size=Histogram(
+                f"{p}_inference_batch_size",
+                "Windows per batched model call.",
+                buckets=_BATCH_BUCKETS,
+                registry=reg,
+            ),
+            inference_seconds=Histogram(
+                f"{p}_inference_seconds",
+                "Wall time of one batched model call.",
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            event_latency=Histogram(
+                f"{p}_event_latency_seconds",
+                "From the input message's Kafka timestamp to the event's delivery confirmation.",
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            active_series=Gauge(
+                f"{p}_active_series", "Series with a window buffer in memory.", registry=reg
+            ),
+            consumer_lag=Gauge(
+                f"{p}_consumer_lag",
+                "Messages behind the partition end, from librdkafka statistics.",
+                ["topic", "partition"],
+                registry=reg,
+            ),
+            assigned_partitions=Gauge(
+                f"{p}_assigned_partitions", "Input partitions assigned to this replica.", registry=reg
+            ),
+            model_info=Gauge(
+                f"{p}_model_info",
+                "The loaded model (value 1), labelled by kind, version and window.",
+                ["model", "version", "window"],
+                registry=reg,
+            ),
+            model_loaded_timestamp=Gauge(
+                f"{p}_model_created_timestamp_seconds",
+                "Unix time when the loaded model artifact was trained.",
+                registry=reg,
+            ),
+            model_reloads=Counter(
+                f"{p}_model_reloads",
+                "Model hot-reload attempts, by result (loaded, refused).",
+                ["result"],
+                registry=reg,
+            ),
+            last_message_timestamp=Gauge(
+                f"{p}_last_message_timestamp_seconds",
+                "Unix time when the last input message was consumed.",
+                registry=reg,
+            ),
+            ready=Gauge(f"{p}_ready", "1 when the model is loaded and partitions are assigned.",
+                        registry=reg),
+        )
+        for reason in INVALID_REASONS:
+            m.invalid_messages.labels(reason=reason)
+        for kind in ("opened", "closed", "window"):
+            m.events_published.labels(type=kind)
+        for cause in ("max_series", "idle", "revoked"):
+            m.series_evicted.labels(cause=cause)
+        for result in ("loaded", "refused"):
+            m.model_reloads.labels(result=result)
+        return m

@@ -1,0 +1,167 @@
+"""The autoencoder protocol, its one Keras-backed implementation, and batched inference.
+
+Every model maps a batch of windows (N, T, F) to their reconstruction (N, T, F); the
+score of a window is its root-mean-square reconstruction error (the L2 norm of the
+residual divided by sqrt(T * F), so scores compare across window sizes). Keras code
+stays in this package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+DEFAULT_BUCKETS = (1, 8, 32, 128, 512, 2048)
+
+Builder = Callable[..., keras.Model]
+
+
+class Autoencoder(Protocol):
+    """What the pipeline needs from a model (River-style: a narrow, batched protocol)."""
+
+    kind: str
+    window: int
+    n_features: int
+
+    def fit(self, windows: np.ndarray, **kwargs: Any) -> dict[str, list[float]]: ...
+
+    def reconstruct(self, windows: np.ndarray) -> np.ndarray: ...
+
+    def score_batch(self, windows: np.ndarray) -> np.ndarray: ...
+
+    def save(self, path: Path) -> None: ...
+
+
+class BatchedScorer:
+    """One compiled TensorFlow function for (N, T, F) -> per-window error (N,).
+
+    The input signature is fixed with a free batch dimension, and batches are zero-padded
+    up to one of a few bucket sizes, so kernels see a handful of shapes and the function
+    is traced exactly once. ``traces`` counts traces (a test asserts it stays at 1).
+    """
+
+    def __init__(
+        self, model: keras.Model, window: int, n_features: int,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+    ) -> None:
+        self.window = window
+        self.n_features = n_features
+        self.buckets = tuple(sorted(buckets))
+        self.traces = 0
+        spec = tf.TensorSpec((None, window, n_features), tf.float32)
+
+        def errors(x: tf.Tensor) -> tf.Tensor:
+            self.traces += 1  # Python side effect: runs only while tracing
+            y = model(x, training=False)
+            return tf.sqrt(tf.reduce_mean(tf.square(x - y), axis=[1, 2]))
+
+        def recon(x: tf.Tensor) -> tf.Tensor:
+            return model(x, training=False)
+
+        self._errors = tf.function(errors, input_signature=[spec])
+        self._recon = tf.function(recon, input_signature=[spec])
+
+    def _bucket(self, n: int) -> int:
+        for b in self.buckets:
+            if n <= b:
+                return b
+        return self.buckets[-1]
+
+    def _run(self, fn: Any, windows: np.ndarray) -> np.ndarray:
+        x = np.asarray(windows, dtype=np.float32)
+        if x.ndim != 3 or x.shape[1:] != (self.window, self.n_features):
+            from stream_detector.errors import ShapeMismatch
+
+            raise ShapeMismatch(
+                f"expected windows of shape (N, {self.window}, {self.n_features}), got {x.shape}"
+            )
+        n = x.shape[0]
+        outs = []
+        top = self.buckets[-1]
+        for start in range(0, n, top):
+            chunk = x[start : start + top]
+            m = chunk.shape[0]
+            b = self._bucket(m)
+            if b > m:
+                chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:], np.float32)])
+            outs.append(fn(tf.constant(chunk)).numpy()[:m])
+        if not outs:
+            return np.zeros((0,) if fn is self._errors else x.shape, dtype=np.float32)
+        return np.concatenate(outs)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """Reconstruction error of each window, float64 (N,)."""
+        return self._run(self._errors, windows).astype(np.float64)
+
+    def reconstruct(self, windows: np.ndarray) -> np.ndarray:
+        return self._run(self._recon, windows)
+
+
+class KerasAutoencoder:
+    """A Keras model with the autoencoder protocol."""
+
+    def __init__(
+        self, kind: str, model: keras.Model, window: int, n_features: int,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.model = model
+        self.window = window
+        self.n_features = n_features
+        self.params = dict(params or {})
+        self._scorer: BatchedScorer | None = None
+
+    @property
+    def scorer(self) -> BatchedScorer:
+        if self._scorer is None:
+            self._scorer = BatchedScorer(self.model, self.window, self.n_features)
+        return self._scorer
+
+    def fit(
+        self,
+        windows: np.ndarray,
+        epochs: int = 20,
+        batch_size: int = 64,
+        validation_split: float = 0.1,
+        patience: int = 3,
+        learning_rate: float = 1e-3,
+        verbose: int = 0,
+        seed: int | None = None,
+    ) -> dict[str, list[float]]:
+        """Fit the model to reconstruct ``windows`` (N, T, F); early stopping on validation loss."""
+        x = np.asarray(windows, dtype=np.float32)
+        rng = np.random.default_rng(seed)
+        x = x[rng.permutation(len(x))]  # so the validation split is not the last series
+        use_val = validation_split > 0 and len(x) >= 20
+        self.model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+        monitor = "val_loss" if use_val else "loss"
+        callbacks = [
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, patience=patience, restore_best_weights=True, min_delta=1e-5
+            )
+        ]
+        hist = self.model.fit(
+            x, x, epochs=epochs, batch_size=batch_size,
+            validation_split=validation_split if use_val else 0.0,
+            callbacks=callbacks, verbose=verbose, shuffle=True,
+        )
+        self._scorer = None
+        return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+    def reconstruct(self, windows: np.ndarray) -> np.ndarray:
+        return self.scorer.reconstruct(windows)
+
+    def score_batch(self, windows: np.ndarray) -> np.ndarray:
+        return self.scorer(windows)
+
+    def save(self, path: Path) -> None:
+        self.model.save(path)

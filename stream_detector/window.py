@@ -1,0 +1,203 @@
+"""Per-key rolling window buffers, all keys in one preallocated slab.
+
+Each key owns one slot of a ``(capacity, window, n_features)`` float32 ring buffer, so an
+append is one row write (O(1), no allocation) and memory per key is the window's floats
+plus a few scalars. A key's window is due every ``hop`` points once it holds ``window``
+points. The least recently seen key is evicted when ``max_series`` is reached, and keys
+not seen for ``idle_ttl_s`` can be swept out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+EvictHook = Callable[[str, str], None]
+
+
+class WindowBuffer:
+    """Rolling windows for many series keys.
+
+    Parameters
+    ----------
+    window: points per window (T).
+    n_features: values per point (F).
+    hop: a window is due every ``hop`` points once the buffer is full.
+    max_series: cap on keys held; the least recently seen key is evicted beyond it.
+    on_evict: called with (key, cause) for every key dropped ("max_series", "idle", "revoked").
+    """
+
+    def __init__(
+        self,
+        window: int,
+        n_features: int = 1,
+        hop: int = 1,
+        max_series: int | None = None,
+        on_evict: EvictHook | None = None,
+        initial_capacity: int = 1024,
+    ) -> None:
+        if window < 1 or hop < 1 or n_features < 1:
+            raise ValueError("window, hop and n_features must be >= 1")
+        self.window = window
+        self.n_features = n_features
+        self.hop = hop
+        self.max_series = max_series
+        self._on_evict = on_evict
+        cap = max(1, min(initial_capacity, max_series or initial_capacity))
+        self._values = np.zeros((cap, window, n_features), dtype=np.float32)
+        self._ts = np.zeros((cap, window), dtype=np.float64)
+        self._count = np.zeros(cap, dtype=np.int64)
+        self._seen = np.zeros(cap, dtype=np.float64)
+        self._tag = np.full(cap, -1, dtype=np.int32)
+        self._key_of: list[str | None] = [None] * cap
+        self._slots: OrderedDict[str, int] = OrderedDict()
+        self._free: list[int] = list(range(cap - 1, -1, -1))
+        self._order = np.arange(window)
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._slots
+
+    def keys(self) -> list[str]:
+        return list(self._slots)
+
+    def count(self, key: str) -> int:
+        """Points seen for ``key`` since it entered the buffer (0 if absent)."""
+        slot = self._slots.get(key)
+        return 0 if slot is None else int(self._count[slot])
+
+    def last_ts(self, key: str) -> float | None:
+        slot = self._slots.get(key)
+        if slot is None or self._count[slot] == 0:
+            return None
+        return float(self._ts[slot, (self._count[slot] - 1) % self.window])
+
+    def _grow(self) -> None:
+        old = self._values.shape[0]
+        new = old * 2 if self.max_series is None else min(old * 2, self.max_series)
+        self._values = np.concatenate([self._values, np.zeros_like(self._values[: new - old])])
+        self._ts = np.concatenate([self._ts, np.zeros_like(self._ts[: new - old])])
+        self._count = np.concatenate([self._count, np.zeros(new - old, dtype=np.int64)])
+        self._seen = np.concatenate([self._seen, np.zeros(new - old, dtype=np.float64)])
+        self._tag = np.concatenate([self._tag, np.full(new - old, -1, dtype=np.int32)])
+        self._key_of.extend([None] * (new - old))
+        self._free.extend(range(new - 1, old - 1, -1))
+
+    def _evict(self, key: str, cause: str) -> None:
+        slot = self._slots.pop(key)
+        self._count[slot] = 0
+        self._tag[slot] = -1
+        self._key_of[slot] = None
+        self._free.append(slot)
+        if self._on_evict is not None:
+            self._on_evict(key, cause)
+
+    def slot(self, key: str, now: float | None = None, tag: int = -1) -> int:
+        """The slot of ``key``, allocating (and evicting the LRU key) when needed.
+
+        ``tag`` (e.g. the input partition) lets :meth:`drop_tag` forget a group of keys.
+        """
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._slots.move_to_end(key)
+        else:
+            if self.max_series is not None and len(self._slots) >= self.max_series:
+                self._evict(next(iter(self._slots)), "max_series")
+            if not self._free:
+                self._grow()
+            slot = self._free.pop()
+            self._count[slot] = 0
+            self._slots[key] = slot
+            self._key_of[slot] = key
+        self._tag[slot] = tag
+        self._seen[slot] = time.monotonic() if now is None else now
+        return slot
+
+    def drop(self, keys: Iterable[str], cause: str = "revoked") -> int:
+        """Forget ``keys``; returns how many were held."""
+        n = 0
+        for k in list(keys):
+            if k in self._slots:
+                self._evict(k, cause)
+                n += 1
+        return n
+
+    def drop_tag(self, tag: int, cause: str = "revoked") -> int:
+        """Forget every key last appended with ``tag``; returns how many."""
+        slots = np.flatnonzero(self._tag == tag)
+        return self.drop([k for s in slots if (k := self._key_of[s]) is not None], cause)
+
+    def evict_idle(self, ttl_s: float, now: float | None = None) -> int:
+        """Drop keys not seen for ``ttl_s`` seconds; returns how many."""
+        now = time.monotonic() if now is None else now
+        stale = [k for k, s in self._slots.items() if now - self._seen[s] > ttl_s]
+        return self.drop(stale, cause="idle")
+
+    # -- the data path -----------------------------------------------------------------
+    def append(
+        self, key: str, ts: float, value: np.ndarray, now: float | None = None, tag: int = -1
+    ) -> int | None:
+        """Add one point; return the key's slot if a window is now due, else None."""
+        slot = self.slot(key, now, tag)
+        c = int(self._count[slot])
+        pos = c % self.window
+        self._values[slot, pos] = value
+        self._ts[slot, pos] = ts
+        c += 1
+        self._count[slot] = c
+        if c >= self.window and (c - self.window) % self.hop == 0:
+            return slot
+        return None
+
+    def window_at(self, slot: int) -> tuple[np.ndarray, float, float]:
+        """Copy the slot's current window in time order: (values (T, F), start_ts, end_ts)."""
+        c = int(self._count[slot])
+        idx = (c + self._order) % self.window
+        ts = self._ts[slot, idx]
+        return self._values[slot, idx], float(ts[0]), float(ts[-1])
+
+    def extend(
+        self, key: str, ts: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add many points of one key at once (the offline path).
+
+        Returns the windows that became due, in order, as ``(windows (m, T, F),
+        start_ts (m,), end_index (m,))`` where ``end_index`` indexes into the new points.
+        Equivalent to calling :meth:`append` point by point.
+        """
+        values = np.asarray(values, dtype=np.float32).reshape(-1, self.n_features)
+        ts = np.asarray(ts, dtype=np.float64)
+        n = values.shape[0]
+        slot = self.slot(key)
+        c = int(self._count[slot])
+        held = min(c, self.window)
+        idx = (c - held + self._order[:held]) % self.window
+        seq = np.concatenate([self._values[slot, idx], values])
+        seq_ts = np.concatenate([self._ts[slot, idx], ts])
+        total = c + np.arange(1, n + 1)  # points seen after each new point
+        due = (total >= self.window) & ((total - self.window) % self.hop == 0)
+        end_index = np.nonzero(due)[0]
+        if end_index.size:
+            # window ending at new point j spans seq[held + j - T + 1 : held + j + 1]
+            starts = held + end_index - self.window + 1
+            view = sliding_window_view(seq, self.window, axis=0)  # (L-T+1, F, T)
+            windows = np.ascontiguousarray(view[starts].transpose(0, 2, 1))
+            start_ts = seq_ts[starts]
+        else:
+            windows = np.zeros((0, self.window, self.n_features), dtype=np.float32)
+            start_ts = np.zeros(0, dtype=np.float64)
+        # keep the ring consistent with point-by-point appends
+        tail = min(self.window, seq.shape[0])
+        new_c = c + n
+        positions = (new_c - tail + self._order[:tail]) % self.window
+        self._values[slot, positions] = seq[-tail:]
+        self._ts[slot, positions] = seq_ts[-tail:]
+        self._count[slot] = new_c
+        return windows, start_ts, end_index
