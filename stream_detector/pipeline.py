@@ -1,0 +1,399 @@
+"""The service: consume -> decode -> window -> batch -> model -> threshold -> incidents -> publish.
+
+This module wires the stages together and owns offset commits. Offsets follow delivery:
+a checkpoint scores whatever is batched, waits until the broker confirmed every event
+and dead letter, and only then commits the consumed positions (at least once, no loss).
+Event ids are deterministic, so a redelivered event is byte-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from stream_detector.artifact import Artifact, load_artifact
+from stream_detector.batcher import MicroBatcher
+from stream_detector.errors import DeliveryError, InputError, InvalidRecord
+from stream_detector.incidents import IncidentTracker
+from stream_detector.metrics import Metrics
+from stream_detector.records import Source, WindowMeta
+from stream_detector.server import HealthServer
+from stream_detector.sink import EventSink
+from stream_detector.source import Decoder, Fields
+from stream_detector.window import WindowBuffer
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything ``run`` needs, validated once by the CLI."""
+
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    model_dir: str
+    dlq_topic: str | None = None
+    group_id: str = "stream-detector"
+    metrics_port: int = 9400
+    metrics_host: str = "0.0.0.0"
+    hop: int | None = None
+    max_batch: int = 256
+    max_batch_latency_s: float = 0.05
+    max_series: int = 100_000
+    idle_ttl_s: float = 3600.0
+    events: str = "incidents"
+    incident_gap: int | None = None
+    commit_interval_s: float = 1.0
+    drain_timeout_s: float = 10.0
+    max_message_bytes: int = 65536
+    exactly_once: bool = False
+    fields: Fields = field(default_factory=Fields)
+    kafka: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, cfg: Mapping[str, Any]) -> ServiceConfig:
+        for name in ("max_batch", "max_series", "max_message_bytes"):
+            if cfg[name] < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
+        if cfg["hop"] is not None and cfg["hop"] < 1:
+            raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
+        return cls(
+            bootstrap_servers=cfg["bootstrap_servers"], input_topic=cfg["input_topic"],
+            output_topic=cfg["output_topic"], model_dir=cfg["model"],
+            dlq_topic=cfg["dlq_topic"], group_id=cfg["group_id"],
+            metrics_port=cfg["metrics_port"], metrics_host=cfg["metrics_host"], hop=cfg["hop"],
+            max_batch=cfg["max_batch"], max_batch_latency_s=cfg["max_batch_latency_ms"] / 1000.0,
+            max_series=cfg["max_series"], idle_ttl_s=cfg["idle_ttl_s"], events=cfg["events"],
+            incident_gap=cfg["incident_gap"], commit_interval_s=cfg["commit_interval_ms"] / 1000.0,
+            drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
+            exactly_once=cfg["exactly_once"],
+            fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
+                          cfg["values_field"], cfg["features_field"]),
+            kafka=dict(cfg["kafka"]),
+        )
+
+
+_CONSUMER_ONLY = (
+    "session.timeout.ms", "max.poll.interval.ms", "auto.offset.reset", "group.instance.id",
+    "partition.assignment.strategy", "heartbeat.interval.ms", "fetch.min.bytes",
+    "fetch.wait.max.ms", "fetch.max.bytes", "max.partition.fetch.bytes", "group.protocol",
+    "isolation.level", "enable.auto.commit", "auto.commit.interval.ms", "queued.min.messages",
+)
+
+
+def producer_properties(kafka: Mapping[str, str]) -> dict[str, str]:
+    """The user's ``--kafka`` properties minus consumer-only ones (which producers warn about)."""
+    return {k: v for k, v in kafka.items() if k not in _CONSUMER_ONLY}
+
+
+class Detector:
+    """One replica of the streaming detector (one consumer in the group)."""
+
+    def __init__(self, cfg: ServiceConfig, art: Artifact, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.art = art
+        self.metrics = metrics
+        self.hop = cfg.hop or art.hop
+        self.decoder = Decoder(art.n_features, cfg.fields, art.record_mode, art.features,
+                               cfg.max_message_bytes)
+        self.buffer = WindowBuffer(art.window, art.n_features, self.hop, cfg.max_series,
+                                   on_evict=self._on_evict)
+        self.batcher: MicroBatcher[WindowMeta] = MicroBatcher(
+            art.window, art.n_features, cfg.max_batch, cfg.max_batch_latency_s)
+        gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
+        self.tracker = IncidentTracker(art.kind, art.version, cfg.events, gap)
+        self._stop = False
+        self._positions: dict[TP, int] = {}
+        self._committed: dict[TP, int] = {}
+        self._assigned: set[TP] = set()
+        self._heartbeat = time.monotonic()
+        self._broker_down: str | None = None
+        self._last_sweep = time.monotonic()
+        host = socket.gethostname()
+        common = {"bootstrap.servers": cfg.bootstrap_servers, "client.id": f"stream-detector-{host}"}
+        self.consumer = Consumer({
+            **common,
+            "group.id": cfg.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "statistics.interval.ms": 5000,
+            "stats_cb": self._on_stats,
+            "error_cb": self._on_error,
+            **cfg.kafka,
+        })
+        producer_conf: dict[str, Any] = {
+            **common, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+            "error_cb": self._on_error, **producer_properties(cfg.kafka),
+        }
+        if cfg.exactly_once:
+            producer_conf["transactional.id"] = f"{cfg.group_id}-{host}"
+        self.sink = EventSink(producer_conf, cfg.output_topic, cfg.dlq_topic, metrics,
+                              transactional=cfg.exactly_once)
+        m = metrics
+        m.active_series.set_function(lambda: len(self.buffer))
+        m.assigned_partitions.set_function(lambda: len(self._assigned))
+        m.ready.set_function(lambda: 1.0 if self.ready()[0] else 0.0)
+        m.model_info.labels(model=art.kind, version=art.version, window=str(art.window)).set(1)
+        m.model_loaded_timestamp.set(art.created_at.timestamp())
+        m.anomaly_threshold.set(art.thresholds.global_)
+
+    # -- health --------------------------------------------------------------------------
+    def alive(self) -> tuple[bool, str]:
+        age = time.monotonic() - self._heartbeat
+        return (age < 60.0, f"loop last ran {age:.1f} s ago")
+
+    def ready(self) -> tuple[bool, str]:
+        if self._broker_down:
+            return False, f"broker unreachable: {self._broker_down}"
+        if not self._assigned:
+            return False, "no partitions assigned yet"
+        return True, f"model {self.art.version}, {len(self._assigned)} partition(s)"
+
+    # -- librdkafka callbacks --------------------------------------------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._broker_down = err.str()
+        log.warning("kafka: %s", err)
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            stats = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        up = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values())
+        if up:
+            self._broker_down = None
+        for topic, t in stats.get("topics", {}).items():
+            for p, pd in t.get("partitions", {}).items():
+                if p == "-1" or (topic, int(p)) not in self._assigned:
+                    continue
+                lag = pd.get("consumer_lag", -1)
+                if lag is not None and lag >= 0:
+                    self.metrics.consumer_lag.labels(topic=topic, partition=p).set(lag)
+
+    def _on_evict(self, key: str, cause: str) -> None:
+        self.metrics.series_evicted.labels(cause=cause).inc()
+        self.tracker.forget(key)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+        log.info("assigned %s", sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        log.info("revoked %s", sorted(p for _, p in tps))
+        try:
+            self.checkpoint(tps)
+        except (DeliveryError, KafkaException) as exc:
+            log.error("could not checkpoint revoked partitions: %s", exc)
+        self._forget(tps)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        log.warning("lost %s (no commit possible)", sorted(p for _, p in tps))
+        self._forget(tps)
+
+    def _forget(self, tps: set[TP]) -> None:
+        for tp in tps:
+            self._assigned.discard(tp)
+            self._positions.pop(tp, None)
+            self._committed.pop(tp, None)
+            self.buffer.drop_tag(tp[1], cause="revoked")
+            try:
+                self.metrics.consumer_lag.remove(tp[0], str(tp[1]))
+            except KeyError:
+                pass
+
+    # -- the data path ----------------------------------------------------------------------
+    def handle(self, msg: Message) -> None:
+        """One consumed message: decode, validate, append, maybe batch a window."""
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        self.metrics.messages_consumed.inc()
+        self._positions[(topic, partition)] = offset + 1
+        ts_type, ts_ms = msg.timestamp()
+        kafka_ts = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms > 0 else None
+        try:
+            r = self.decoder.decode(msg.value(), msg.key(), kafka_ts)
+            last = self.buffer.last_ts(r.key)
+            if last is not None and r.ts < last:
+                raise InvalidRecord("timestamp_backwards",
+                                    f"ts {r.ts} before the key's last {last}")
+        except InvalidRecord as exc:
+            self.metrics.invalid_messages.labels(reason=exc.reason).inc()
+            log.debug("bad input at %s/%d@%d: %s", topic, partition, offset, exc)
+            self.sink.dead_letter(msg.value(), msg.key(), exc.reason, exc.detail, topic,
+                                  partition, offset)
+            return
+        scaled = self.art.scalers.for_key(r.key).transform(r.values)
+        slot = self.buffer.append(r.key, r.ts, scaled, tag=partition)
+        if slot is None:
+            return
+        values, start_ts, end_ts = self.buffer.window_at(slot)
+        meta = WindowMeta(r.key, Source(topic, partition, offset), start_ts, end_ts,
+                          kafka_ts or 0.0)
+        if self.batcher.add(values, meta):
+            self.score_batch()
+
+    def score_batch(self) -> int:
+        """Score the collected windows with one model call and publish what they cause."""
+        if not len(self.batcher):
+            return 0
+        batch = self.batcher.drain()
+        m = self.metrics
+        t0 = time.perf_counter()
+        scores = self.art.model.score_batch(batch.windows)
+        m.inference_seconds.observe(time.perf_counter() - t0)
+        n = len(batch)
+        m.inference_batch_size.observe(n)
+        keys = [meta.key for meta in batch.metas]
+        thr, a_scores, flags = self.art.thresholds.decide(keys, scores)
+        m.windows_scored.inc(n)
+        m.anomalies.inc(int(flags.sum()))
+        observe = m.reconstruction_error.observe
+        for s in scores:
+            observe(float(s))
+        for i, meta in enumerate(batch.metas):
+            for ev in self.tracker.observe(meta, float(scores[i]), float(thr[i]),
+                                           float(a_scores[i]), bool(flags[i])):
+                if ev["type"] == "opened":
+                    m.incidents_opened.inc()
+                self.sink.publish(ev, meta.kafka_ts)
+        return n
+
+    def checkpoint(self, only: set[TP] | None = None, timeout: float = 30.0) -> None:
+        """Score what is batched, wait for every delivery, then commit consumed positions."""
+        self.score_batch()
+        self.sink.flush(timeout)
+        offsets = [
+            TopicPartition(t, p, o) for (t, p), o in self._positions.items()
+            if self._committed.get((t, p)) != o and (only is None or (t, p) in only)
+        ]
+        if not offsets:
+            return
+        try:
+            if self.cfg.exactly_once:
+                self.sink.commit_transaction(offsets, self.consumer.consumer_group_metadata(),
+                                             timeout)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # e.g. a rebalance in progress: the messages will be redelivered (at least once)
+            log.warning("offset commit failed: %s", exc)
+            return
+        for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to drain and exit (safe from a signal handler)."""
+        self._stop = True
+
+    def run(self) -> int:
+        """Consume until :meth:`stop`; then drain within ``drain_timeout_s``."""
+        cfg = self.cfg
+        self.consumer.subscribe([cfg.input_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        last_commit = time.monotonic()
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                self._heartbeat = now
+                left = self.batcher.time_left()
+                timeout = 0.1 if left is None else min(0.1, left)
+                msgs = self.consumer.consume(num_messages=1000, timeout=timeout)
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            if err.fatal():
+                                raise KafkaException(err)
+                            log.warning("consumer: %s", err)
+                        continue
+                    self.handle(msg)
+                if msgs:
+                    self._broker_down = None
+                if self.batcher.due():
+                    self.score_batch()
+                self.sink.poll()
+                now = time.monotonic()
+                if now - last_commit >= cfg.commit_interval_s:
+                    self.checkpoint()
+                    last_commit = now
+                if cfg.idle_ttl_s > 0 and now - self._last_sweep > min(10.0, cfg.idle_ttl_s):
+                    self.buffer.evict_idle(cfg.idle_ttl_s, now)
+                    self._last_sweep = now
+        except DeliveryError as exc:
+            log.error("stopping: %s (uncommitted input will be redelivered)", exc)
+            self._close(0.0)
+            return 1
+        return self._drain()
+
+    def _drain(self) -> int:
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        code = 0
+        try:
+            self.checkpoint(timeout=max(1.0, self.cfg.drain_timeout_s - 1.0))
+        except (DeliveryError, KafkaException) as exc:
+            log.error("drain incomplete: %s (uncommitted input will be redelivered)", exc)
+            code = 1
+        self._close(max(0.5, deadline - time.monotonic()))
+        return code
+
+    def _close(self, timeout: float) -> None:
+        try:
+            self.consumer.close()  # leaves the group at once
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer close: %s", exc)
+        self.sink.close(timeout)
+
+
+def run_service(options: Mapping[str, Any]) -> int:
+    """``stream-detector run``: load the model, serve health and metrics, run until SIGTERM."""
+    from stream_detector.broker import TopicSetupError, ensure_topics
+
+    cfg = ServiceConfig.from_options(options)
+    art = load_artifact(cfg.model_dir)
+    metrics = Metrics.create()
+    try:
+        topics = [t for t in (cfg.output_topic, cfg.dlq_topic) if t]
+        ensure_topics(cfg.bootstrap_servers, topics, partitions=1, timeout=15,
+                      client_config=producer_properties(cfg.kafka))
+    except (TopicSetupError, KafkaException, ValueError) as exc:
+        log.warning("could not make sure the output topics exist: %s", exc)
+    det = Detector(cfg, art, metrics)
+    server = None
+    if cfg.metrics_port:
+        try:
+            server = HealthServer(cfg.metrics_host, cfg.metrics_port, metrics.registry,
+                                  det.alive, det.ready).start()
+        except OSError as exc:
+            raise InputError(f"--metrics-port {cfg.metrics_port}: cannot listen ({exc})") from None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, det.stop)
+    log.info("model %s %s (window %d, hop %d); consuming %s as group %s",
+             art.kind, art.version, art.window, det.hop, cfg.input_topic, cfg.group_id)
+    try:
+        return det.run()
+    finally:
+        if server is not None:
+            server.stop()

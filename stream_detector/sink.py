@@ -1,0 +1,116 @@
+"""Kafka producer for anomaly events and dead letters; offsets follow its confirmations.
+
+The delivery callback records the first error; :meth:`EventSink.flush` waits for every
+outstanding message and raises :class:`DeliveryError` if any was not confirmed, so the
+pipeline never commits an offset whose events were lost (quix-streams' checkpoint rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Message, Producer
+
+from stream_detector.errors import DeliveryError
+from stream_detector.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class EventSink:
+    """Publishes JSON events (Kafka key = series key) and DLQ records."""
+
+    def __init__(
+        self, conf: Mapping[str, Any], output_topic: str, dlq_topic: str | None,
+        metrics: Metrics, transactional: bool = False,
+    ) -> None:
+        self.output_topic = output_topic
+        self.dlq_topic = dlq_topic
+        self.metrics = metrics
+        self._producer = Producer(dict(conf))
+        self._error: KafkaError | None = None
+        self.transactional = transactional
+        if transactional:
+            self._producer.init_transactions(30)
+            self._producer.begin_transaction()
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    def _on_event(self, kind: str, kafka_ts: float) -> Any:
+        def cb(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                if self._error is None:
+                    self._error = err
+                log.error("event not delivered to %s: %s", msg.topic(), err)
+                return
+            self.metrics.events_published.labels(type=kind).inc()
+            if kafka_ts > 0:
+                self.metrics.event_latency.observe(max(0.0, time.time() - kafka_ts))
+        return cb
+
+    def _on_dlq(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            if self._error is None:
+                self._error = err
+            log.error("dead letter not delivered to %s: %s", msg.topic(), err)
+
+    def _produce(self, **kw: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(**kw)
+                return
+            except BufferError:
+                # local queue full: serve delivery reports until there is room
+                self._producer.poll(0.05)
+
+    def publish(self, event: dict[str, Any], kafka_ts: float) -> None:
+        self._produce(
+            topic=self.output_topic, key=event["key"].encode(), value=orjson.dumps(event),
+            on_delivery=self._on_event(event["type"], kafka_ts),
+        )
+
+    def dead_letter(
+        self, value: bytes | None, key: bytes | None, reason: str, detail: str,
+        topic: str, partition: int, offset: int,
+    ) -> None:
+        if not self.dlq_topic:
+            return
+        headers = [
+            ("reason", reason.encode()), ("detail", detail[:500].encode()),
+            ("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
+            ("source_offset", str(offset).encode()),
+        ]
+        self._produce(topic=self.dlq_topic, key=key, value=value, headers=headers,
+                      on_delivery=self._on_dlq)
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every message is confirmed; raise :class:`DeliveryError` otherwise."""
+        left = self._producer.flush(timeout)
+        if left:
+            raise DeliveryError(f"{left} message(s) not confirmed by the broker in {timeout:.0f} s")
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise DeliveryError(f"broker refused an event: {err}")
+
+    def commit_transaction(self, offsets: list[Any], group_metadata: Any, timeout: float) -> None:
+        """Exactly-once mode: commit the events and the input offsets atomically."""
+        self._producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
+        self._producer.commit_transaction(timeout)
+        self._producer.begin_transaction()
+
+    def close(self, timeout: float) -> None:
+        if self.transactional:
+            try:
+                self._producer.abort_transaction(timeout)
+            except Exception:  # nothing pending, or the broker is gone: nothing to save
+                pass
+        self._producer.flush(timeout)

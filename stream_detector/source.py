@@ -1,0 +1,148 @@
+"""Decode and validate input messages (Kafka value bytes -> :class:`Reading`).
+
+Every way a message can be bad raises :class:`InvalidRecord` with a reason from
+``metrics.INVALID_REASONS``; nothing else escapes the decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream_detector.datasets import parse_timestamp
+from stream_detector.errors import InvalidRecord
+from stream_detector.records import Reading
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Names of the JSON fields of an input message (configurable)."""
+
+    key: str = "key"
+    ts: str = "ts"
+    value: str = "value"
+    values: str = "values"
+    features: str = "features"
+
+
+def _number(x: Any, what: str) -> float:
+    # bool is an int in Python but never a measurement
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise InvalidRecord("non_numeric", f"{what} must be a number, got {type(x).__name__}")
+    v = float(x)
+    if not math.isfinite(v):
+        raise InvalidRecord("non_finite", f"{what} is not finite")
+    return v
+
+
+def _lenient(value: bytes) -> Any:
+    """Python's json accepts NaN, Infinity and overflowing numbers (as inf); None if not."""
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+
+
+class Decoder:
+    """Turns one message into a :class:`Reading` for a model with ``n_features`` inputs.
+
+    Parameters
+    ----------
+    n_features: values per point the model expects.
+    record_mode: read ``features`` (array, or object in ``feature_names`` order).
+    feature_names: the model's feature names (for object-shaped ``features``).
+    max_bytes: larger messages are rejected as ``oversize`` before parsing.
+    """
+
+    def __init__(
+        self, n_features: int, fields: Fields | None = None, record_mode: bool = False,
+        feature_names: list[str] | None = None, max_bytes: int = 65536,
+    ) -> None:
+        self.n_features = n_features
+        self.fields = fields or Fields()
+        self.record_mode = record_mode
+        self.feature_names = feature_names or []
+        self.max_bytes = max_bytes
+
+    def decode(self, value: bytes | None, msg_key: bytes | None, kafka_ts: float | None) -> Reading:
+        if value is None:
+            raise InvalidRecord("not_json", "empty message (tombstone)")
+        if len(value) > self.max_bytes:
+            raise InvalidRecord("oversize", f"{len(value)} bytes > limit {self.max_bytes}")
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            doc = _lenient(value)  # NaN / Infinity / 1e400: JSON-ish, but not finite
+            if doc is None:
+                raise InvalidRecord("not_json", str(exc)[:200]) from None
+        if not isinstance(doc, dict):
+            raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
+        f = self.fields
+        key = doc.get(f.key)
+        if key is None:
+            if not msg_key:
+                raise InvalidRecord("missing_key", f"no {f.key!r} field and no message key")
+            try:
+                key = msg_key.decode()
+            except UnicodeDecodeError:
+                raise InvalidRecord("missing_key", "message key is not UTF-8") from None
+        elif not isinstance(key, str) or not key:
+            raise InvalidRecord("missing_key", f"{f.key!r} must be a non-empty string")
+        if len(key) > 1024:
+            raise InvalidRecord("oversize", f"series key of {len(key)} characters")
+        ts_raw = doc.get(f.ts)
+        if ts_raw is None:
+            if kafka_ts is None:
+                raise InvalidRecord("bad_timestamp", f"no {f.ts!r} field and no message timestamp")
+            ts = kafka_ts
+        elif isinstance(ts_raw, str):
+            try:
+                ts = parse_timestamp(ts_raw)
+            except (ValueError, OverflowError):
+                raise InvalidRecord("bad_timestamp", f"cannot parse {ts_raw[:64]!r}") from None
+        elif isinstance(ts_raw, (int, float)) and not isinstance(ts_raw, bool):
+            ts = float(ts_raw)
+            if not math.isfinite(ts) or abs(ts) > 1e11:
+                raise InvalidRecord("bad_timestamp", f"epoch seconds {ts_raw!r} out of range")
+        else:
+            raise InvalidRecord("bad_timestamp", f"{f.ts!r} must be a string or a number")
+        return Reading(key=key, ts=ts, values=self._values(doc))
+
+    def _values(self, doc: dict[str, Any]) -> np.ndarray:
+        f = self.fields
+        if self.record_mode:
+            raw = doc.get(f.features)
+            if raw is None:
+                raise InvalidRecord("missing_value", f"no {f.features!r} field")
+            if isinstance(raw, dict):
+                missing = [n for n in self.feature_names if n not in raw]
+                if missing or len(raw) != self.n_features:
+                    raise InvalidRecord(
+                        "feature_count",
+                        f"{f.features!r} must have the model's features; missing {missing[:5]}"
+                        if missing else f"{len(raw)} features, model has {self.n_features}",
+                    )
+                vals = [_number(raw[n], f"{f.features}.{n}") for n in self.feature_names]
+            elif isinstance(raw, list):
+                vals = [_number(v, f.features) for v in raw]
+            else:
+                raise InvalidRecord("non_numeric", f"{f.features!r} must be an array or object")
+        elif f.values in doc and doc[f.values] is not None:
+            raw = doc[f.values]
+            if not isinstance(raw, list):
+                raise InvalidRecord("non_numeric", f"{f.values!r} must be an array of numbers")
+            vals = [_number(v, f.values) for v in raw]
+        elif f.value in doc and doc[f.value] is not None:
+            vals = [_number(doc[f.value], f.value)]
+        else:
+            raise InvalidRecord("missing_value", f"no {f.value!r} or {f.values!r} field")
+        if len(vals) != self.n_features:
+            raise InvalidRecord(
+                "feature_count", f"{len(vals)} value(s), the model expects {self.n_features}"
+            )
+        return np.asarray(vals, dtype=np.float32)

