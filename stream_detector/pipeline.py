@@ -136,7 +136,7 @@ class Detector:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
-            "statistics.interval.ms": 5000,
+            "statistics.interval.ms": 2000,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
             **cfg.kafka,

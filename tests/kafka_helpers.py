@@ -53,26 +53,31 @@ def produce_json(
     headers: Mapping[str, str | bytes] | None = None,
     timeout: float = 15,
 ) -> list[tuple[int, int]]:
-    """Produce ``(key, value)`` pairs as JSON values and return ``(partition, offset)`` of each.
+    """Produce ``(key, value)`` pairs as JSON values and return ``(partition, offset)`` of each,
+    in the order of ``messages``.
 
     Values that are ``bytes`` are sent as they are (for bad-input tests). Raises
     ``RuntimeError`` if any message is not delivered within ``timeout`` seconds.
     """
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    reports: list[tuple[int, int]] = []
+    reports: dict[int, tuple[int, int]] = {}
     errors: list[str] = []
 
-    def on_delivery(err: Any, msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-        else:
-            reports.append((msg.partition(), msg.offset()))
+    def on_delivery_of(i: int) -> Any:
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                reports[i] = (msg.partition(), msg.offset())
+
+        return on_delivery
 
     hdrs: list[tuple[str, str | bytes | None]] | None = list(headers.items()) if headers else None
     sent = 0
     for key, value in messages:
         payload = value if isinstance(value, bytes) else json.dumps(value).encode()
-        producer.produce(topic, payload, _key_bytes(key), headers=hdrs, on_delivery=on_delivery)
+        producer.produce(topic, payload, _key_bytes(key), headers=hdrs,
+                         on_delivery=on_delivery_of(sent))
         producer.poll(0)
         sent += 1
     left = producer.flush(timeout)
@@ -80,7 +85,7 @@ def produce_json(
         raise RuntimeError(
             f"produced {len(reports)}/{sent} to {topic!r}; {left} undelivered; errors: {errors[:3]}"
         )
-    return reports
+    return [reports[i] for i in range(sent)]
 
 
 def _decode(raw: bytes | None) -> Any:

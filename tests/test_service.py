@@ -1,0 +1,299 @@
+"""The streaming detector end to end, against the real embedded broker.
+
+Every test runs ``stream-detector run`` as a subprocess, produces real input messages and
+reads the output and dead-letter topics and the detector's own ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka_helpers import consume_all, consumer_conf, produce_json
+from service_helpers import (
+    DetectorProcess,
+    train_wave_model,
+    wait_until,
+    wave,
+    with_threshold,
+)
+
+from stream_detector.metrics import INVALID_REASONS
+
+pytestmark = pytest.mark.slow
+
+WINDOW = 32
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
+CONTRACT_METRICS = (
+    "stream_detector_messages_consumed_total", "stream_detector_invalid_messages_total",
+    "stream_detector_windows_scored_total", "stream_detector_anomalies_total",
+    "stream_detector_reconstruction_error", "stream_detector_inference_batch_size",
+    "stream_detector_inference_seconds", "stream_detector_event_latency_seconds",
+    "stream_detector_active_series", "stream_detector_consumer_lag",
+    "stream_detector_model_info",
+)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_wave_model(tmp_path_factory.mktemp("model") / "wave", window=WINDOW)
+
+
+@pytest.fixture(scope="module")
+def eager_model(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model with a threshold at its median training error: about half the windows
+    are anomalous, so ``--events windows`` gives a rich, deterministic event set to compare."""
+    meta = json.loads((model / "metadata.json").read_text())
+    median = meta["training"]["error_quantiles"]["0.5"]
+    return with_threshold(model, tmp_path_factory.mktemp("eager") / "m", median)
+
+
+def stream(keys: dict[str, np.ndarray]) -> list[tuple[str, dict]]:
+    """Messages in time order across keys (ordered per key), as a live system sends them."""
+    n = len(next(iter(keys.values())))
+    return [(k, {"key": k, "ts": T0 + 60 * i, "value": float(v[i])})
+            for i in range(n) for k, v in keys.items()]
+
+
+def events_of(bootstrap: str, topic: str, expected: int | None = None) -> list[dict]:
+    return consume_all(bootstrap, topic, expected=expected, timeout=30, idle=3)
+
+
+def test_end_to_end_spikes_make_one_incident_each(broker_bootstrap, topic_factory, group_id,
+                                                  model, tmp_path):
+    n = 400
+    spikes = {"spiky-a": 150, "spiky-b": 220, "spiky-c": 300, "spiky-d": 330}
+    series = {k: wave(n, seed=i) for i, k in enumerate([*spikes, "clean-a", "clean-b"])}
+    for k, pos in spikes.items():
+        series[k][pos] += 12.0
+    src, out, dlq = topic_factory(3), topic_factory(1), topic_factory(1)
+    det = DetectorProcess(broker_bootstrap, src, out, group_id, model,
+                          ["--dlq-topic", dlq], log=tmp_path / "det.log")
+    try:
+        # /readyz is not ready before the group assigned partitions, then it is
+        wait_until(lambda: det.get("/healthz")[0] == 200, 60, "healthz", det._tail)
+        det.wait_ready()
+        produce_json(broker_bootstrap, src, stream(series))
+        expected_windows = len(series) * (n - WINDOW + 1)
+        det.wait_value("stream_detector_windows_scored_total", expected_windows)
+        # the lag gauge appears with librdkafka's first statistics report (its value is
+        # not checked: the embedded broker's watermarks are wrong after batched produce)
+        wait_until(lambda: any(k.startswith("stream_detector_consumer_lag{")
+                               for k in det.metrics()), 15, "consumer lag", det._tail)
+        metrics = det.metrics()
+        assert metrics["stream_detector_windows_scored_total"] == expected_windows  # once each
+        assert metrics["stream_detector_messages_consumed_total"] == len(series) * n
+        for name in CONTRACT_METRICS:
+            assert any(k.startswith(name) for k in metrics), f"{name} not exported"
+        assert metrics["stream_detector_active_series"] == len(series)
+        events = [e["value"] for e in events_of(broker_bootstrap, out, expected=2 * len(spikes))]
+    finally:
+        code, took = det.terminate()
+    assert code == 0 and took < 10
+    by_key: dict[str, list[dict]] = {}
+    for e in events:
+        by_key.setdefault(e["key"], []).append(e)
+    assert set(by_key) == set(spikes), f"events for {sorted(by_key)}"
+    for key, pos in spikes.items():
+        kinds = [e["type"] for e in by_key[key]]
+        assert kinds == ["opened", "closed"], f"{key}: {kinds} (one spike, one incident)"
+        opened, closed = by_key[key]
+        assert opened["incident_id"] == closed["incident_id"]
+        spike_ts, last_ts = T0 + 60 * pos, T0 + 60 * (pos + WINDOW - 1)
+        for field in ("window_end",):
+            t = _epoch(opened[field])
+            assert spike_ts <= t <= last_ts, f"{key} opened at {opened[field]}"
+        assert spike_ts <= _epoch(closed["started"]) <= _epoch(closed["ended"]) <= last_ts
+        assert closed["windows"] >= 1 and closed["peak_score"] >= opened["threshold"]
+        assert 0.5 < opened["anomaly_score"] <= 1.0
+        assert opened["model"] == "conv1d" and opened["model_version"]
+        assert opened["source"]["topic"] == src
+
+
+def _epoch(iso: str) -> float:
+    from stream_detector.datasets import parse_timestamp
+
+    return parse_timestamp(iso)
+
+
+def test_bad_input_goes_to_the_dlq_and_the_stream_goes_on(broker_bootstrap, topic_factory,
+                                                          group_id, model, tmp_path):
+    src, out, dlq = topic_factory(1), topic_factory(1), topic_factory(1)
+    good = wave(80, seed=5)
+    bad = {
+        "not_json": b"this is not json",
+        "not_object": b"[1, 2, 3]",
+        "missing_value": orjson.dumps({"key": "k", "ts": T0 + 60 * 40}),
+        "non_numeric": orjson.dumps({"key": "k", "ts": T0 + 60 * 40, "value": "high"}),
+        "non_finite": b'{"key": "k", "ts": 1767228000, "value": NaN}',
+        "feature_count": orjson.dumps({"key": "k", "ts": T0 + 60 * 40, "values": [1.0, 2.0]}),
+        "oversize": orjson.dumps({"key": "k", "ts": T0 + 60 * 40, "value": 1.0,
+                                  "pad": "x" * 5000}),
+        "bad_timestamp": orjson.dumps({"key": "k", "ts": "yesterday", "value": 1.0}),
+        "timestamp_backwards": orjson.dumps({"key": "k", "ts": T0, "value": 1.0}),
+        "missing_key": orjson.dumps({"ts": T0 + 60 * 40, "value": 1.0}),
+    }
+    assert set(bad) == set(INVALID_REASONS)
+    msgs: list[tuple[str | None, object]] = [("k", {"key": "k", "ts": T0 + 60 * i,
+                                                    "value": float(good[i])}) for i in range(40)]
+    msgs += [("k" if r != "missing_key" else None, v) for r, v in bad.items()]
+    msgs += [("k", {"key": "k", "ts": T0 + 60 * i, "value": float(good[i])})
+             for i in range(40, 80)]
+    produce_json(broker_bootstrap, src, msgs)
+    det = DetectorProcess(broker_bootstrap, src, out, group_id, model,
+                          ["--dlq-topic", dlq, "--max-message-bytes", "2048"],
+                          log=tmp_path / "det.log")
+    try:
+        det.wait_value("stream_detector_messages_consumed_total", len(msgs))
+        det.wait_value("stream_detector_windows_scored_total", 80 - WINDOW + 1)
+        metrics = det.metrics()
+        for reason in INVALID_REASONS:
+            assert metrics[f'stream_detector_invalid_messages_total{{reason="{reason}"}}'] == 1
+        assert metrics["stream_detector_windows_scored_total"] == 80 - WINDOW + 1
+        dead = consume_all(broker_bootstrap, dlq, expected=len(bad), timeout=20, idle=3)
+    finally:
+        code, _ = det.terminate()
+    assert code == 0
+    assert sorted(d["headers"]["reason"].decode() for d in dead) == sorted(bad)
+    for d in dead:
+        h = {k: v.decode() for k, v in d["headers"].items()}
+        assert h["source_topic"] == src and h["source_partition"] == "0"
+        assert 40 <= int(h["source_offset"]) < 40 + len(bad)
+        assert d["raw"] == bad[h["reason"]], "the DLQ keeps the original bytes"
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer(consumer_conf(bootstrap, group))
+    try:
+        got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        # nothing committed yet (OFFSET_INVALID): the group starts at the beginning
+        return {tp.partition: max(tp.offset, 0) for tp in got}
+    finally:
+        c.close()
+
+
+def _run_reference(bootstrap, src, out, group, model, expected_windows, tmp_path, name):
+    det = DetectorProcess(bootstrap, src, out, group, model, ["--events", "windows"],
+                          log=tmp_path / f"{name}.log")
+    try:
+        det.wait_value("stream_detector_windows_scored_total", expected_windows)
+        anomalies = int(det.value("stream_detector_anomalies_total"))
+        wait_until(lambda: det.value('stream_detector_events_published_total{type="window"}')
+                   >= anomalies, 30, "events delivered")
+    finally:
+        det.terminate()
+    return {e["value"]["event_id"]: e["raw"] for e in events_of(bootstrap, out, anomalies)}
+
+
+def test_sigterm_then_restart_resumes_at_the_committed_offset(
+        broker_bootstrap, topic_factory, group_id, eager_model, tmp_path):
+    n, keys = 500, [f"key-{i}" for i in range(6)]
+    series = {k: wave(n, seed=10 + i) for i, k in enumerate(keys)}
+    msgs = stream(series)
+    src = topic_factory(2)
+    reports = produce_json(broker_bootstrap, src, msgs)
+    expected = len(keys) * (n - WINDOW + 1)
+    reference = _run_reference(broker_bootstrap, src, topic_factory(1), group_id + "-ref",
+                               eager_model, expected, tmp_path, "ref")
+    assert len(reference) > 100
+
+    out = topic_factory(1)
+    first = DetectorProcess(broker_bootstrap, src, out, group_id, eager_model,
+                            ["--events", "windows", "--max-batch-latency-ms", "20"],
+                            log=tmp_path / "first.log")
+    first.wait_value("stream_detector_windows_scored_total", expected // 3)
+    code, took = first.terminate()
+    assert code == 0, first._tail()
+    assert took < 10, f"drain took {took:.1f} s"
+    committed = _committed(broker_bootstrap, group_id, src, 2)
+    assert 0 < sum(committed.values()) < len(msgs), f"stopped mid-stream: {committed}"
+
+    second = DetectorProcess(broker_bootstrap, src, out, group_id, eager_model,
+                             ["--events", "windows"], log=tmp_path / "second.log")
+    try:
+        rest = len(msgs) - sum(committed.values())
+        second.wait_value("stream_detector_messages_consumed_total", rest)
+        wait_until(lambda: second.value("stream_detector_messages_consumed_total") >= rest, 5, "")
+        assert second.value("stream_detector_messages_consumed_total") == rest, "resumed exactly"
+        scored = int(second.value("stream_detector_windows_scored_total"))
+        anomalies = int(second.value("stream_detector_anomalies_total"))
+        wait_until(lambda: second.value('stream_detector_events_published_total{type="window"}')
+                   >= anomalies, 30, "events delivered")
+    finally:
+        second.terminate()
+    # Keys go blind for one window after a restart (state is not restored yet): the
+    # first WINDOW-1 messages of each key after the committed offset complete no window.
+    warmup: set[tuple[int, int]] = set()
+    seen: dict[str, int] = {}
+    for (key, _), (part, off) in zip(msgs, reports):
+        if off >= committed[part]:
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] < WINDOW:
+                warmup.add((part, off))
+    assert scored == sum(max(0, c - WINDOW + 1) for c in seen.values())
+    expected_ids = {eid for eid, raw in reference.items()
+                    if (json.loads(raw)["source"]["partition"],
+                        json.loads(raw)["source"]["offset"]) not in warmup}
+    got = {e["value"]["event_id"]: e["raw"] for e in events_of(broker_bootstrap, out)}
+    assert set(got) == expected_ids, (
+        f"missing {len(expected_ids - set(got))}, extra {len(set(got) - expected_ids)}")
+    assert all(got[i] == reference[i] for i in got), "redelivered events are byte-identical"
+
+
+def test_two_detectors_in_one_group_split_the_partitions(broker_bootstrap, topic_factory,
+                                                         group_id, eager_model, tmp_path):
+    n, keys = 300, [f"key-{i}" for i in range(8)]
+    series = {k: wave(n, seed=30 + i) for i, k in enumerate(keys)}
+    src, out = topic_factory(4), topic_factory(1)
+    pair = [DetectorProcess(broker_bootstrap, src, out, group_id, eager_model,
+                            ["--events", "windows"], log=tmp_path / f"d{i}.log") for i in (0, 1)]
+    try:
+        for d in pair:
+            d.wait_ready()
+        wait_until(lambda: all(d.value("stream_detector_assigned_partitions") == 2
+                               for d in pair), 30, "a 2/2 split")
+        produce_json(broker_bootstrap, src, stream(series))
+        expected = len(keys) * (n - WINDOW + 1)
+        wait_until(lambda: sum(d.value("stream_detector_windows_scored_total") for d in pair)
+                   >= expected, 90, "all windows scored")
+        assert all(d.value("stream_detector_windows_scored_total") > 0 for d in pair)
+        assert sum(d.value("stream_detector_windows_scored_total") for d in pair) == expected
+        anomalies = sum(int(d.value("stream_detector_anomalies_total")) for d in pair)
+    finally:
+        for d in pair:
+            d.terminate()
+    got = {e["value"]["event_id"]: e["raw"] for e in events_of(broker_bootstrap, out, anomalies)}
+    reference = _run_reference(broker_bootstrap, src, topic_factory(1), group_id + "-ref",
+                               eager_model, expected, tmp_path, "ref")
+    assert got == reference
+
+
+def test_max_series_bounds_memory(broker_bootstrap, topic_factory, group_id, model, tmp_path):
+    src, out = topic_factory(2), topic_factory(1)
+    n_keys, cap = 200_000, 1000
+    p = Producer({"bootstrap.servers": broker_bootstrap, "linger.ms": 50})
+    for i in range(n_keys):
+        key = f"host-{i}.cpu"
+        while True:
+            try:
+                p.produce(src, key=key.encode(),
+                          value=orjson.dumps({"key": key, "ts": T0 + i, "value": 0.5}))
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 5000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    det = DetectorProcess(broker_bootstrap, src, out, group_id, model,
+                          ["--max-series", str(cap)], log=tmp_path / "det.log")
+    try:
+        det.wait_value("stream_detector_messages_consumed_total", n_keys, timeout=180)
+        m = det.metrics()
+        assert m["stream_detector_active_series"] == cap
+        assert m['stream_detector_series_evicted_total{cause="max_series"}'] == n_keys - cap
+    finally:
+        det.terminate()
