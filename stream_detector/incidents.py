@@ -42,6 +42,19 @@ class IncidentTracker:
     def forget(self, key: str) -> None:
         self._open.pop(key, None)
 
+    def export(self, key: str) -> tuple[str, float, float, float, int, int] | None:
+        """The key's open incident as a plain tuple (for the state changelog), or None."""
+        o = self._open.get(key)
+        if o is None:
+            return None
+        return (o.incident_id, o.started, o.ended, o.peak_score, o.windows, o.normal_run)
+
+    def restore(self, key: str, state: tuple[str, float, float, float, int, int] | None) -> None:
+        if state is None:
+            self._open.pop(key, None)
+        else:
+            self._open[key] = _Open(*state)
+
     def _event(
         self, kind: str, meta: WindowMeta, score: float, threshold: float, a_score: float,
         incident_id: str,

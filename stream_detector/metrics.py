@@ -54,6 +54,12 @@ class Metrics:
     model_reloads: Counter
     last_message_timestamp: Gauge
     ready: Gauge
+    state_restore_seconds: Histogram
+    state_restored_keys: Counter
+    state_records_written: Counter
+    state_bytes_written: Counter
+    checkpoint_seconds: Histogram
+    messages_skipped: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -157,6 +163,35 @@ class Metrics:
             ),
             ready=Gauge(f"{p}_ready", "1 when the model is loaded and partitions are assigned.",
                         registry=reg),
+            state_restore_seconds=Histogram(
+                f"{p}_state_restore_seconds",
+                "Time to restore window state of newly assigned partitions from the changelog.",
+                buckets=_LATENCY_BUCKETS + (30.0, 60.0),
+                registry=reg,
+            ),
+            state_restored_keys=Counter(
+                f"{p}_state_restored_keys", "Series restored from the state changelog.",
+                registry=reg,
+            ),
+            state_records_written=Counter(
+                f"{p}_state_records_written",
+                "Records written to the state changelog (changed keys and tombstones).",
+                registry=reg,
+            ),
+            state_bytes_written=Counter(
+                f"{p}_state_bytes_written", "Bytes written to the state changelog.", registry=reg
+            ),
+            checkpoint_seconds=Histogram(
+                f"{p}_checkpoint_seconds",
+                "Checkpoint wall time: flush events, write state, commit offsets.",
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            messages_skipped=Counter(
+                f"{p}_messages_skipped",
+                "Redelivered messages already contained in restored state (not applied twice).",
+                registry=reg,
+            ),
         )
         for reason in INVALID_REASONS:
             m.invalid_messages.labels(reason=reason)

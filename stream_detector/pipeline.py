@@ -35,6 +35,9 @@ from stream_detector.records import Source, WindowMeta
 from stream_detector.server import HealthServer
 from stream_detector.sink import EventSink
 from stream_detector.source import Decoder, Fields
+from stream_detector.state import KeyState, StateStore, ensure_changelog
+from stream_detector.state import decode as decode_state
+from stream_detector.state import encode as encode_state
 from stream_detector.window import WindowBuffer
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ class ServiceConfig:
     drain_timeout_s: float = 10.0
     max_message_bytes: int = 65536
     exactly_once: bool = False
+    state: str = "changelog"
+    state_topic: str | None = None
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -85,10 +90,17 @@ class ServiceConfig:
             incident_gap=cfg["incident_gap"], commit_interval_s=cfg["commit_interval_ms"] / 1000.0,
             drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
             exactly_once=cfg["exactly_once"],
+            state=cfg["state"], state_topic=cfg["state_topic"],
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
         )
+
+    @property
+    def changelog_topic(self) -> str | None:
+        if self.state != "changelog":
+            return None
+        return self.state_topic or f"{self.group_id}-state"
 
 
 _CONSUMER_ONLY = (
@@ -149,6 +161,13 @@ class Detector:
             producer_conf["transactional.id"] = f"{cfg.group_id}-{host}"
         self.sink = EventSink(producer_conf, cfg.output_topic, cfg.dlq_topic, metrics,
                               transactional=cfg.exactly_once)
+        self.state: StateStore | None = None
+        self._dirty: dict[str, int] = {}  # key -> partition, changed since the last checkpoint
+        self._deleted: dict[str, int] = {}  # evicted keys whose state must be tombstoned
+        self._state_partitions = 0
+        if cfg.changelog_topic:
+            self.state = StateStore(cfg.changelog_topic, self.sink.producer,
+                                    {**common, **cfg.kafka})
         m = metrics
         m.active_series.set_function(lambda: len(self.buffer))
         m.assigned_partitions.set_function(lambda: len(self._assigned))
@@ -191,14 +210,45 @@ class Detector:
                 if lag is not None and lag >= 0:
                     self.metrics.consumer_lag.labels(topic=topic, partition=p).set(lag)
 
-    def _on_evict(self, key: str, cause: str) -> None:
+    def _on_evict(self, key: str, cause: str, partition: int) -> None:
         self.metrics.series_evicted.labels(cause=cause).inc()
         self.tracker.forget(key)
+        self._dirty.pop(key, None)
+        if self.state is not None and cause != "revoked":
+            self._deleted[key] = partition  # gone for good: drop its state too
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(p.partition for p in partitions))
+        if self.state is not None and partitions:
+            needed = max(tp.partition for tp in partitions) + 1
+            if needed > self._state_partitions:
+                self._state_partitions = ensure_changelog(
+                    self.cfg.bootstrap_servers, self.state.topic, needed,
+                    producer_properties(self.cfg.kafka))
+            self.restore([tp.partition for tp in partitions])
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
-        log.info("assigned %s", sorted(p.partition for p in partitions))
+
+    def restore(self, partitions: list[int]) -> int:
+        """Load the changelog state of ``partitions`` (before consuming them)."""
+        assert self.state is not None
+        t0 = time.perf_counter()
+        records = self.state.restore(partitions)
+        n = 0
+        w, f = self.art.window, self.art.n_features
+        for p, recs in records.items():
+            for key, raw in recs.items():
+                ks = decode_state(raw, w, f)
+                if ks is None:
+                    continue
+                self.buffer.restore(key, p, ks.count, ks.last_offset, ks.values, ks.ts)
+                self.tracker.restore(key, ks.incident)
+                n += 1
+        took = time.perf_counter() - t0
+        self.metrics.state_restore_seconds.observe(took)
+        self.metrics.state_restored_keys.inc(n)
+        log.info("restored %d series of partitions %s in %.3f s", n, partitions, took)
+        return n
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
@@ -235,6 +285,10 @@ class Detector:
         kafka_ts = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms > 0 else None
         try:
             r = self.decoder.decode(msg.value(), msg.key(), kafka_ts)
+            if self.state is not None and offset <= self.buffer.last_offset(r.key):
+                # already in the restored window (applied before a crash, redelivered now)
+                self.metrics.messages_skipped.inc()
+                return
             last = self.buffer.last_ts(r.key)
             if last is not None and r.ts < last:
                 raise InvalidRecord("timestamp_backwards",
@@ -245,8 +299,10 @@ class Detector:
             self.sink.dead_letter(msg.value(), msg.key(), exc.reason, exc.detail, topic,
                                   partition, offset)
             return
+        if self.state is not None:
+            self._dirty[r.key] = partition
         scaled = self.art.scalers.for_key(r.key).transform(r.values)
-        slot = self.buffer.append(r.key, r.ts, scaled, tag=partition)
+        slot = self.buffer.append(r.key, r.ts, scaled, tag=partition, offset=offset)
         if slot is None:
             return
         values, start_ts, end_ts = self.buffer.window_at(slot)
@@ -282,9 +338,13 @@ class Detector:
         return n
 
     def checkpoint(self, only: set[TP] | None = None, timeout: float = 30.0) -> None:
-        """Score what is batched, wait for every delivery, then commit consumed positions."""
+        """Score what is batched, wait for every delivery, write changed state, then commit."""
+        t0 = time.perf_counter()
         self.score_batch()
         self.sink.flush(timeout)
+        if self.state is not None and (self._dirty or self._deleted):
+            self._write_state({p for _, p in only} if only is not None else None)
+            self.sink.flush(timeout)
         offsets = [
             TopicPartition(t, p, o) for (t, p), o in self._positions.items()
             if self._committed.get((t, p)) != o and (only is None or (t, p) in only)
@@ -303,6 +363,34 @@ class Detector:
             return
         for tp in offsets:
             self._committed[(tp.topic, tp.partition)] = tp.offset
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+
+    def _write_state(self, partitions: set[int] | None) -> None:
+        assert self.state is not None
+        w = self.art.window
+        written = self.state.bytes_written
+        n = 0
+        for key, p in list(self._dirty.items()):
+            if partitions is not None and p not in partitions:
+                continue
+            exp = self.buffer.export(key)
+            del self._dirty[key]
+            if exp is None:
+                continue
+            tag, count, last_offset, values, ts = exp
+            raw = encode_state(KeyState(count, last_offset, values, ts, self.tracker.export(key)),
+                               w)
+            self.state.write(tag, key, raw, self.sink.on_state_delivery)
+            n += 1
+        for key, p in list(self._deleted.items()):
+            if partitions is not None and p not in partitions:
+                continue
+            del self._deleted[key]
+            if p >= 0:
+                self.state.write(p, key, None, self.sink.on_state_delivery)
+                n += 1
+        self.metrics.state_records_written.inc(n)
+        self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
 
     def stop(self, *_: object) -> None:
         """Ask the loop to drain and exit (safe from a signal handler)."""

@@ -54,6 +54,12 @@ class EventSink:
                 self.metrics.event_latency.observe(max(0.0, time.time() - kafka_ts))
         return cb
 
+    def on_state_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            if self._error is None:
+                self._error = err
+            log.error("state record not delivered to %s: %s", msg.topic(), err)
+
     def _on_dlq(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             if self._error is None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-EvictHook = Callable[[str, str], None]
+EvictHook = Callable[[str, str, int], None]  # (key, cause, tag)
 
 
 class WindowBuffer:
@@ -28,7 +28,8 @@ class WindowBuffer:
     n_features: values per point (F).
     hop: a window is due every ``hop`` points once the buffer is full.
     max_series: cap on keys held; the least recently seen key is evicted beyond it.
-    on_evict: called with (key, cause) for every key dropped ("max_series", "idle", "revoked").
+    on_evict: called with (key, cause, tag) for every key dropped ("max_series", "idle",
+        "revoked").
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class WindowBuffer:
         self._count = np.zeros(cap, dtype=np.int64)
         self._seen = np.zeros(cap, dtype=np.float64)
         self._tag = np.full(cap, -1, dtype=np.int32)
+        self._offset = np.full(cap, -1, dtype=np.int64)
         self._key_of: list[str | None] = [None] * cap
         self._slots: OrderedDict[str, int] = OrderedDict()
         self._free: list[int] = list(range(cap - 1, -1, -1))
@@ -87,17 +89,19 @@ class WindowBuffer:
         self._count = np.concatenate([self._count, np.zeros(new - old, dtype=np.int64)])
         self._seen = np.concatenate([self._seen, np.zeros(new - old, dtype=np.float64)])
         self._tag = np.concatenate([self._tag, np.full(new - old, -1, dtype=np.int32)])
+        self._offset = np.concatenate([self._offset, np.full(new - old, -1, dtype=np.int64)])
         self._key_of.extend([None] * (new - old))
         self._free.extend(range(new - 1, old - 1, -1))
 
     def _evict(self, key: str, cause: str) -> None:
         slot = self._slots.pop(key)
+        tag = int(self._tag[slot])
         self._count[slot] = 0
         self._tag[slot] = -1
         self._key_of[slot] = None
         self._free.append(slot)
         if self._on_evict is not None:
-            self._on_evict(key, cause)
+            self._on_evict(key, cause, tag)
 
     def slot(self, key: str, now: float | None = None, tag: int = -1) -> int:
         """The slot of ``key``, allocating (and evicting the LRU key) when needed.
@@ -114,6 +118,7 @@ class WindowBuffer:
                 self._grow()
             slot = self._free.pop()
             self._count[slot] = 0
+            self._offset[slot] = -1
             self._slots[key] = slot
             self._key_of[slot] = key
         self._tag[slot] = tag
@@ -141,11 +146,40 @@ class WindowBuffer:
         return self.drop(stale, cause="idle")
 
     # -- the data path -----------------------------------------------------------------
+    def last_offset(self, key: str) -> int:
+        """Input offset of the last point appended for ``key`` (-1 if unknown or absent)."""
+        slot = self._slots.get(key)
+        return -1 if slot is None else int(self._offset[slot])
+
+    def export(self, key: str) -> tuple[int, int, int, np.ndarray, np.ndarray] | None:
+        """(tag, count, last offset, values (held, F) oldest first, ts (held,)) of ``key``."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        c = int(self._count[slot])
+        held = min(c, self.window)
+        idx = (c - held + self._order[:held]) % self.window
+        return (int(self._tag[slot]), c, int(self._offset[slot]), self._values[slot, idx],
+                self._ts[slot, idx])
+
+    def restore(self, key: str, tag: int, count: int, last_offset: int, values: np.ndarray,
+                ts: np.ndarray) -> None:
+        """Put back what :meth:`export` returned (after a restart or a rebalance)."""
+        slot = self.slot(key, tag=tag)
+        held = min(count, self.window, len(values))
+        positions = (count - held + self._order[:held]) % self.window
+        self._values[slot, positions] = values[-held:] if held else values[:0]
+        self._ts[slot, positions] = ts[-held:] if held else ts[:0]
+        self._count[slot] = count
+        self._offset[slot] = last_offset
+
     def append(
-        self, key: str, ts: float, value: np.ndarray, now: float | None = None, tag: int = -1
+        self, key: str, ts: float, value: np.ndarray, now: float | None = None, tag: int = -1,
+        offset: int = -1,
     ) -> int | None:
         """Add one point; return the key's slot if a window is now due, else None."""
         slot = self.slot(key, now, tag)
+        self._offset[slot] = offset
         c = int(self._count[slot])
         pos = c % self.window
         self._values[slot, pos] = value

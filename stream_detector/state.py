@@ -1,0 +1,185 @@
+"""Window state that survives crashes and rebalances: a compacted changelog topic.
+
+Each series key's state (its window buffer, the input offset it reflects, its open
+incident) is one record in ``<group>-state``, keyed by series key, in the partition with
+the same number as the key's input partition. At every checkpoint the detector writes
+the keys changed since the last one, waits for the broker to confirm, and only then
+commits input offsets. On assignment it reads back exactly the assigned partitions before
+consuming them. Because each record carries the offset of the last message applied, a
+message that was applied before a crash but redelivered after it is skipped, so the
+restored window never holds a point twice.
+
+The end of a state partition is found without watermarks (which some brokers report
+wrongly): the restorer writes a unique marker record into the partition and reads until
+it sees it, then deletes the marker with a tombstone.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+_MAGIC = 0x5D
+_VERSION = 1
+# magic, version, flags, window, n_features, count, last_offset
+_HEAD = struct.Struct("<BBBHHqq")
+# incident: id (8 bytes), started, ended, peak, windows, normal_run
+_INCIDENT = struct.Struct("<8sdddii")
+_FLAG_INCIDENT = 1
+MARKER_PREFIX = b"__stream_detector_marker__/"
+
+
+@dataclass
+class KeyState:
+    """Everything that must survive for one series key."""
+
+    count: int
+    last_offset: int
+    values: np.ndarray  # (held, F) float32, oldest first, held = min(count, window)
+    ts: np.ndarray  # (held,) float64
+    incident: tuple[str, float, float, float, int, int] | None = None
+
+
+def encode(state: KeyState, window: int) -> bytes:
+    """Compact binary encoding: a 24-byte header, float32 values, float64 timestamps."""
+    flags = _FLAG_INCIDENT if state.incident is not None else 0
+    n_features = state.values.shape[1] if state.values.ndim == 2 else 1
+    parts = [
+        _HEAD.pack(_MAGIC, _VERSION, flags, window, n_features, state.count, state.last_offset),
+        np.ascontiguousarray(state.values, dtype="<f4").tobytes(),
+        np.ascontiguousarray(state.ts, dtype="<f8").tobytes(),
+    ]
+    if state.incident is not None:
+        iid, started, ended, peak, windows, normal_run = state.incident
+        parts.append(_INCIDENT.pack(bytes.fromhex(iid)[:8], started, ended, peak, windows,
+                                    normal_run))
+    return b"".join(parts)
+
+
+def decode(raw: bytes, window: int, n_features: int) -> KeyState | None:
+    """Inverse of :func:`encode`; None for a record of another layout (e.g. another model)."""
+    if len(raw) < _HEAD.size:
+        return None
+    magic, version, flags, w, f, count, last_offset = _HEAD.unpack_from(raw)
+    if magic != _MAGIC or version != _VERSION or w != window or f != n_features:
+        return None
+    held = min(count, window)
+    pos = _HEAD.size
+    nv = held * f * 4
+    values = np.frombuffer(raw, dtype="<f4", count=held * f, offset=pos).reshape(held, f)
+    pos += nv
+    ts = np.frombuffer(raw, dtype="<f8", count=held, offset=pos)
+    pos += held * 8
+    incident = None
+    if flags & _FLAG_INCIDENT:
+        iid, started, ended, peak, windows, normal_run = _INCIDENT.unpack_from(raw, pos)
+        incident = (iid.hex(), started, ended, peak, windows, normal_run)
+    return KeyState(count, last_offset, values.astype(np.float32), ts.astype(np.float64),
+                    incident)
+
+
+class StateStore:
+    """Writes changed keys to the changelog and restores assigned partitions from it."""
+
+    def __init__(self, topic: str, producer: Producer, consumer_conf: Mapping[str, Any]) -> None:
+        self.topic = topic
+        self._producer = producer
+        self._consumer_conf = dict(consumer_conf)
+        self.bytes_written = 0
+        self.records_written = 0
+
+    def write(self, partition: int, key: str, value: bytes | None,
+              on_delivery: Any = None) -> None:
+        """Queue one key's state (None = tombstone, the key is gone)."""
+        while True:
+            try:
+                self._producer.produce(self.topic, key=key.encode(), value=value,
+                                       partition=partition, on_delivery=on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self.records_written += 1
+        self.bytes_written += len(value or b"") + len(key)
+
+    def restore(self, partitions: Iterable[int], timeout: float = 60.0) -> dict[int, dict[str, bytes]]:
+        """Read the latest state record of every key in ``partitions`` of the changelog."""
+        parts = sorted(set(partitions))
+        if not parts:
+            return {}
+        markers = {p: MARKER_PREFIX + uuid.uuid4().hex.encode() for p in parts}
+        for p, marker in markers.items():
+            self._producer.produce(self.topic, key=marker, value=b"", partition=p)
+        if self._producer.flush(timeout):
+            raise TimeoutError(f"state topic {self.topic}: marker not confirmed in {timeout} s")
+        conf = {**self._consumer_conf, "group.id": f"restore-{uuid.uuid4().hex}",
+                "enable.auto.commit": False, "auto.offset.reset": "earliest"}
+        consumer = Consumer(conf)
+        out: dict[int, dict[str, bytes]] = {p: {} for p in parts}
+        pending = set(parts)
+        deadline = time.monotonic() + timeout
+        try:
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+            while pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"state topic {self.topic}: partitions {sorted(pending)} not read "
+                        f"to their end in {timeout} s")
+                for msg in consumer.consume(1000, 0.5):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("state restore: %s", err)
+                        continue
+                    p = msg.partition()
+                    key = msg.key() or b""
+                    if key.startswith(MARKER_PREFIX):
+                        if key == markers.get(p):
+                            pending.discard(p)
+                            consumer.pause([TopicPartition(self.topic, p)])
+                        continue
+                    value = msg.value()
+                    k = key.decode("utf-8", "replace")
+                    if value is None:
+                        out[p].pop(k, None)
+                    else:
+                        out[p][k] = value
+        finally:
+            consumer.close()
+        for p, marker in markers.items():  # tombstones: compaction removes the markers
+            self._producer.produce(self.topic, key=marker, value=None, partition=p)
+        self._producer.poll(0)
+        return out
+
+
+def ensure_changelog(bootstrap: str, topic: str, partitions: int,
+                     client_config: Mapping[str, Any] | None = None, timeout: float = 30) -> int:
+    """Create the compacted changelog with ``partitions`` partitions, or grow it to that many.
+
+    Returns the partition count it has afterwards.
+    """
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    from stream_detector.broker import ensure_topics
+
+    ensure_topics(bootstrap, {topic: partitions}, config={"cleanup.policy": "compact"},
+                  timeout=timeout, client_config=client_config)
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
+    have = len(admin.list_topics(topic, timeout=timeout).topics[topic].partitions)
+    if have < partitions:
+        fut = admin.create_partitions([NewPartitions(topic, partitions)])[topic]
+        fut.result(timeout)
+        deadline = time.monotonic() + timeout
+        while have < partitions and time.monotonic() < deadline:
+            time.sleep(0.2)
+            have = len(admin.list_topics(topic, timeout=timeout).topics[topic].partitions)
+    return have
