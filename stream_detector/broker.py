@@ -201,9 +201,12 @@ class EmbeddedBroker:
         *,
         foreground: bool = False,
         advertised_host: str | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
+        # a different advertised port lets tests put a TCP proxy in front of the broker
+        self.advertised_port = advertised_port if advertised_port is not None else self.port
         if advertised_host is None:
             advertised_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         self.advertised_host = advertised_host
@@ -218,7 +221,7 @@ class EmbeddedBroker:
     @property
     def bootstrap_servers(self) -> str:
         """The ``host:port`` string for ``bootstrap.servers``."""
-        return f"{self.advertised_host}:{self.port}"
+        return f"{self.advertised_host}:{self.advertised_port}"
 
     @property
     def log_path(self) -> Path | None:
@@ -242,7 +245,7 @@ class EmbeddedBroker:
             "broker",
             "--cluster-id", self.cluster_id,
             "--listener-url", f"tcp://{self.host}:{self.port}",
-            "--advertised-listener-url", f"tcp://{self.advertised_host}:{self.port}",
+            "--advertised-listener-url", f"tcp://{self.advertised_host}:{self.advertised_port}",
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
 
@@ -310,7 +313,7 @@ class EmbeddedBroker:
                     f"{self._log_tail()}"
                 )
             # A plain TCP probe first keeps librdkafka's connection-refused noise away.
-            if not _can_connect(self.advertised_host, self.port):
+            if not _can_connect(self.advertised_host, self.advertised_port):
                 time.sleep(0.05)
                 continue
             if admin is None:

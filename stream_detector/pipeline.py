@@ -9,13 +9,16 @@ Event ids are deterministic, so a redelivered event is byte-identical.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -28,6 +31,7 @@ from confluent_kafka import (
 
 from stream_detector.artifact import Artifact, load_artifact
 from stream_detector.batcher import MicroBatcher
+from stream_detector.decision import make_decider
 from stream_detector.errors import DeliveryError, InputError, InvalidRecord
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics
@@ -70,6 +74,7 @@ class ServiceConfig:
     exactly_once: bool = False
     state: str = "changelog"
     state_topic: str | None = None
+    model_poll_s: float = 10.0
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -90,7 +95,7 @@ class ServiceConfig:
             incident_gap=cfg["incident_gap"], commit_interval_s=cfg["commit_interval_ms"] / 1000.0,
             drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
             exactly_once=cfg["exactly_once"],
-            state=cfg["state"], state_topic=cfg["state_topic"],
+            state=cfg["state"], state_topic=cfg["state_topic"], model_poll_s=cfg["model_poll_s"],
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
@@ -132,7 +137,9 @@ class Detector:
             art.window, art.n_features, cfg.max_batch, cfg.max_batch_latency_s)
         gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
         self.tracker = IncidentTracker(art.kind, art.version, cfg.events, gap)
+        self.decider = make_decider(art.thresholds, art.metadata.get("decision"))
         self._stop = False
+        self._pending_art: Artifact | None = None
         self._positions: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
         self._assigned: set[TP] = set()
@@ -213,6 +220,7 @@ class Detector:
     def _on_evict(self, key: str, cause: str, partition: int) -> None:
         self.metrics.series_evicted.labels(cause=cause).inc()
         self.tracker.forget(key)
+        self.decider.forget(key)
         self._dirty.pop(key, None)
         if self.state is not None and cause != "revoked":
             self._deleted[key] = partition  # gone for good: drop its state too
@@ -243,6 +251,8 @@ class Detector:
                     continue
                 self.buffer.restore(key, p, ks.count, ks.last_offset, ks.values, ks.ts)
                 self.tracker.restore(key, ks.incident)
+                if ks.decision:
+                    self.decider.restore(key, ks.decision)
                 n += 1
         took = time.perf_counter() - t0
         self.metrics.state_restore_seconds.observe(took)
@@ -311,8 +321,34 @@ class Detector:
         if self.batcher.add(values, meta):
             self.score_batch()
 
+    def offer_model(self, art: Artifact) -> None:
+        """Hand over a newly loaded artifact (from the watcher thread); used from the next batch."""
+        self._pending_art = art
+
+    def _swap_model(self) -> None:
+        art, self._pending_art = self._pending_art, None
+        if art is None:
+            return
+        old = self.art
+        self.art = art
+        self.tracker.model = art.kind
+        self.tracker.model_version = art.version
+        self.decider = make_decider(art.thresholds, art.metadata.get("decision"))
+        m = self.metrics
+        try:
+            m.model_info.remove(old.kind, old.version, str(old.window))
+        except KeyError:
+            pass
+        m.model_info.labels(model=art.kind, version=art.version, window=str(art.window)).set(1)
+        m.model_loaded_timestamp.set(art.created_at.timestamp())
+        m.anomaly_threshold.set(art.thresholds.global_)
+        m.model_reloads.labels(result="loaded").inc()
+        log.info("model reloaded: %s %s -> %s", art.kind, old.version, art.version)
+
     def score_batch(self) -> int:
         """Score the collected windows with one model call and publish what they cause."""
+        if self._pending_art is not None:
+            self._swap_model()
         if not len(self.batcher):
             return 0
         batch = self.batcher.drain()
@@ -323,7 +359,7 @@ class Detector:
         n = len(batch)
         m.inference_batch_size.observe(n)
         keys = [meta.key for meta in batch.metas]
-        thr, a_scores, flags = self.art.thresholds.decide(keys, scores)
+        thr, a_scores, flags = self.decider.decide(keys, scores)
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
         observe = m.reconstruction_error.observe
@@ -337,20 +373,27 @@ class Detector:
                 self.sink.publish(ev, meta.kafka_ts)
         return n
 
-    def checkpoint(self, only: set[TP] | None = None, timeout: float = 30.0) -> None:
-        """Score what is batched, wait for every delivery, write changed state, then commit."""
+    def checkpoint(self, only: set[TP] | None = None, timeout: float = 30.0,
+                   strict: bool = True) -> bool:
+        """Score what is batched, wait for every delivery, write changed state, then commit.
+
+        With ``strict=False`` (the periodic checkpoint) a broker that does not confirm in
+        ``timeout`` only postpones the commit; the loop goes on and retries next time.
+        """
         t0 = time.perf_counter()
         self.score_batch()
-        self.sink.flush(timeout)
+        if not self.sink.flush(timeout, strict):
+            return False
         if self.state is not None and (self._dirty or self._deleted):
             self._write_state({p for _, p in only} if only is not None else None)
-            self.sink.flush(timeout)
+            if not self.sink.flush(timeout, strict):
+                return False
         offsets = [
             TopicPartition(t, p, o) for (t, p), o in self._positions.items()
             if self._committed.get((t, p)) != o and (only is None or (t, p) in only)
         ]
         if not offsets:
-            return
+            return True
         try:
             if self.cfg.exactly_once:
                 self.sink.commit_transaction(offsets, self.consumer.consumer_group_metadata(),
@@ -360,10 +403,11 @@ class Detector:
         except KafkaException as exc:
             # e.g. a rebalance in progress: the messages will be redelivered (at least once)
             log.warning("offset commit failed: %s", exc)
-            return
+            return False
         for tp in offsets:
             self._committed[(tp.topic, tp.partition)] = tp.offset
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        return True
 
     def _write_state(self, partitions: set[int] | None) -> None:
         assert self.state is not None
@@ -378,8 +422,8 @@ class Detector:
             if exp is None:
                 continue
             tag, count, last_offset, values, ts = exp
-            raw = encode_state(KeyState(count, last_offset, values, ts, self.tracker.export(key)),
-                               w)
+            raw = encode_state(KeyState(count, last_offset, values, ts, self.tracker.export(key),
+                                        self.decider.export(key)), w)
             self.state.write(tag, key, raw, self.sink.on_state_delivery)
             n += 1
         for key, p in list(self._deleted.items()):
@@ -425,8 +469,8 @@ class Detector:
                 self.sink.poll()
                 now = time.monotonic()
                 if now - last_commit >= cfg.commit_interval_s:
-                    self.checkpoint()
-                    last_commit = now
+                    self.checkpoint(timeout=2.0, strict=False)
+                    last_commit = time.monotonic()
                 if cfg.idle_ttl_s > 0 and now - self._last_sweep > min(10.0, cfg.idle_ttl_s):
                     self.buffer.evict_idle(cfg.idle_ttl_s, now)
                     self._last_sweep = now
@@ -455,6 +499,69 @@ class Detector:
         self.sink.close(timeout)
 
 
+class ModelWatcher(threading.Thread):
+    """Polls the model directory; loads a new valid version off the hot path, refuses a bad one.
+
+    A change is noticed through ``metadata.json`` (written last by ``train``). The new
+    artifact must keep the window and feature count (the live buffers depend on them) and
+    is warmed up (traced) before the detector switches to it at its next batch.
+    """
+
+    def __init__(self, model_dir: str, interval_s: float, detector: Detector) -> None:
+        super().__init__(name="model-watcher", daemon=True)
+        self.model_dir = model_dir
+        self.interval_s = interval_s
+        self.detector = detector
+        self._seen = self._signature()
+        self._halt = threading.Event()
+
+    def _signature(self) -> tuple[int, int, int, int]:
+        sig = []
+        for name in ("metadata.json", "model.keras"):
+            try:
+                st = os.stat(os.path.join(self.model_dir, name))
+                sig += [st.st_mtime_ns, st.st_size]
+            except OSError:
+                sig += [-1, -1]
+        return (sig[0], sig[1], sig[2], sig[3])
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def check(self) -> None:
+        sig = self._signature()
+        if sig == self._seen:
+            return
+        time.sleep(0.2)  # let a writer finish the pair of files
+        sig = self._signature()
+        self._seen = sig
+        det = self.detector
+        try:
+            art = load_artifact(self.model_dir)
+            cur = det._pending_art or det.art
+            if art.version == cur.version:
+                return
+            if (art.window, art.n_features, art.record_mode) != (
+                    cur.window, cur.n_features, cur.record_mode):
+                raise InputError(
+                    f"{self.model_dir}: new model has window {art.window} x {art.n_features} "
+                    f"feature(s), the running one {cur.window} x {cur.n_features}: restart to "
+                    "change the window shape")
+            art.model.score_batch(np.zeros((1, art.window, art.n_features), np.float32))
+        except InputError as exc:
+            det.metrics.model_reloads.labels(result="refused").inc()
+            log.error("new model refused, still serving %s: %s", det.art.version, exc)
+            return
+        det.offer_model(art)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception:  # never let the watcher die silently
+                log.exception("model watcher")
+
+
 def run_service(options: Mapping[str, Any]) -> int:
     """``stream-detector run``: load the model, serve health and metrics, run until SIGTERM."""
     from stream_detector.broker import TopicSetupError, ensure_topics
@@ -480,8 +587,14 @@ def run_service(options: Mapping[str, Any]) -> int:
         signal.signal(sig, det.stop)
     log.info("model %s %s (window %d, hop %d); consuming %s as group %s",
              art.kind, art.version, art.window, det.hop, cfg.input_topic, cfg.group_id)
+    watcher = None
+    if cfg.model_poll_s > 0:
+        watcher = ModelWatcher(cfg.model_dir, cfg.model_poll_s, det)
+        watcher.start()
     try:
         return det.run()
     finally:
+        if watcher is not None:
+            watcher.stop()
         if server is not None:
             server.stop()

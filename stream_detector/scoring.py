@@ -1,20 +1,23 @@
-"""The offline path: series -> window buffer -> micro-batches -> model -> threshold.
+"""The offline path: series -> window buffer -> micro-batches -> model -> decider.
 
 The same modules the streaming service uses (``window``, ``batcher``, the model's
-batched scorer, ``threshold``), applied to whole files.
+batched scorer, ``decision``), applied to whole files.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
+from stream_detector.decision import Decider, make_decider
 from stream_detector.errors import InputError
 from stream_detector.window import WindowBuffer
 
@@ -37,8 +40,14 @@ class ScoredSeries:
     window_score: np.ndarray
 
 
-def score_dataset(art: Artifact, dataset: Dataset, max_batch: int = 1024) -> list[ScoredSeries]:
-    """Score every series of ``dataset`` with ``art``."""
+def window_scores(
+    art: Artifact, dataset: Dataset, max_batch: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every full window of ``dataset`` through the batched model.
+
+    Returns ``(scores, series_index, end_index)``, one entry per window, each series'
+    windows in stream order.
+    """
     if dataset.n_features != art.n_features:
         raise InputError(
             f"{dataset.files[0]}: data has {dataset.n_features} feature(s) "
@@ -59,26 +68,60 @@ def score_dataset(art: Artifact, dataset: Dataset, max_batch: int = 1024) -> lis
     for batch in batches(windows, list(range(len(metas))), max_batch):
         scores[done : done + len(batch)] = art.model.score_batch(batch.windows)
         done += len(batch)
-
-    out = []
     series_idx = np.fromiter((m[0] for m in metas), dtype=np.int64, count=len(metas))
     end_idx = np.fromiter((m[1] for m in metas), dtype=np.int64, count=len(metas))
+    return scores, series_idx, end_idx
+
+
+def decide_series(
+    decider: Decider, art: Artifact, s: Series, scores: np.ndarray, end_idx: np.ndarray
+) -> ScoredSeries:
+    """Run one series' window ``scores`` (ending at rows ``end_idx``) through ``decider``.
+
+    The windows go through ``decide`` in stream order, as the service would see them;
+    each row carries the result of the latest window ending at or before it.
+    """
+    n = len(s)
+    wscore = np.full(n, np.nan)
+    wthr = np.full(n, np.nan)
+    wa = np.full(n, np.nan)
+    wflag = np.zeros(n, dtype=bool)
+    if len(scores):
+        thr, a, flag = decider.decide([s.key] * len(scores), np.asarray(scores, np.float64))
+        wscore[end_idx] = scores
+        wthr[end_idx] = thr
+        wa[end_idx] = a
+        wflag[end_idx] = flag
+    # carry each window's result forward to the points before the next window ends
+    has = ~np.isnan(wscore)
+    pos = np.where(has, np.arange(n), -1)
+    np.maximum.accumulate(pos, out=pos)
+    started = pos >= 0
+    at = np.maximum(pos, 0)
+    score = np.where(started, wscore[at], np.nan)
+    thr_row = np.where(started, wthr[at], art.thresholds.for_key(s.key))
+    a_row = np.where(started, wa[at], np.nan)
+    flag_row = started & wflag[at]
+    return ScoredSeries(s, score, thr_row, a_row, flag_row, wscore)
+
+
+def score_dataset(
+    art: Artifact, dataset: Dataset, max_batch: int = 1024,
+    decision: Mapping[str, Any] | None = None,
+) -> list[ScoredSeries]:
+    """Score every series of ``dataset`` with ``art``.
+
+    ``decision`` overrides the artifact's decision spec (``metadata["decision"]``);
+    the decider is built by :func:`~stream_detector.decision.make_decider`, as in ``run``.
+    """
+    scores, series_idx, end_idx = window_scores(art, dataset, max_batch)
+    spec = decision if decision is not None else art.metadata.get("decision")
+    decider = make_decider(art.thresholds, spec)
+    out = []
     for i, s in enumerate(dataset.series):
         sel = series_idx == i
-        n = len(s)
-        wscore = np.full(n, np.nan)
-        wscore[end_idx[sel]] = scores[sel]
-        # carry each window's result forward to the points before the next window ends
-        has = ~np.isnan(wscore)
-        pos = np.where(has, np.arange(n), -1)
-        np.maximum.accumulate(pos, out=pos)
-        score = np.where(pos >= 0, wscore[np.maximum(pos, 0)], np.nan)
-        thr_key = art.thresholds.for_key(s.key)
-        thr = np.full(n, thr_key)
-        _, a, flag = art.thresholds.decide([s.key] * n, np.nan_to_num(score, nan=0.0))
-        a = np.where(np.isnan(score), np.nan, a)
-        flag = flag & ~np.isnan(score)
-        out.append(ScoredSeries(s, score, thr, a, flag, wscore))
+        out.append(decide_series(decider, art, s, scores[sel], end_idx[sel]))
+        decider.forget(s.key)  # keys are unique per dataset; keep memory flat
     return out
 
 

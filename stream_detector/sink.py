@@ -98,14 +98,23 @@ class EventSink:
     def poll(self) -> None:
         self._producer.poll(0)
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every message is confirmed; raise :class:`DeliveryError` otherwise."""
+    def flush(self, timeout: float = 30.0, strict: bool = True) -> bool:
+        """Wait until every message is confirmed.
+
+        Returns False if some are still in flight after ``timeout`` (the broker is slow or
+        unreachable; librdkafka keeps retrying them), raising :class:`DeliveryError` instead
+        when ``strict``. A message the broker refused for good always raises.
+        """
         left = self._producer.flush(timeout)
-        if left:
-            raise DeliveryError(f"{left} message(s) not confirmed by the broker in {timeout:.0f} s")
         if self._error is not None:
             err, self._error = self._error, None
             raise DeliveryError(f"broker refused an event: {err}")
+        if left:
+            if strict:
+                raise DeliveryError(
+                    f"{left} message(s) not confirmed by the broker in {timeout:.0f} s")
+            return False
+        return True
 
     def commit_transaction(self, offsets: list[Any], group_metadata: Any, timeout: float) -> None:
         """Exactly-once mode: commit the events and the input offsets atomically."""

@@ -36,6 +36,8 @@ _HEAD = struct.Struct("<BBBHHqq")
 # incident: id (8 bytes), started, ended, peak, windows, normal_run
 _INCIDENT = struct.Struct("<8sdddii")
 _FLAG_INCIDENT = 1
+_FLAG_DECISION = 2
+_LEN = struct.Struct("<I")
 MARKER_PREFIX = b"__stream_detector_marker__/"
 
 
@@ -48,11 +50,13 @@ class KeyState:
     values: np.ndarray  # (held, F) float32, oldest first, held = min(count, window)
     ts: np.ndarray  # (held,) float64
     incident: tuple[str, float, float, float, int, int] | None = None
+    decision: bytes | None = None  # the decider's own per-key state
 
 
 def encode(state: KeyState, window: int) -> bytes:
     """Compact binary encoding: a 24-byte header, float32 values, float64 timestamps."""
-    flags = _FLAG_INCIDENT if state.incident is not None else 0
+    flags = (_FLAG_INCIDENT if state.incident is not None else 0) | (
+        _FLAG_DECISION if state.decision else 0)
     n_features = state.values.shape[1] if state.values.ndim == 2 else 1
     parts = [
         _HEAD.pack(_MAGIC, _VERSION, flags, window, n_features, state.count, state.last_offset),
@@ -63,6 +67,9 @@ def encode(state: KeyState, window: int) -> bytes:
         iid, started, ended, peak, windows, normal_run = state.incident
         parts.append(_INCIDENT.pack(bytes.fromhex(iid)[:8], started, ended, peak, windows,
                                     normal_run))
+    if state.decision:
+        parts.append(_LEN.pack(len(state.decision)))
+        parts.append(state.decision)
     return b"".join(parts)
 
 
@@ -84,8 +91,14 @@ def decode(raw: bytes, window: int, n_features: int) -> KeyState | None:
     if flags & _FLAG_INCIDENT:
         iid, started, ended, peak, windows, normal_run = _INCIDENT.unpack_from(raw, pos)
         incident = (iid.hex(), started, ended, peak, windows, normal_run)
+        pos += _INCIDENT.size
+    decision = None
+    if flags & _FLAG_DECISION:
+        (n,) = _LEN.unpack_from(raw, pos)
+        pos += _LEN.size
+        decision = bytes(raw[pos : pos + n])
     return KeyState(count, last_offset, values.astype(np.float32), ts.astype(np.float64),
-                    incident)
+                    incident, decision)
 
 
 class StateStore:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,25 @@ def topic_factory(broker_bootstrap: str) -> Iterator[Callable[..., str]]:
 def group_id() -> str:
     """A fresh consumer group name."""
     return f"g-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small conv1d model (window 32) trained on clean noisy sine waves."""
+    from service_helpers import WINDOW, train_wave_model
+
+    return train_wave_model(tmp_path_factory.mktemp("model") / "wave", window=WINDOW)
+
+
+@pytest.fixture(scope="session")
+def eager_model(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model with its threshold at the median training error: about half the windows
+    are anomalous, so ``--events windows`` gives a rich, deterministic event set to compare
+    runs by event id."""
+    import json
+
+    from service_helpers import with_threshold
+
+    meta = json.loads((model / "metadata.json").read_text())
+    median = meta["training"]["error_quantiles"]["0.5"]
+    return with_threshold(model, tmp_path_factory.mktemp("eager") / "m", median)

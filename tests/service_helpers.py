@@ -15,10 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from confluent_kafka import Consumer, TopicPartition
+from kafka_helpers import consume_all, consumer_conf
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_detector.broker import free_port
 
+WINDOW = 32  # the window of the test models
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 FAST_GROUP = ["--kafka", "session.timeout.ms=6000", "--kafka", "max.poll.interval.ms=10000"]
 
 
@@ -38,6 +42,13 @@ def wave(n: int, seed: int, period: float = 20.0, level: float = 10.0) -> np.nda
     t = np.arange(n)
     return (level + 2.0 * np.sin(2 * np.pi * t / period + seed) + rng.normal(0, 0.1, n)).astype(
         np.float32)
+
+
+def stream(keys: dict[str, np.ndarray], t0: float = T0) -> list[tuple[str, dict]]:
+    """Messages in time order across keys (ordered per key), as a live system sends them."""
+    n = len(next(iter(keys.values())))
+    return [(k, {"key": k, "ts": t0 + 60 * i, "value": float(v[i])})
+            for i in range(n) for k, v in keys.items()]
 
 
 def write_long(path: Path, series: dict[str, np.ndarray], start: float = 1_767_225_600.0,
@@ -146,3 +157,32 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str,
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}. {detail() if detail else ''}")
+
+
+def events_of(bootstrap: str, topic: str, expected: int | None = None) -> list[dict]:
+    return consume_all(bootstrap, topic, expected=expected, timeout=30, idle=3)
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer(consumer_conf(bootstrap, group))
+    try:
+        got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        # nothing committed yet (OFFSET_INVALID): the group starts at the beginning
+        return {tp.partition: max(tp.offset, 0) for tp in got}
+    finally:
+        c.close()
+
+
+def run_reference(bootstrap, src, out, group, model, expected_windows, tmp_path, name):
+    det = DetectorProcess(bootstrap, src, out, group, model, ["--events", "windows"],
+                          log=tmp_path / f"{name}.log")
+    try:
+        det.wait_value("stream_detector_windows_scored_total", expected_windows)
+        anomalies = int(det.value("stream_detector_anomalies_total"))
+        wait_until(lambda: det.value('stream_detector_events_published_total{type="window"}')
+                   >= anomalies, 30, "events delivered")
+    finally:
+        det.terminate()
+    return {e["value"]["event_id"]: e["raw"] for e in events_of(bootstrap, out, anomalies)}
+
+

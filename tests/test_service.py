@@ -9,27 +9,27 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from kafka_helpers import consume_all, consumer_conf, produce_json
+from confluent_kafka import Producer
+from kafka_helpers import consume_all, produce_json
 from service_helpers import (
+    T0,
+    WINDOW,
     DetectorProcess,
-    train_wave_model,
+    committed_offsets,
+    events_of,
+    run_reference,
+    stream,
     wait_until,
     wave,
-    with_threshold,
 )
 
 from stream_detector.metrics import INVALID_REASONS
 
 pytestmark = pytest.mark.slow
 
-WINDOW = 32
-T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 CONTRACT_METRICS = (
     "stream_detector_messages_consumed_total", "stream_detector_invalid_messages_total",
     "stream_detector_windows_scored_total", "stream_detector_anomalies_total",
@@ -38,31 +38,6 @@ CONTRACT_METRICS = (
     "stream_detector_active_series", "stream_detector_consumer_lag",
     "stream_detector_model_info",
 )
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_wave_model(tmp_path_factory.mktemp("model") / "wave", window=WINDOW)
-
-
-@pytest.fixture(scope="module")
-def eager_model(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same model with a threshold at its median training error: about half the windows
-    are anomalous, so ``--events windows`` gives a rich, deterministic event set to compare."""
-    meta = json.loads((model / "metadata.json").read_text())
-    median = meta["training"]["error_quantiles"]["0.5"]
-    return with_threshold(model, tmp_path_factory.mktemp("eager") / "m", median)
-
-
-def stream(keys: dict[str, np.ndarray]) -> list[tuple[str, dict]]:
-    """Messages in time order across keys (ordered per key), as a live system sends them."""
-    n = len(next(iter(keys.values())))
-    return [(k, {"key": k, "ts": T0 + 60 * i, "value": float(v[i])})
-            for i in range(n) for k, v in keys.items()]
-
-
-def events_of(bootstrap: str, topic: str, expected: int | None = None) -> list[dict]:
-    return consume_all(bootstrap, topic, expected=expected, timeout=30, idle=3)
 
 
 def test_end_to_end_spikes_make_one_incident_each(broker_bootstrap, topic_factory, group_id,
@@ -168,29 +143,6 @@ def test_bad_input_goes_to_the_dlq_and_the_stream_goes_on(broker_bootstrap, topi
         assert d["raw"] == bad[h["reason"]], "the DLQ keeps the original bytes"
 
 
-def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    c = Consumer(consumer_conf(bootstrap, group))
-    try:
-        got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        # nothing committed yet (OFFSET_INVALID): the group starts at the beginning
-        return {tp.partition: max(tp.offset, 0) for tp in got}
-    finally:
-        c.close()
-
-
-def _run_reference(bootstrap, src, out, group, model, expected_windows, tmp_path, name):
-    det = DetectorProcess(bootstrap, src, out, group, model, ["--events", "windows"],
-                          log=tmp_path / f"{name}.log")
-    try:
-        det.wait_value("stream_detector_windows_scored_total", expected_windows)
-        anomalies = int(det.value("stream_detector_anomalies_total"))
-        wait_until(lambda: det.value('stream_detector_events_published_total{type="window"}')
-                   >= anomalies, 30, "events delivered")
-    finally:
-        det.terminate()
-    return {e["value"]["event_id"]: e["raw"] for e in events_of(bootstrap, out, anomalies)}
-
-
 @pytest.mark.parametrize("state", ["changelog", "none"])
 def test_sigterm_then_restart_resumes_at_the_committed_offset(
         broker_bootstrap, topic_factory, group_id, eager_model, tmp_path, state):
@@ -218,7 +170,7 @@ def test_sigterm_then_restart_resumes_at_the_committed_offset(
     producer.join()
     assert code == 0, first._tail()
     assert took < 10, f"drain took {took:.1f} s"
-    committed = _committed(broker_bootstrap, group_id, src, 2)
+    committed = committed_offsets(broker_bootstrap, group_id, src, 2)
     assert head <= sum(committed.values()) < len(msgs), f"stopped mid-stream: {committed}"
 
     second = DetectorProcess(broker_bootstrap, src, out, group_id, eager_model,
@@ -235,7 +187,7 @@ def test_sigterm_then_restart_resumes_at_the_committed_offset(
                    >= anomalies, 30, "events delivered")
     finally:
         second.terminate()
-    reference = _run_reference(broker_bootstrap, src, topic_factory(1), group_id + "-ref",
+    reference = run_reference(broker_bootstrap, src, topic_factory(1), group_id + "-ref",
                                eager_model, expected, tmp_path, "ref")
     assert len(reference) > 100
     # Without state, keys go blind for one window after a restart: the first WINDOW-1
@@ -288,7 +240,7 @@ def test_two_detectors_in_one_group_split_the_partitions(broker_bootstrap, topic
         for d in pair:
             d.terminate()
     got = {e["value"]["event_id"]: e["raw"] for e in events_of(broker_bootstrap, out, anomalies)}
-    reference = _run_reference(broker_bootstrap, src, topic_factory(1), group_id + "-ref",
+    reference = run_reference(broker_bootstrap, src, topic_factory(1), group_id + "-ref",
                                eager_model, expected, tmp_path, "ref")
     assert got == reference
 
