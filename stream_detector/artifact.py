@@ -161,10 +161,6 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
 
 def load_artifact(model_dir: str | Path) -> Artifact:
     """Load and verify an artifact; raises :class:`ArtifactError` naming the bad file."""
-    import keras
-
-    from stream_detector.models.base import KerasAutoencoder
-
     d = Path(model_dir)
     meta = read_metadata(d)
     model_path = d / MODEL_FILE
@@ -176,10 +172,17 @@ def load_artifact(model_dir: str | Path) -> Artifact:
             f"{model_path}: sha256 {digest[:12]}... does not match metadata.json "
             f"({meta['model_sha256'][:12]}...): the file is damaged or from another model"
         )
+    # TensorFlow takes seconds to import: only once the cheap checks have passed (and
+    # through models.base, which quiets TensorFlow's C++ logging before the import)
+    from stream_detector.models.base import KerasAutoencoder, load_keras_model
+
     try:
-        keras_model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+        keras_model = load_keras_model(model_path)
     except Exception as exc:  # keras raises many types for a bad zip / config
-        raise ArtifactError(f"{model_path}: cannot be loaded by Keras ({exc})") from None
+        # its messages can span lines (config dumps): keep the CLI's reason to one line
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise ArtifactError(f"{model_path}: cannot be loaded by Keras ({reason})") from None
     window, nf = int(meta["window"]), int(meta["n_features"])
     in_shape = tuple(keras_model.input_shape[1:])
     out_shape = tuple(keras_model.output_shape[1:])

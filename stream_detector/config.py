@@ -144,7 +144,8 @@ def resolve(
     env = os.environ if environ is None else environ
     file_values = load_file(getattr(args, "config", None) or env.get(ENV_PREFIX + "CONFIG"),
                             command)
-    known = {o.name for o in opts} | {"kafka"}
+    # one file may configure several commands: an option of another command is not an error
+    known = {o.name for all_opts in COMMAND_OPTS.values() for o in all_opts} | {"kafka"}
     unknown = sorted(k for k in file_values if k not in known and k not in _COMMANDS)
     if unknown:
         raise ConfigError(f"config file: unknown option(s) for {command}: {', '.join(unknown)}")

@@ -63,8 +63,6 @@ def training_windows(
 
 def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
     """Fit, calibrate and return an (unsaved) artifact for ``dataset``."""
-    from stream_detector import models
-
     record_mode = dataset.fmt == "records"
     if record_mode and opts.kind != "feedforward":
         raise InputError(f"--format records needs --model feedforward (got {opts.kind!r})")
@@ -81,6 +79,9 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
                 f"{s.source}: series {s.key!r} has {n} training point(s){extra}, "
                 f"fewer than the window of {window}"
             )
+    # TensorFlow takes seconds to import: only once the input has been checked
+    from stream_detector import models
+
     if opts.seed is not None:
         import keras
         import tensorflow as tf

@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-DEFAULT_BUCKETS = (1, 8, 32, 128, 512, 2048)
+DEFAULT_BUCKETS = tuple(2**i for i in range(13))  # 1, 2, 4, ... 4096
 
 Builder = Callable[..., keras.Model]
 
@@ -104,6 +104,11 @@ class BatchedScorer:
 
     def reconstruct(self, windows: np.ndarray) -> np.ndarray:
         return self._run(self._recon, windows)
+
+
+def load_keras_model(path: Path) -> keras.Model:
+    """Load a ``.keras`` file uncompiled, with safe_mode (no arbitrary code from the file)."""
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
 
 
 class KerasAutoencoder:

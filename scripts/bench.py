@@ -1,0 +1,296 @@
+#!/usr/bin/env python
+"""Benchmark: model-only throughput, the machine's matmul limit, end to end through the
+embedded broker, produce-to-event latency and memory per series, all in one run.
+
+    python scripts/bench.py                      # the full benchmark (a few minutes)
+    python scripts/bench.py --json bench.json    # also write every figure as JSON
+    python scripts/bench.py --quick              # tiny sizes (the smoke test uses this)
+
+Every figure comes from this one process/run, so ratios between them hold on a noisy
+machine. Windows are 64 points of 1 feature; models have their default sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+WINDOW = 64
+
+
+# -- 1. model only ------------------------------------------------------------------------
+def flops_per_window(kind: str, params: dict[str, Any], window: int = WINDOW, nf: int = 1) -> float:
+    """Multiply-adds x 2 of one forward pass (the dominant terms)."""
+    if kind == "lstm":
+        u = params["units"]
+        return window * (8 * u * (nf + u) + 10 * u) + 2 * u * window * nf
+    if kind == "conv1d":
+        f, k = params["filters"], params["kernel_size"]
+        return window * 2 * k * nf * f + window * f + 2 * f * window * nf
+    raise ValueError(kind)
+
+
+def matmul_gflops(seconds: float) -> float:
+    import tensorflow as tf
+
+    n = 2048
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    f = tf.function(lambda x, y: tf.matmul(x, y))
+    f(a, b).numpy()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        f(a, b).numpy()
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def rate(fn: Any, n_per_call: int, seconds: float) -> float:
+    fn()
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or calls < 3:
+        fn()
+        calls += 1
+    return calls * n_per_call / (time.perf_counter() - t0)
+
+
+def model_only(kind: str, batches: list[int], seconds: float) -> dict[str, Any]:
+    from stream_detector.models import build
+
+    m = build(kind, WINDOW, 1)
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, WINDOW, 1)).astype(np.float32)
+    seed = rate(lambda: m.model.predict(one, verbose=0), 1, seconds)
+    out: dict[str, Any] = {"kind": kind, "seed_predict_windows_s": seed, "batched": {}}
+    for b in batches:
+        x = rng.standard_normal((b, WINDOW, 1)).astype(np.float32)
+        out["batched"][b] = rate(lambda x=x: m.score_batch(x), b, seconds)
+    out["flops_per_window"] = flops_per_window(kind, m.params)
+    out["traces"] = m.scorer.traces
+    return out
+
+
+# -- 2. end to end --------------------------------------------------------------------------
+def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0,
+             wallclock_ts: bool = False) -> int:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bs, "linger.ms": 20, "batch.num.messages": 10000})
+    rng = np.random.default_rng(1)
+    start = time.monotonic()
+    n = 0
+    for i in range(per_key):
+        vals = np.sin(2 * np.pi * i / 24 + np.arange(n_keys)) + rng.normal(0, 0.05, n_keys)
+        for k in range(n_keys):
+            ts = time.time() if wallclock_ts else 1_767_225_600 + 60 * i
+            key = f"series-{k}"
+            while True:
+                try:
+                    p.produce(topic, key=key.encode(),
+                              value=orjson.dumps({"key": key, "ts": ts, "value": float(vals[k])}))
+                    break
+                except BufferError:
+                    p.poll(0.01)
+            n += 1
+            if rate_s > 0:
+                ahead = start + n / rate_s - time.monotonic()
+                if ahead > 0:
+                    p.poll(0)
+                    time.sleep(ahead)
+    p.flush(120)
+    return n
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def end_to_end(kind: str, bs: str, work: Path, n_keys: int, per_key: int, max_batch: int,
+               latency_seconds: float) -> dict[str, Any]:
+    from kafka_helpers import consume_all
+    from service_helpers import DetectorProcess, train_wave_model, wait_until, with_threshold
+
+    from stream_detector.broker import ensure_topics
+
+    model = train_wave_model(work / f"{kind}-model", window=WINDOW, kind=kind, epochs=1)
+    tag = f"{kind}-{os.getpid()}"
+    src, out = f"bench-in-{tag}", f"bench-out-{tag}"
+    ensure_topics(bs, {src: 4, out: 1})
+    n = _produce(bs, src, n_keys, per_key)
+    windows = n_keys * (per_key - WINDOW + 1)
+    det = DetectorProcess(bs, src, out, f"bench-{tag}", model,
+                          ["--max-batch", str(max_batch), "--state", "none"],
+                          log=work / f"{kind}-e2e.log")
+    try:
+        wait_until(lambda: det.value("stream_detector_messages_consumed_total") > 0, 120,
+                   "first message", det._tail)
+        c0, t0 = det.value("stream_detector_messages_consumed_total"), time.perf_counter()
+        det.wait_value("stream_detector_windows_scored_total", windows, timeout=1800)
+        t1 = time.perf_counter()
+        sustained = (n - c0) / (t1 - t0)
+        batches = det.metrics()
+        mean_batch = (batches.get("stream_detector_inference_batch_size_sum", 0)
+                      / max(1, batches.get("stream_detector_inference_batch_size_count", 1)))
+    finally:
+        det.terminate()
+
+    # latency at half the sustained rate: every window anomalous, one event per message
+    eager = with_threshold(model, work / f"{kind}-eager", 0.0)
+    src2, out2 = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
+    ensure_topics(bs, {src2: 4, out2: 1})
+    det = DetectorProcess(bs, src2, out2, f"bench-lat-{tag}", eager,
+                          ["--max-batch", str(max_batch), "--events", "windows",
+                           "--state", "none"], log=work / f"{kind}-lat.log")
+    lat_keys = max(1, n_keys // 10)
+    try:
+        det.wait_ready()
+        half = sustained / 2
+        lat_per_key = int(WINDOW + half * latency_seconds / lat_keys)
+        n2 = _produce(bs, src2, lat_keys, lat_per_key, rate_s=half, wallclock_ts=True)
+        expected = lat_keys * (lat_per_key - WINDOW + 1)
+        det.wait_value("stream_detector_windows_scored_total", expected, timeout=600)
+    finally:
+        det.terminate()
+    events = consume_all(bs, out2, expected=expected, timeout=120, idle=5)
+    from stream_detector.datasets import parse_timestamp
+
+    lat = np.array([e["timestamp"] / 1000.0 - parse_timestamp(e["value"]["window_end"])
+                    for e in events])
+    return {
+        "kind": kind, "messages": n, "keys": n_keys, "windows": windows,
+        "sustained_msgs_s": sustained, "mean_batch": mean_batch,
+        "latency_rate_msgs_s": half, "latency_messages": n2, "latency_events": len(lat),
+        "latency_p50_ms": float(np.percentile(lat, 50) * 1000) if len(lat) else None,
+        "latency_p99_ms": float(np.percentile(lat, 99) * 1000) if len(lat) else None,
+    }
+
+
+# -- 3. memory ----------------------------------------------------------------------------
+def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
+    from service_helpers import DetectorProcess, train_wave_model
+
+    from stream_detector.broker import ensure_topics
+
+    model = work / "conv1d-model"
+    if not model.exists():
+        model = train_wave_model(model, window=WINDOW, epochs=1)
+    tag = f"mem-{os.getpid()}"
+    ensure_topics(bs, {tag: 4, tag + "-out": 1})
+    det = DetectorProcess(bs, tag, tag + "-out", tag, model,
+                          ["--max-series", str(n_series * 2)], log=work / "mem.log")
+    try:
+        det.wait_ready()
+        base_keys = 1000
+        _produce(bs, tag, base_keys, 1)
+        det.wait_value("stream_detector_messages_consumed_total", base_keys)
+        time.sleep(2)
+        rss0 = _rss_mb(det.proc.pid)
+        from confluent_kafka import Producer
+
+        p = Producer({"bootstrap.servers": bs, "linger.ms": 20})
+        for k in range(n_series):
+            key = f"mem-series-{k:07d}"
+            while True:
+                try:
+                    p.produce(tag, key=key.encode(), value=orjson.dumps(
+                        {"key": key, "ts": 1_767_225_600, "value": 0.5}))
+                    break
+                except BufferError:
+                    p.poll(0.01)
+        p.flush(60)
+        det.wait_value("stream_detector_messages_consumed_total", base_keys + n_series, 600)
+        time.sleep(3)  # a checkpoint writes every key's state once
+        rss1 = _rss_mb(det.proc.pid)
+        active = det.value("stream_detector_active_series")
+    finally:
+        det.terminate()
+    return {"series": n_series, "active": active, "rss_before_mb": rss0, "rss_after_mb": rss1,
+            "bytes_per_series": (rss1 - rss0) * 1024 * 1024 / n_series}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    ap.add_argument("--kinds", default="lstm,conv1d")
+    ap.add_argument("--skip-e2e", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    q = args.quick
+    seconds = 0.3 if q else 3.0
+    batches = [1, 32] if q else [1, 32, 256, 1024]
+    kinds = args.kinds.split(",")
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+    }
+    import tensorflow as tf
+
+    res["tensorflow"] = tf.__version__
+    res["matmul_gflops"] = matmul_gflops(seconds)
+    res["model_only"] = [model_only(k, batches, seconds) for k in kinds]
+    if not args.skip_e2e:
+        from stream_detector.broker import EmbeddedBroker
+
+        work = Path(tempfile.mkdtemp(prefix="bench-"))
+        broker = EmbeddedBroker(log_path=work / "broker.log")
+        broker.start()
+        try:
+            n_keys, per_key = (50, 80) if q else (1000, 200)
+            res["end_to_end"] = [end_to_end(k, broker.bootstrap_servers, work, n_keys, per_key,
+                                            256, 3 if q else 20) for k in kinds]
+            res["memory"] = memory(broker.bootstrap_servers, work, 2000 if q else 100_000)
+        finally:
+            broker.stop()
+    report(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+def report(r: dict[str, Any]) -> None:
+    print(f"\nstream_detector benchmark, {r['date']}, {r['machine']}, TF {r['tensorflow']}")
+    print(f"machine limit: float32 matmul 2048x2048 = {r['matmul_gflops']:.1f} GFLOP/s\n")
+    print("1. model only (window 64, 1 feature, default sizes), windows/s")
+    for m in r["model_only"]:
+        seed = m["seed_predict_windows_s"]
+        print(f"  {m['kind']:<7} seed model.predict per window: {seed:10.1f}")
+        for b, v in m["batched"].items():
+            gf = v * m["flops_per_window"] / 1e9
+            print(f"  {'':<7} batched, batch {b:>5}: {v:14.1f}  ({v / seed:7.0f}x seed, "
+                  f"{gf:6.1f} GFLOP/s = {gf / r['matmul_gflops']:5.1%} of matmul)")
+        print(f"  {'':<7} traces of the compiled function: {m['traces']}")
+    for e in r.get("end_to_end", []):
+        mo = next(m for m in r["model_only"] if m["kind"] == e["kind"])
+        ref = mo["batched"].get(256) or max(mo["batched"].values())
+        print(f"\n2. end to end, {e['kind']}: {e['messages']} messages over {e['keys']} keys, hop 1")
+        print(f"  sustained {e['sustained_msgs_s']:.0f} events/s (mean batch "
+              f"{e['mean_batch']:.0f}) = {e['sustained_msgs_s'] / ref:.1%} of model-only "
+              f"at batch 256 ({ref:.0f}/s)")
+        print(f"  latency produce -> event at {e['latency_rate_msgs_s']:.0f} msg/s "
+              f"({e['latency_events']} events): p50 {e['latency_p50_ms']:.1f} ms, "
+              f"p99 {e['latency_p99_ms']:.1f} ms")
+    if "memory" in r:
+        m = r["memory"]
+        print(f"\n3. memory: {m['series']} extra series (window 64): RSS "
+              f"{m['rss_before_mb']:.1f} -> {m['rss_after_mb']:.1f} MB = "
+              f"{m['bytes_per_series']:.0f} bytes per series (active {m['active']:.0f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Option resolution: flag > env > config file > default, and librdkafka properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream_detector.cli import build_parser
+from stream_detector.config import COMMAND_OPTS, resolve
+from stream_detector.errors import ConfigError
+
+
+def _resolve(argv: list[str], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    return resolve(args.command, COMMAND_OPTS[args.command], args, environ=environ or {})
+
+
+TRAIN = ["train", "--input", "x.csv", "--out", "m"]
+RUN = [
+    "run",
+    "--bootstrap-servers",
+    "h:9092",
+    "--input-topic",
+    "in",
+    "--output-topic",
+    "out",
+    "--model",
+    "m",
+]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    p = tmp_path / "sd.yaml"
+    p.write_text(
+        "model: lstm\n"
+        "train:\n"
+        "  epochs: 7\n"
+        "  batch_size: 16\n"
+        "  learning_rate: 0.01\n"
+        "run:\n"
+        "  max_batch: 99\n"
+        "kafka:\n"
+        "  security.protocol: SASL_SSL\n"
+        "  sasl.username: from-file\n"
+    )
+    return p
+
+
+def test_defaults() -> None:
+    cfg = _resolve(TRAIN)
+    assert cfg["epochs"] == 30 and cfg["batch_size"] == 64 and cfg["model"] == "conv1d"
+    assert cfg["window"] is None and cfg["threshold_factor"] == 1.5 and cfg["quiet"] is False
+    assert cfg["input"] == ["x.csv"] and cfg["out"] == "m"
+
+
+def test_flag_beats_env_beats_file_beats_default(config_file: Path) -> None:
+    env = {"STREAM_DETECTOR_EPOCHS": "5", "STREAM_DETECTOR_BATCH_SIZE": "32"}
+    cfg = _resolve(TRAIN + ["--config", str(config_file), "--epochs", "3"], env)
+    assert cfg["epochs"] == 3  # flag
+    assert cfg["batch_size"] == 32  # env
+    assert cfg["model"] == "lstm"  # file, top level
+    assert cfg["learning_rate"] == 0.01  # file, command section
+    assert cfg["patience"] == 3  # default
+
+
+def test_config_file_from_the_environment(config_file: Path) -> None:
+    cfg = _resolve(TRAIN, {"STREAM_DETECTOR_CONFIG": str(config_file)})
+    assert cfg["epochs"] == 7
+
+
+def test_env_values_are_typed() -> None:
+    env = {
+        "STREAM_DETECTOR_QUIET": "yes",
+        "STREAM_DETECTOR_TRAIN_FRACTION": "0.4",
+        "STREAM_DETECTOR_INPUT": "a.csv,b.csv",
+    }
+    cfg = _resolve(["train", "--out", "m"], env)
+    assert cfg["quiet"] is True and cfg["train_fraction"] == 0.4
+    assert cfg["input"] == ["a.csv", "b.csv"]
+    assert _resolve(TRAIN, env)["input"] == ["x.csv"]  # the flag still wins
+
+
+def test_kafka_properties_merge_file_env_and_flags(config_file: Path) -> None:
+    env = {
+        "STREAM_DETECTOR_KAFKA_SASL_PASSWORD": "s3cret",
+        "STREAM_DETECTOR_KAFKA_SASL_USERNAME": "from-env",
+    }
+    cfg = _resolve(
+        RUN
+        + [
+            "--config",
+            str(config_file),
+            "--kafka",
+            "sasl.mechanism=PLAIN",
+            "--kafka",
+            "security.protocol=SSL",
+        ],
+        env,
+    )
+    assert cfg["kafka"] == {
+        "security.protocol": "SSL",  # flag over file
+        "sasl.username": "from-env",  # env over file
+        "sasl.password": "s3cret",
+        "sasl.mechanism": "PLAIN",
+    }
+    assert cfg["max_batch"] == 99  # the run section of the file
+    assert cfg["model"] == "m"  # the flag over the file's top level
+
+
+def test_sasl_password_env_maps_to_the_dotted_property() -> None:
+    cfg = _resolve(RUN, {"STREAM_DETECTOR_KAFKA_SASL_PASSWORD": "pw"})
+    assert cfg["kafka"]["sasl.password"] == "pw"
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="STREAM_DETECTOR_EPOCHS.*integer"):
+        _resolve(TRAIN, {"STREAM_DETECTOR_EPOCHS": "many"})
+
+
+def test_bad_choice_in_env_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--model must be one of"):
+        _resolve(TRAIN, {"STREAM_DETECTOR_MODEL": "transformer"})
+
+
+def test_required_option_may_come_from_env() -> None:
+    cfg = _resolve(["train", "--input", "x.csv"], {"STREAM_DETECTOR_OUT": "from-env"})
+    assert cfg["out"] == "from-env"
+    with pytest.raises(ConfigError, match="--out is required"):
+        _resolve(["train", "--input", "x.csv"])
+
+
+def test_unknown_option_in_the_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("epoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown option.*epoch"):
+        _resolve(TRAIN + ["--config", str(p)])
+
+
+def test_missing_or_invalid_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        _resolve(TRAIN + ["--config", str(tmp_path / "nope.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        _resolve(TRAIN + ["--config", str(bad)])
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        _resolve(TRAIN + ["--config", str(notmap)])
+
+
+def test_model_params_as_pairs() -> None:
+    cfg = _resolve(TRAIN + ["--model-param", "units=8", "--model-param", "unroll=true"])
+    assert cfg["model_param"] == {"units": "8", "unroll": "true"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _resolve(TRAIN + ["--model-param", "units"])

@@ -1,0 +1,167 @@
+"""WindowBuffer: ring order, hop, extend == append, eviction (LRU, tag, idle)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_detector.window import WindowBuffer
+
+
+class Hook:
+    """An eviction hook that records (key, cause) and the tag when the buffer passes one."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.tags: list[int] = []
+
+    def __call__(self, key: str, cause: str, *rest: Any) -> None:
+        self.calls.append((key, cause))
+        self.tags.extend(rest[:1])
+
+
+def _feed(
+    buf: WindowBuffer, key: str, values: np.ndarray, start: int = 0
+) -> list[tuple[int, np.ndarray, float, float]]:
+    """Append point by point; return (index, window, start_ts, end_ts) of every due window."""
+    out = []
+    for i, v in enumerate(values, start=start):
+        slot = buf.append(key, float(i), np.atleast_1d(v))
+        if slot is not None:
+            w, t0, t1 = buf.window_at(slot)
+            out.append((i, w.copy(), t0, t1))
+    return out
+
+
+def test_windows_come_out_in_time_order_across_the_ring_wrap() -> None:
+    buf = WindowBuffer(window=4)
+    due = _feed(buf, "a", np.arange(10, dtype=np.float32))
+    assert [i for i, *_ in due] == [3, 4, 5, 6, 7, 8, 9]
+    for i, w, t0, t1 in due:
+        np.testing.assert_array_equal(w[:, 0], np.arange(i - 3, i + 1))
+        assert (t0, t1) == (i - 3, i)
+
+
+def test_multivariate_points_keep_their_features() -> None:
+    buf = WindowBuffer(window=3, n_features=2)
+    pts = np.arange(12, dtype=np.float32).reshape(6, 2)
+    due = _feed(buf, "a", pts)
+    np.testing.assert_array_equal(due[-1][1], pts[3:6])
+
+
+@pytest.mark.parametrize("hop", [1, 2, 3, 5])
+def test_hop_makes_a_window_due_every_hop_points_once_full(hop: int) -> None:
+    buf = WindowBuffer(window=4, hop=hop)
+    due = _feed(buf, "a", np.arange(20, dtype=np.float32))
+    assert [i for i, *_ in due] == list(range(3, 20, hop))
+
+
+def test_keys_are_independent() -> None:
+    buf = WindowBuffer(window=3)
+    assert buf.append("a", 0, np.array([1.0])) is None
+    assert buf.append("b", 0, np.array([10.0])) is None
+    assert buf.append("a", 1, np.array([2.0])) is None
+    assert buf.append("a", 2, np.array([3.0])) is not None
+    assert buf.count("a") == 3 and buf.count("b") == 1 and buf.count("zz") == 0
+    assert buf.last_ts("a") == 2.0 and buf.last_ts("zz") is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    window=st.integers(1, 6),
+    hop=st.integers(1, 4),
+    chunks=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+)
+def test_extend_equals_point_by_point_append(window: int, hop: int, chunks: list[int]) -> None:
+    n = sum(chunks)
+    values = np.random.default_rng(n).normal(size=(n, 2)).astype(np.float32)
+    ts = np.arange(n, dtype=np.float64) * 10.0
+    ref = WindowBuffer(window, 2, hop=hop)
+    expected: list[tuple[int, np.ndarray, float]] = []
+    for i in range(n):
+        slot = ref.append("k", ts[i], values[i])
+        if slot is not None:
+            w_ref, t_ref, _ = ref.window_at(slot)
+            expected.append((i, w_ref.copy(), t_ref))
+    buf = WindowBuffer(window, 2, hop=hop)
+    got: list[tuple[int, np.ndarray, float]] = []
+    pos = 0
+    for m in chunks:  # extend in chunks: the ring must carry over between calls
+        w, t0, end = buf.extend("k", ts[pos : pos + m], values[pos : pos + m])
+        assert w.shape == (len(end), window, 2)
+        got.extend((pos + int(j), w[q], float(t0[q])) for q, j in enumerate(end))
+        pos += m
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    for (_, wg, tg), (_, we, te) in zip(got, expected):
+        np.testing.assert_array_equal(wg, we)
+        assert tg == te
+    assert buf.count("k") == ref.count("k")
+    if n >= window:  # the ring itself ends in the same state
+        np.testing.assert_array_equal(
+            buf.window_at(buf.slot("k"))[0], ref.window_at(ref.slot("k"))[0]
+        )
+
+
+def test_lru_eviction_at_max_series_calls_the_hook() -> None:
+    hook = Hook()
+    evicted = hook.calls
+    buf = WindowBuffer(window=2, max_series=2, on_evict=hook)
+    buf.append("a", 0, np.array([1.0]))
+    buf.append("b", 0, np.array([1.0]))
+    buf.append("a", 1, np.array([2.0]))  # "a" is now the most recently seen
+    buf.append("c", 0, np.array([1.0]))
+    assert evicted == [("b", "max_series")]
+    assert set(buf.keys()) == {"a", "c"} and len(buf) == 2
+    # "a" kept its points; a re-admitted "b" starts from nothing
+    assert buf.count("a") == 2
+    buf.append("b", 1, np.array([1.0]))
+    assert evicted[-1] == ("a", "max_series")
+    assert buf.count("b") == 1
+
+
+def test_buffer_grows_past_its_initial_capacity() -> None:
+    buf = WindowBuffer(window=2, initial_capacity=2)
+    for k in range(10):
+        buf.append(f"k{k}", 0, np.array([float(k)]))
+        buf.append(f"k{k}", 1, np.array([float(k) + 0.5]))
+    assert len(buf) == 10
+    for k in range(10):
+        np.testing.assert_array_equal(buf.window_at(buf.slot(f"k{k}"))[0][:, 0], [k, k + 0.5])
+
+
+def test_drop_tag_forgets_the_keys_of_one_partition() -> None:
+    hook = Hook()
+    evicted = hook.calls
+    buf = WindowBuffer(window=2, on_evict=hook)
+    buf.append("a", 0, np.array([1.0]), tag=0)
+    buf.append("b", 0, np.array([1.0]), tag=1)
+    buf.append("c", 0, np.array([1.0]), tag=1)
+    buf.append("a", 1, np.array([1.0]), tag=1)  # the tag follows the latest append
+    assert buf.drop_tag(0) == 0
+    assert buf.drop_tag(1) == 3
+    assert len(buf) == 0
+    assert sorted(evicted) == [("a", "revoked"), ("b", "revoked"), ("c", "revoked")]
+    assert all(t == 1 for t in hook.tags)  # the hook learns the tag the key was held under
+
+
+def test_evict_idle_uses_the_injected_clock() -> None:
+    hook = Hook()
+    evicted = hook.calls
+    buf = WindowBuffer(window=2, on_evict=hook)
+    buf.append("old", 0, np.array([1.0]), now=100.0)
+    buf.append("new", 0, np.array([1.0]), now=150.0)
+    assert buf.evict_idle(60.0, now=155.0) == 0
+    assert buf.evict_idle(60.0, now=161.0) == 1
+    assert evicted == [("old", "idle")]
+    assert buf.keys() == ["new"]
+
+
+def test_bad_sizes_are_refused() -> None:
+    with pytest.raises(ValueError):
+        WindowBuffer(window=0)
+    with pytest.raises(ValueError):
+        WindowBuffer(window=4, hop=0)
