@@ -68,6 +68,20 @@ class MicroBatcher(Generic[M]):
         self._metas.append(meta)
         return n + 1 >= self.max_batch
 
+    def next_row(self) -> np.ndarray:
+        """The (T, F) row the next window goes into; fill it, then :meth:`push` its meta."""
+        n = len(self._metas)
+        if n >= self.max_batch:
+            raise OverflowError("batch is full: drain() before adding more")
+        return self._buf[n]
+
+    def push(self, meta: M) -> bool:
+        """Accept the row filled through :meth:`next_row`; True when the batch is full."""
+        if not self._metas:
+            self._first_at = self._clock()
+        self._metas.append(meta)
+        return len(self._metas) >= self.max_batch
+
     def time_left(self) -> float | None:
         """Seconds until the deadline of the oldest window (None when empty)."""
         if self._first_at is None:

@@ -39,6 +39,10 @@ class IncidentTracker:
     def __len__(self) -> int:
         return len(self._open)
 
+    def is_open(self, key: str) -> bool:
+        """Whether ``key`` has an open incident (so its normal windows still matter)."""
+        return key in self._open
+
     def forget(self, key: str) -> None:
         self._open.pop(key, None)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "stream_detector"
@@ -27,6 +28,23 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 _ERROR_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0,
 )
+
+
+def observe_many(hist: Histogram, values: np.ndarray) -> None:
+    """``hist.observe`` for many values at once (one bucket count per bucket, not per value).
+
+    Uses prometheus_client's Histogram layout: non-cumulative per-bucket counters in
+    ``_buckets`` for the sorted ``_upper_bounds`` (the last is +Inf) and a ``_sum``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return
+    bounds = np.asarray(hist._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, v, side="left"), minlength=len(bounds))
+    for bucket, c in zip(hist._buckets, counts):
+        if c:
+            bucket.inc(int(c))
+    hist._sum.inc(float(v.sum()))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +32,12 @@ from confluent_kafka import (
 )
 
 from stream_detector.artifact import Artifact, load_artifact
-from stream_detector.batcher import MicroBatcher
+from stream_detector.batcher import Batch, MicroBatcher
+from stream_detector.broker import TopicSetupError
 from stream_detector.decision import make_decider
 from stream_detector.errors import DeliveryError, InputError, InvalidRecord
 from stream_detector.incidents import IncidentTracker
-from stream_detector.metrics import Metrics
+from stream_detector.metrics import Metrics, observe_many
 from stream_detector.records import Source, WindowMeta
 from stream_detector.server import HealthServer
 from stream_detector.sink import EventSink
@@ -42,7 +45,7 @@ from stream_detector.source import Decoder, Fields
 from stream_detector.state import KeyState, StateStore, ensure_changelog
 from stream_detector.state import decode as decode_state
 from stream_detector.state import encode as encode_state
-from stream_detector.window import WindowBuffer
+from stream_detector.window import BACKWARDS, NO_WINDOW, SKIPPED, WindowBuffer
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,9 @@ class Detector:
         self.decider = make_decider(art.thresholds, art.metadata.get("decision"))
         self._stop = False
         self._pending_art: Artifact | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._inflight: deque[tuple[Batch[WindowMeta], list[str], Future[Any]]] = deque()
+        self.max_inflight = 2  # batches queued for or inside the inference thread
         self._positions: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
         self._assigned: set[TP] = set()
@@ -156,6 +162,8 @@ class Detector:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
             "statistics.interval.ms": 2000,
+            # a real-time detector: do not let the broker hold a fetch for long
+            "fetch.wait.max.ms": 100,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
             **cfg.kafka,
@@ -230,10 +238,18 @@ class Detector:
         if self.state is not None and partitions:
             needed = max(tp.partition for tp in partitions) + 1
             if needed > self._state_partitions:
-                self._state_partitions = ensure_changelog(
-                    self.cfg.bootstrap_servers, self.state.topic, needed,
-                    producer_properties(self.cfg.kafka))
-            self.restore([tp.partition for tp in partitions])
+                # as many state partitions as the input topic has, so that replicas
+                # starting together agree on the count (some brokers cannot grow topics).
+                # (Never call the consumer itself from inside its rebalance callback.)
+                try:
+                    self._state_partitions = ensure_changelog(
+                        self.cfg.bootstrap_servers, self.state.topic, needed,
+                        producer_properties(self.cfg.kafka), like=self.cfg.input_topic)
+                except (TopicSetupError, KafkaException) as exc:
+                    log.error("state topic %s unavailable (%s): state is not restored or "
+                              "checkpointed until it is", self.state.topic, exc)
+            self.restore([tp.partition for tp in partitions
+                          if tp.partition < self._state_partitions])
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
 
@@ -286,40 +302,45 @@ class Detector:
                 pass
 
     # -- the data path ----------------------------------------------------------------------
-    def handle(self, msg: Message) -> None:
+    def handle(self, msg: Message, now: float = 0.0) -> None:
         """One consumed message: decode, validate, append, maybe batch a window."""
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        self.metrics.messages_consumed.inc()
         self._positions[(topic, partition)] = offset + 1
         ts_type, ts_ms = msg.timestamp()
         kafka_ts = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms > 0 else None
         try:
             r = self.decoder.decode(msg.value(), msg.key(), kafka_ts)
-            if self.state is not None and offset <= self.buffer.last_offset(r.key):
-                # already in the restored window (applied before a crash, redelivered now)
-                self.metrics.messages_skipped.inc()
-                return
-            last = self.buffer.last_ts(r.key)
-            if last is not None and r.ts < last:
-                raise InvalidRecord("timestamp_backwards",
-                                    f"ts {r.ts} before the key's last {last}")
         except InvalidRecord as exc:
-            self.metrics.invalid_messages.labels(reason=exc.reason).inc()
-            log.debug("bad input at %s/%d@%d: %s", topic, partition, offset, exc)
-            self.sink.dead_letter(msg.value(), msg.key(), exc.reason, exc.detail, topic,
-                                  partition, offset)
+            self._reject(msg, exc.reason, exc.detail)
+            return
+        # raw values go into the buffer; windows are scaled per batch, vectorised
+        slot = self.buffer.push(r.key, r.ts, r.values, partition, offset, now,
+                                skip_applied=self.state is not None)
+        if slot == SKIPPED:
+            # already in the restored window (applied before a crash, redelivered now)
+            self.metrics.messages_skipped.inc()
+            return
+        if slot == BACKWARDS:
+            self._reject(msg, "timestamp_backwards",
+                         f"ts {r.ts} before the key's last {self.buffer.last_ts(r.key)}")
             return
         if self.state is not None:
             self._dirty[r.key] = partition
-        scaled = self.art.scalers.for_key(r.key).transform(r.values)
-        slot = self.buffer.append(r.key, r.ts, scaled, tag=partition, offset=offset)
-        if slot is None:
+        if slot == NO_WINDOW:
             return
-        values, start_ts, end_ts = self.buffer.window_at(slot)
+        start_ts, end_ts = self.buffer.copy_window(slot, self.batcher.next_row())
         meta = WindowMeta(r.key, Source(topic, partition, offset), start_ts, end_ts,
                           kafka_ts or 0.0)
-        if self.batcher.add(values, meta):
-            self.score_batch()
+        if self.batcher.push(meta):
+            self.submit_batch()
+
+    def _reject(self, msg: Message, reason: str, detail: str) -> None:
+        """Bad input: count it, send it to the DLQ with its reason; its offset still commits."""
+        self.metrics.invalid_messages.labels(reason=reason).inc()
+        log.debug("bad input at %s/%d@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(),
+                  reason, detail)
+        self.sink.dead_letter(msg.value(), msg.key(), reason, detail, msg.topic(),
+                              msg.partition(), msg.offset())
 
     def offer_model(self, art: Artifact) -> None:
         """Hand over a newly loaded artifact (from the watcher thread); used from the next batch."""
@@ -345,29 +366,65 @@ class Detector:
         m.model_reloads.labels(result="loaded").inc()
         log.info("model reloaded: %s %s -> %s", art.kind, old.version, art.version)
 
-    def score_batch(self) -> int:
-        """Score the collected windows with one model call and publish what they cause."""
+    def submit_batch(self) -> None:
+        """Hand the collected windows to the inference thread (one batched model call).
+
+        Consumption and decoding go on while TensorFlow (which releases the GIL) scores;
+        results are applied in submission order by :meth:`complete_ready`.
+        """
         if self._pending_art is not None:
             self._swap_model()
         if not len(self.batcher):
-            return 0
+            return
         batch = self.batcher.drain()
-        m = self.metrics
-        t0 = time.perf_counter()
-        scores = self.art.model.score_batch(batch.windows)
-        m.inference_seconds.observe(time.perf_counter() - t0)
-        n = len(batch)
-        m.inference_batch_size.observe(n)
         keys = [meta.key for meta in batch.metas]
+        art = self.art
+
+        def infer() -> tuple[np.ndarray, float]:
+            x = art.scalers.transform_windows(keys, batch.windows)
+            t0 = time.perf_counter()
+            return art.model.score_batch(x), time.perf_counter() - t0
+
+        self._inflight.append((batch, keys, self._pool.submit(infer)))
+        while len(self._inflight) > self.max_inflight:
+            self._complete_one()
+
+    def complete_ready(self) -> int:
+        """Apply every finished batch at the head of the queue; returns windows applied."""
+        n = 0
+        while self._inflight and self._inflight[0][2].done():
+            n += self._complete_one()
+        return n
+
+    def score_batch(self) -> int:
+        """Score everything collected or in flight and publish what it causes (a barrier)."""
+        self.submit_batch()
+        n = 0
+        while self._inflight:
+            n += self._complete_one()
+        return n
+
+    def _complete_one(self) -> int:
+        batch, keys, fut = self._inflight.popleft()
+        scores, seconds = fut.result()
+        m = self.metrics
+        n = len(batch)
+        m.inference_seconds.observe(seconds)
+        m.inference_batch_size.observe(n)
         thr, a_scores, flags = self.decider.decide(keys, scores)
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
-        observe = m.reconstruction_error.observe
-        for s in scores:
-            observe(float(s))
-        for i, meta in enumerate(batch.metas):
-            for ev in self.tracker.observe(meta, float(scores[i]), float(thr[i]),
-                                           float(a_scores[i]), bool(flags[i])):
+        observe_many(m.reconstruction_error, scores)
+        tracker = self.tracker
+        is_open = tracker.is_open
+        # only anomalous windows, or windows of keys with an open incident (checked as we go:
+        # an incident may open earlier in this very batch), can cause events
+        for i, key in enumerate(keys):
+            if not (flags[i] or is_open(key)):
+                continue
+            meta = batch.metas[i]
+            for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
+                                      float(a_scores[i]), bool(flags[i])):
                 if ev["type"] == "opened":
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)
@@ -422,6 +479,8 @@ class Detector:
             if exp is None:
                 continue
             tag, count, last_offset, values, ts = exp
+            if tag >= self._state_partitions:
+                continue  # the changelog could not grow to this partition (logged)
             raw = encode_state(KeyState(count, last_offset, values, ts, self.tracker.export(key),
                                         self.decider.export(key)), w)
             self.state.write(tag, key, raw, self.sink.on_state_delivery)
@@ -430,7 +489,7 @@ class Detector:
             if partitions is not None and p not in partitions:
                 continue
             del self._deleted[key]
-            if p >= 0:
+            if 0 <= p < self._state_partitions:
                 self.state.write(p, key, None, self.sink.on_state_delivery)
                 n += 1
         self.metrics.state_records_written.inc(n)
@@ -451,8 +510,10 @@ class Detector:
                 now = time.monotonic()
                 self._heartbeat = now
                 left = self.batcher.time_left()
-                timeout = 0.1 if left is None else min(0.1, left)
+                timeout = 0.05 if left is None else min(0.05, left)
                 msgs = self.consumer.consume(num_messages=1000, timeout=timeout)
+                self.metrics.messages_consumed.inc(len(msgs))
+                now = time.monotonic()
                 for msg in msgs:
                     err = msg.error()
                     if err is not None:
@@ -461,11 +522,12 @@ class Detector:
                                 raise KafkaException(err)
                             log.warning("consumer: %s", err)
                         continue
-                    self.handle(msg)
+                    self.handle(msg, now)
                 if msgs:
                     self._broker_down = None
                 if self.batcher.due():
-                    self.score_batch()
+                    self.submit_batch()
+                self.complete_ready()
                 self.sink.poll()
                 now = time.monotonic()
                 if now - last_commit >= cfg.commit_interval_s:
@@ -492,6 +554,7 @@ class Detector:
         return code
 
     def _close(self, timeout: float) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.consumer.close()  # leaves the group at once
         except (KafkaException, RuntimeError) as exc:
@@ -564,7 +627,7 @@ class ModelWatcher(threading.Thread):
 
 def run_service(options: Mapping[str, Any]) -> int:
     """``stream-detector run``: load the model, serve health and metrics, run until SIGTERM."""
-    from stream_detector.broker import TopicSetupError, ensure_topics
+    from stream_detector.broker import ensure_topics
 
     cfg = ServiceConfig.from_options(options)
     art = load_artifact(cfg.model_dir)

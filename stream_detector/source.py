@@ -115,6 +115,11 @@ class Decoder:
 
     def _values(self, doc: dict[str, Any]) -> np.ndarray:
         f = self.fields
+        if self.n_features == 1 and not self.record_mode:
+            v = doc.get(f.value)
+            t = type(v)  # exact types: bool is not a measurement
+            if (t is float or t is int) and doc.get(f.values) is None and math.isfinite(v):
+                return np.array((v,), dtype=np.float32)
         if self.record_mode:
             raw = doc.get(f.features)
             if raw is None:

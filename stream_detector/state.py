@@ -175,8 +175,10 @@ class StateStore:
 
 
 def ensure_changelog(bootstrap: str, topic: str, partitions: int,
-                     client_config: Mapping[str, Any] | None = None, timeout: float = 30) -> int:
-    """Create the compacted changelog with ``partitions`` partitions, or grow it to that many.
+                     client_config: Mapping[str, Any] | None = None, timeout: float = 30,
+                     like: str | None = None) -> int:
+    """Create the compacted changelog with at least ``partitions`` partitions (and at least
+    as many as topic ``like`` has), or grow it to that many.
 
     Returns the partition count it has afterwards.
     """
@@ -184,13 +186,23 @@ def ensure_changelog(bootstrap: str, topic: str, partitions: int,
 
     from stream_detector.broker import ensure_topics
 
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
+    if like is not None:
+        md = admin.list_topics(like, timeout=timeout).topics.get(like)
+        if md is not None and md.error is None:
+            partitions = max(partitions, len(md.partitions))
     ensure_topics(bootstrap, {topic: partitions}, config={"cleanup.policy": "compact"},
                   timeout=timeout, client_config=client_config)
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
     have = len(admin.list_topics(topic, timeout=timeout).topics[topic].partitions)
     if have < partitions:
         fut = admin.create_partitions([NewPartitions(topic, partitions)])[topic]
-        fut.result(timeout)
+        try:
+            fut.result(timeout)
+        except Exception as exc:  # KafkaException, or a broker without CreatePartitions
+            log.error("state topic %s has %d partitions, %d needed, and could not grow (%s): "
+                      "series of partitions >= %d are not checkpointed", topic, have,
+                      partitions, exc, have)
+            return have
         deadline = time.monotonic() + timeout
         while have < partitions and time.monotonic() < deadline:
             time.sleep(0.2)

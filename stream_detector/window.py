@@ -1,8 +1,10 @@
 """Per-key rolling window buffers, all keys in one preallocated slab.
 
 Each key owns one slot of a ``(capacity, window, n_features)`` float32 ring buffer, so an
-append is one row write (O(1), no allocation) and memory per key is the window's floats
-plus a few scalars. A key's window is due every ``hop`` points once it holds ``window``
+append is one row write (O(1), no allocation) and memory per key is the window's floats,
+their timestamps (float32 seconds relative to a per-key float64 base, rebased every
+~18 h of stream time, so about 8 ms resolution) and a few scalars kept in ``array``
+arrays (fast scalar access from Python, no per-key Python objects). A key's window is due every ``hop`` points once it holds ``window``
 points. The least recently seen key is evicted when ``max_series`` is reached, and keys
 not seen for ``idle_ttl_s`` can be swept out.
 """
@@ -10,6 +12,7 @@ not seen for ``idle_ttl_s`` can be swept out.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
@@ -17,6 +20,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 EvictHook = Callable[[str, str, int], None]  # (key, cause, tag)
+
+NO_WINDOW = -1  # push(): the point was added, no window is due
+SKIPPED = -2  # push(): the point's offset is already in the buffer (a redelivery)
+BACKWARDS = -3  # push(): the point's timestamp is before the key's last one
+_REBASE_S = 65536.0
 
 
 class WindowBuffer:
@@ -50,11 +58,13 @@ class WindowBuffer:
         self._on_evict = on_evict
         cap = max(1, min(initial_capacity, max_series or initial_capacity))
         self._values = np.zeros((cap, window, n_features), dtype=np.float32)
-        self._ts = np.zeros((cap, window), dtype=np.float64)
-        self._count = np.zeros(cap, dtype=np.int64)
-        self._seen = np.zeros(cap, dtype=np.float64)
-        self._tag = np.full(cap, -1, dtype=np.int32)
-        self._offset = np.full(cap, -1, dtype=np.int64)
+        self._ts = np.zeros((cap, window), dtype=np.float32)  # relative to _base
+        self._base = array("d", bytes(8 * cap))
+        self._last_ts = array("d", bytes(8 * cap))
+        self._count = array("q", bytes(8 * cap))
+        self._seen = array("d", bytes(8 * cap))
+        self._tag = array("i", [-1]) * cap
+        self._offset = array("q", [-1]) * cap
         self._key_of: list[str | None] = [None] * cap
         self._slots: OrderedDict[str, int] = OrderedDict()
         self._free: list[int] = list(range(cap - 1, -1, -1))
@@ -79,23 +89,33 @@ class WindowBuffer:
         slot = self._slots.get(key)
         if slot is None or self._count[slot] == 0:
             return None
-        return float(self._ts[slot, (self._count[slot] - 1) % self.window])
+        return self._last_ts[slot]
+
+    def _abs_ts(self, slot: int, idx: np.ndarray | slice) -> np.ndarray:
+        return self._ts[slot, idx].astype(np.float64) + self._base[slot]
 
     def _grow(self) -> None:
         old = self._values.shape[0]
         new = old * 2 if self.max_series is None else min(old * 2, self.max_series)
-        self._values = np.concatenate([self._values, np.zeros_like(self._values[: new - old])])
-        self._ts = np.concatenate([self._ts, np.zeros_like(self._ts[: new - old])])
-        self._count = np.concatenate([self._count, np.zeros(new - old, dtype=np.int64)])
-        self._seen = np.concatenate([self._seen, np.zeros(new - old, dtype=np.float64)])
-        self._tag = np.concatenate([self._tag, np.full(new - old, -1, dtype=np.int32)])
-        self._offset = np.concatenate([self._offset, np.full(new - old, -1, dtype=np.int64)])
+        # np.zeros maps fresh pages lazily: only slots actually used count towards RSS
+        values = np.zeros((new,) + self._values.shape[1:], dtype=np.float32)
+        values[:old] = self._values
+        ts = np.zeros((new, self.window), dtype=np.float32)
+        ts[:old] = self._ts
+        self._values, self._ts = values, ts
+        extra = new - old
+        self._base.extend(array("d", bytes(8 * extra)))
+        self._last_ts.extend(array("d", bytes(8 * extra)))
+        self._count.extend(array("q", bytes(8 * extra)))
+        self._seen.extend(array("d", bytes(8 * extra)))
+        self._tag.extend(array("i", [-1]) * extra)
+        self._offset.extend(array("q", [-1]) * extra)
         self._key_of.extend([None] * (new - old))
         self._free.extend(range(new - 1, old - 1, -1))
 
     def _evict(self, key: str, cause: str) -> None:
         slot = self._slots.pop(key)
-        tag = int(self._tag[slot])
+        tag = self._tag[slot]
         self._count[slot] = 0
         self._tag[slot] = -1
         self._key_of[slot] = None
@@ -136,13 +156,14 @@ class WindowBuffer:
 
     def drop_tag(self, tag: int, cause: str = "revoked") -> int:
         """Forget every key last appended with ``tag``; returns how many."""
-        slots = np.flatnonzero(self._tag == tag)
+        slots = np.flatnonzero(np.frombuffer(self._tag, dtype=np.int32) == tag)
         return self.drop([k for s in slots if (k := self._key_of[s]) is not None], cause)
 
     def evict_idle(self, ttl_s: float, now: float | None = None) -> int:
         """Drop keys not seen for ``ttl_s`` seconds; returns how many."""
         now = time.monotonic() if now is None else now
-        stale = [k for k, s in self._slots.items() if now - self._seen[s] > ttl_s]
+        seen = self._seen
+        stale = [k for k, s in self._slots.items() if now - seen[s] > ttl_s]
         return self.drop(stale, cause="idle")
 
     # -- the data path -----------------------------------------------------------------
@@ -159,8 +180,8 @@ class WindowBuffer:
         c = int(self._count[slot])
         held = min(c, self.window)
         idx = (c - held + self._order[:held]) % self.window
-        return (int(self._tag[slot]), c, int(self._offset[slot]), self._values[slot, idx],
-                self._ts[slot, idx])
+        return (self._tag[slot], c, self._offset[slot], self._values[slot, idx],
+                self._abs_ts(slot, idx))
 
     def restore(self, key: str, tag: int, count: int, last_offset: int, values: np.ndarray,
                 ts: np.ndarray) -> None:
@@ -168,8 +189,11 @@ class WindowBuffer:
         slot = self.slot(key, tag=tag)
         held = min(count, self.window, len(values))
         positions = (count - held + self._order[:held]) % self.window
+        base = float(ts[-1]) if held else 0.0
+        self._base[slot] = base
+        self._last_ts[slot] = base
         self._values[slot, positions] = values[-held:] if held else values[:0]
-        self._ts[slot, positions] = ts[-held:] if held else ts[:0]
+        self._ts[slot, positions] = (np.asarray(ts[-held:], np.float64) - base) if held else 0.0
         self._count[slot] = count
         self._offset[slot] = last_offset
 
@@ -179,22 +203,67 @@ class WindowBuffer:
     ) -> int | None:
         """Add one point; return the key's slot if a window is now due, else None."""
         slot = self.slot(key, now, tag)
+        code = self._write(slot, ts, value, offset)
+        return None if code == NO_WINDOW else code
+
+    def _write(self, slot: int, ts: float, value: object, offset: int) -> int:
         self._offset[slot] = offset
-        c = int(self._count[slot])
+        c = self._count[slot]
+        if c == 0:
+            self._base[slot] = ts
+        rel = ts - self._base[slot]
+        if rel > _REBASE_S or rel < -_REBASE_S:
+            self._ts[slot] -= np.float32(rel)
+            self._base[slot] = ts
+            rel = 0.0
         pos = c % self.window
         self._values[slot, pos] = value
-        self._ts[slot, pos] = ts
+        self._ts[slot, pos] = rel
+        self._last_ts[slot] = ts
         c += 1
         self._count[slot] = c
         if c >= self.window and (c - self.window) % self.hop == 0:
             return slot
-        return None
+        return NO_WINDOW
+
+    def push(self, key: str, ts: float, value: object, tag: int, offset: int, now: float,
+             skip_applied: bool = False) -> int:
+        """The service's hot path: one lookup, the checks, and the append.
+
+        Returns the slot when a window is due, else ``NO_WINDOW``; ``SKIPPED`` when
+        ``skip_applied`` and ``offset`` is not after the key's last applied offset;
+        ``BACKWARDS`` when ``ts`` is before the key's last timestamp (nothing is written).
+        """
+        slot = self._slots.get(key)
+        if slot is not None:
+            if skip_applied and offset <= self._offset[slot]:
+                return SKIPPED
+            if self._count[slot] and ts < self._last_ts[slot]:
+                return BACKWARDS
+            self._slots.move_to_end(key)
+            self._tag[slot] = tag
+            self._seen[slot] = now
+        else:
+            slot = self.slot(key, now, tag)
+        return self._write(slot, ts, value, offset)
+
+    def copy_window(self, slot: int, out: np.ndarray) -> tuple[float, float]:
+        """Write the slot's current window, oldest first, into ``out`` (T, F); no allocation.
+
+        Returns (start_ts, end_ts). The slot must hold at least ``window`` points.
+        """
+        pos = self._count[slot] % self.window
+        v = self._values[slot]
+        n1 = self.window - pos
+        out[:n1] = v[pos:]
+        out[n1:] = v[:pos]
+        return float(self._ts[slot, pos]) + self._base[slot], self._last_ts[slot]
 
     def window_at(self, slot: int) -> tuple[np.ndarray, float, float]:
         """Copy the slot's current window in time order: (values (T, F), start_ts, end_ts)."""
-        c = int(self._count[slot])
+        c = self._count[slot]
         idx = (c + self._order) % self.window
-        ts = self._ts[slot, idx]
+        ts = self._abs_ts(slot, idx)
         return self._values[slot, idx], float(ts[0]), float(ts[-1])
 
     def extend(
@@ -214,7 +283,7 @@ class WindowBuffer:
         held = min(c, self.window)
         idx = (c - held + self._order[:held]) % self.window
         seq = np.concatenate([self._values[slot, idx], values])
-        seq_ts = np.concatenate([self._ts[slot, idx], ts])
+        seq_ts = np.concatenate([self._abs_ts(slot, idx), ts])
         total = c + np.arange(1, n + 1)  # points seen after each new point
         due = (total >= self.window) & ((total - self.window) % self.hop == 0)
         end_index = np.nonzero(due)[0]
@@ -232,6 +301,10 @@ class WindowBuffer:
         new_c = c + n
         positions = (new_c - tail + self._order[:tail]) % self.window
         self._values[slot, positions] = seq[-tail:]
-        self._ts[slot, positions] = seq_ts[-tail:]
+        if tail:
+            base = float(seq_ts[-1])
+            self._base[slot] = base
+            self._last_ts[slot] = base
+            self._ts[slot, positions] = seq_ts[-tail:] - base
         self._count[slot] = new_c
         return windows, start_ts, end_index
