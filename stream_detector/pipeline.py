@@ -163,7 +163,7 @@ class Detector:
             "partition.assignment.strategy": "cooperative-sticky",
             "statistics.interval.ms": 2000,
             # a real-time detector: do not let the broker hold a fetch for long
-            "fetch.wait.max.ms": 100,
+            "fetch.wait.max.ms": 20,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
             **cfg.kafka,
@@ -630,6 +630,10 @@ def run_service(options: Mapping[str, Any]) -> int:
     from stream_detector.broker import ensure_topics
 
     cfg = ServiceConfig.from_options(options)
+    if options.get("inference_threads"):
+        from stream_detector.models.base import set_threads
+
+        set_threads(int(options["inference_threads"]))
     art = load_artifact(cfg.model_dir)
     metrics = Metrics.create()
     try:

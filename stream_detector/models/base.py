@@ -25,6 +25,12 @@ DEFAULT_BUCKETS = tuple(2**i for i in range(13))  # 1, 2, 4, ... 4096
 Builder = Callable[..., keras.Model]
 
 
+def set_threads(intra_op: int) -> None:
+    """Cap TensorFlow's intra-op thread pool (call before any model is built or loaded)."""
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, intra_op)))
+
+
 class Autoencoder(Protocol):
     """What the pipeline needs from a model (River-style: a narrow, batched protocol)."""
 
