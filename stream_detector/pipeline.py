@@ -512,8 +512,8 @@ class Detector:
                 left = self.batcher.time_left()
                 timeout = 0.05 if left is None else min(0.05, left)
                 msgs = self.consumer.consume(num_messages=1000, timeout=timeout)
-                self.metrics.messages_consumed.inc(len(msgs))
                 now = time.monotonic()
+                handled = 0
                 for msg in msgs:
                     err = msg.error()
                     if err is not None:
@@ -523,6 +523,9 @@ class Detector:
                             log.warning("consumer: %s", err)
                         continue
                     self.handle(msg, now)
+                    handled += 1
+                # counted once handled (decoded, validated, in its buffer or the DLQ)
+                self.metrics.messages_consumed.inc(handled)
                 if msgs:
                     self._broker_down = None
                 if self.batcher.due():
