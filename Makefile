@@ -30,6 +30,9 @@ test: $(STAMP) ## run the whole test suite (starts its own embedded broker)
 test-fast: $(STAMP) ## the tests that need neither the broker nor slow training
 	$(BIN)/python -m pytest -q -m "not broker and not slow"
 
+evaluate: $(STAMP) ## detection quality on NAB, ODDS, SMAP/MSL (ARGS="--nab --quick" for a subset)
+	$(BIN)/python scripts/evaluate.py $(ARGS)
+
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check stream_detector tests scripts
 	$(BIN)/mypy stream_detector

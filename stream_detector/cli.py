@@ -51,6 +51,7 @@ def cmd_train(cfg: dict[str, Any]) -> int:
         validation_split=cfg["validation_split"], patience=cfg["patience"],
         learning_rate=cfg["learning_rate"], max_windows=cfg["max_windows"],
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
+        decision=cfg["decision"], decision_params=cfg["decision_param"],
     )
     _check_positive(cfg, "epochs", "batch_size", "hop", "max_windows")
     if cfg["window"] is not None and cfg["window"] < 1:
@@ -61,7 +62,8 @@ def cmd_train(cfg: dict[str, Any]) -> int:
         print(
             f"model {art.kind} {art.version}: {t['series']} series, {t['windows']} windows, "
             f"{t['epochs_run']} epochs, threshold {art.thresholds.global_:.4g} "
-            f"(q{art.thresholds.quantile:g} x {art.thresholds.factor:g}) -> {cfg['out']}"
+            f"(q{art.thresholds.quantile:g} x {art.thresholds.factor:g}), decision "
+            f"{art.metadata['decision']['method']} -> {cfg['out']}"
         )
     return 0
 
@@ -75,10 +77,16 @@ def _check_positive(cfg: dict[str, Any], *names: str) -> None:
 def cmd_score(cfg: dict[str, Any]) -> int:
     from stream_detector.artifact import load_artifact
     from stream_detector.datasets import read_dataset
+    from stream_detector.decision import resolve_spec
     from stream_detector.scoring import score_dataset, write_scores
 
     _check_positive(cfg, "max_batch")
     art = load_artifact(cfg["model"])
+    try:
+        decision = resolve_spec(art.metadata.get("decision"), cfg["decision"],
+                                cfg["decision_param"])
+    except ValueError as exc:
+        raise InputError(f"--decision: {exc}") from None
     ds = read_dataset(cfg["input"], cfg["format"])
     if (ds.fmt == "records") != art.record_mode:
         kind = "records" if art.record_mode else "time series"
@@ -89,7 +97,7 @@ def cmd_score(cfg: dict[str, Any]) -> int:
                 f"{s.source}: series {s.key!r} has {len(s)} point(s), fewer than the "
                 f"model's window of {art.window}"
             )
-    results = score_dataset(art, ds, max_batch=cfg["max_batch"])
+    results = score_dataset(art, ds, max_batch=cfg["max_batch"], decision=decision)
     n = write_scores(results, cfg["output"])
     flagged = sum(int(r.is_anomaly.sum()) for r in results)
     print(f"scored {n} rows of {len(results)} series, {flagged} flagged -> {cfg['output']}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from stream_detector.decision import DECIDERS, DEFAULT_DECISION
 from stream_detector.errors import ConfigError
 
 ENV_PREFIX = "STREAM_DETECTOR_"
@@ -208,6 +209,11 @@ TRAIN_OPTS = (
     Opt("patience", int, 3, "early-stopping patience in epochs", metavar="N"),
     Opt("learning_rate", float, 1e-3, "Adam learning rate", metavar="LR"),
     Opt("max_windows", int, 100_000, "cap on training windows (uniform sample)", metavar="N"),
+    Opt("decision", str, DEFAULT_DECISION,
+        "how window errors become decisions (stored in the artifact; static = the seed's rule)",
+        choices=DECIDERS),
+    Opt("decision_param", _pairs, {},
+        "decision parameter, repeatable, e.g. suppress=0 or risk=1e-5"),
     Opt("quiet", _bool, False, "no progress output"),
 )
 
@@ -217,6 +223,9 @@ SCORE_OPTS = (
     Opt("output", str, None, "output CSV", required=True, metavar="FILE"),
     Opt("plot", str, None, "also draw series, error and threshold to this PNG", metavar="FILE.png"),
     Opt("max_batch", int, 1024, "windows per batched model call", metavar="N"),
+    Opt("decision", str, None, "decision method instead of the artifact's", choices=DECIDERS),
+    Opt("decision_param", _pairs, {},
+        "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
 )
 
 RUN_OPTS = (
@@ -251,6 +260,13 @@ RUN_OPTS = (
         "keep window state in a compacted changelog topic (restored on restart/rebalance)",
         choices=("changelog", "none")),
     Opt("state_topic", str, None, "changelog topic (default: <group-id>-state)", metavar="T"),
+    Opt("decision", str, None, "decision method instead of the artifact's (see train)",
+        choices=DECIDERS),
+    Opt("decision_param", _pairs, {},
+        "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
+    Opt("inference_threads", int, 0,
+        "TensorFlow intra-op threads (0: one per core of the machine; set it to the pod's "
+        "CPU limit on Kubernetes)", metavar="N"),
     Opt("model_poll_s", float, 10.0,
         "check the model directory this often and hot-reload a new version (0: never)",
         metavar="S"),

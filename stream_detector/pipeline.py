@@ -34,7 +34,7 @@ from confluent_kafka import (
 from stream_detector.artifact import Artifact, load_artifact
 from stream_detector.batcher import Batch, MicroBatcher
 from stream_detector.broker import TopicSetupError
-from stream_detector.decision import make_decider
+from stream_detector.decision import Decider, make_decider, resolve_spec
 from stream_detector.errors import DeliveryError, InputError, InvalidRecord
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics, observe_many
@@ -78,6 +78,8 @@ class ServiceConfig:
     state: str = "changelog"
     state_topic: str | None = None
     model_poll_s: float = 10.0
+    decision: str | None = None
+    decision_params: Mapping[str, str] = field(default_factory=dict)
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -99,6 +101,7 @@ class ServiceConfig:
             drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
             exactly_once=cfg["exactly_once"],
             state=cfg["state"], state_topic=cfg["state_topic"], model_poll_s=cfg["model_poll_s"],
+            decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
@@ -140,7 +143,7 @@ class Detector:
             art.window, art.n_features, cfg.max_batch, cfg.max_batch_latency_s)
         gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
         self.tracker = IncidentTracker(art.kind, art.version, cfg.events, gap)
-        self.decider = make_decider(art.thresholds, art.metadata.get("decision"))
+        self.decider = self._make_decider(art)
         self._stop = False
         self._pending_art: Artifact | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -190,6 +193,14 @@ class Detector:
         m.model_info.labels(model=art.kind, version=art.version, window=str(art.window)).set(1)
         m.model_loaded_timestamp.set(art.created_at.timestamp())
         m.anomaly_threshold.set(art.thresholds.global_)
+
+    def _make_decider(self, art: Artifact) -> Decider:
+        try:
+            spec = resolve_spec(art.metadata.get("decision"), self.cfg.decision,
+                                self.cfg.decision_params)
+            return make_decider(art.thresholds, spec)
+        except ValueError as exc:
+            raise InputError(f"--decision: {exc}") from None
 
     # -- health --------------------------------------------------------------------------
     def alive(self) -> tuple[bool, str]:
@@ -268,7 +279,10 @@ class Detector:
                 self.buffer.restore(key, p, ks.count, ks.last_offset, ks.values, ks.ts)
                 self.tracker.restore(key, ks.incident)
                 if ks.decision:
-                    self.decider.restore(key, ks.decision)
+                    try:
+                        self.decider.restore(key, ks.decision)
+                    except ValueError as exc:  # written by another decision method
+                        log.warning("decision state of %r not restored: %s", key, exc)
                 n += 1
         took = time.perf_counter() - t0
         self.metrics.state_restore_seconds.observe(took)
@@ -351,10 +365,16 @@ class Detector:
         if art is None:
             return
         old = self.art
+        try:
+            decider = self._make_decider(art)
+        except InputError as exc:
+            self.metrics.model_reloads.labels(result="refused").inc()
+            log.error("new model refused, still serving %s: %s", old.version, exc)
+            return
         self.art = art
         self.tracker.model = art.kind
         self.tracker.model_version = art.version
-        self.decider = make_decider(art.thresholds, art.metadata.get("decision"))
+        self.decider = decider
         m = self.metrics
         try:
             m.model_info.remove(old.kind, old.version, str(old.window))

@@ -19,6 +19,7 @@ from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
 from stream_detector.decision import Decider, make_decider
 from stream_detector.errors import InputError
+from stream_detector.threshold import Thresholds
 from stream_detector.window import WindowBuffer
 
 OUTPUT_HEADER = ["timestamp", "key", "value", "score", "threshold", "anomaly_score", "is_anomaly"]
@@ -55,7 +56,8 @@ def window_scores(
             f"({', '.join(art.features)})"
         )
     buf = WindowBuffer(art.window, art.n_features, hop=art.hop)
-    all_windows, metas = [], []
+    all_windows: list[np.ndarray] = []
+    metas: list[tuple[int, int]] = []
     for i, s in enumerate(dataset.series):
         scaled = art.scalers.for_key(s.key).transform(s.values)
         w, _, end_index = buf.extend(s.key, s.ts, scaled)
@@ -74,12 +76,14 @@ def window_scores(
 
 
 def decide_series(
-    decider: Decider, art: Artifact, s: Series, scores: np.ndarray, end_idx: np.ndarray
+    decider: Decider, thresholds: Thresholds, s: Series, scores: np.ndarray,
+    end_idx: np.ndarray,
 ) -> ScoredSeries:
     """Run one series' window ``scores`` (ending at rows ``end_idx``) through ``decider``.
 
     The windows go through ``decide`` in stream order, as the service would see them;
-    each row carries the result of the latest window ending at or before it.
+    each row carries the result of the latest window ending at or before it (rows before
+    the first window carry the key's static threshold, no score and no flag).
     """
     n = len(s)
     wscore = np.full(n, np.nan)
@@ -99,7 +103,7 @@ def decide_series(
     started = pos >= 0
     at = np.maximum(pos, 0)
     score = np.where(started, wscore[at], np.nan)
-    thr_row = np.where(started, wthr[at], art.thresholds.for_key(s.key))
+    thr_row = np.where(started, wthr[at], thresholds.for_key(s.key))
     a_row = np.where(started, wa[at], np.nan)
     flag_row = started & wflag[at]
     return ScoredSeries(s, score, thr_row, a_row, flag_row, wscore)
@@ -120,7 +124,7 @@ def score_dataset(
     out = []
     for i, s in enumerate(dataset.series):
         sel = series_idx == i
-        out.append(decide_series(decider, art, s, scores[sel], end_idx[sel]))
+        out.append(decide_series(decider, art.thresholds, s, scores[sel], end_idx[sel]))
         decider.forget(s.key)  # keys are unique per dataset; keep memory flat
     return out
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from stream_detector.artifact import Artifact, save_artifact
 from stream_detector.datasets import Dataset
+from stream_detector.decision import decision_spec
 from stream_detector.errors import InputError
 from stream_detector.scaling import ScalerSet, fit_scaler
 from stream_detector.threshold import calibrate
@@ -39,6 +40,10 @@ class TrainOptions:
     learning_rate: float = 1e-3
     max_windows: int = 100_000
     verbose: int = 0
+    # how errors become decisions (decision.py). The library keeps the seed's static rule;
+    # the `train` command defaults to DEFAULT_DECISION (see README, "Detection quality").
+    decision: str = "static"
+    decision_params: dict[str, Any] = field(default_factory=dict)
 
 
 def _min_points_for_key_stats(window: int) -> int:
@@ -71,6 +76,10 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
         raise InputError("--format records scores each record on its own: use --window 1")
     if not 0.0 < opts.train_fraction <= 1.0:
         raise InputError(f"--train-fraction must be in (0, 1], got {opts.train_fraction}")
+    try:
+        decision = decision_spec(opts.decision, opts.decision_params)
+    except ValueError as exc:
+        raise InputError(f"--decision: {exc}") from None
     for s in dataset.series:
         n = len(s.head(opts.train_fraction))
         if n < window:
@@ -126,6 +135,7 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
         "n_features": dataset.n_features,
         "features": list(dataset.feature_names),
         "record_mode": record_mode,
+        "decision": decision,
         "training": {
             "files": [str(Path(f)) for f in dataset.files],
             "format": dataset.fmt,

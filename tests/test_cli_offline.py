@@ -129,6 +129,8 @@ def test_score_writes_the_contract_csv_and_equals_a_direct_model_call(
         5,
         "--plot",
         plot,
+        "--decision",  # the seed's fixed threshold, checked against the artifact below
+        "static",
     )
     assert proc.returncode == 0, proc.stderr
     assert "scored 320 rows of 2 series" in proc.stdout

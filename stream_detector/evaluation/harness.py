@@ -1,0 +1,520 @@
+"""Benchmarks on real labelled data: NAB, ODDS (PyOD protocol) and NASA SMAP/MSL.
+
+Every benchmark goes through the project's own offline path: ``training.train`` fits
+the model and calibrates the static threshold, ``scoring.window_scores`` runs the windows
+through the batched model, and ``scoring.decide_series`` runs each series' window scores,
+in stream order, through the decider built by ``decision.make_decider`` (exactly what
+``scoring.score_dataset`` does; the model is run once and each decision method reuses its
+scores).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream_detector.decision import decision_spec, make_decider
+from stream_detector.evaluation import nab
+from stream_detector.evaluation.events import (
+    EventScore,
+    event_score,
+    incidents_from_flags,
+    precision_at_n,
+    roc_auc,
+)
+from stream_detector.evaluation.loaders import (
+    channel_dataset,
+    nab_dataset,
+    nab_files,
+    pyod_split,
+    read_channel,
+    read_odds,
+    records_dataset,
+)
+from stream_detector.scoring import decide_series, window_scores
+from stream_detector.threshold import Thresholds
+from stream_detector.training import TrainOptions, train
+
+Log = Callable[[str], None]
+
+#: NAB scoreboard (standard profile), numenta/NAB README, for the README table.
+NAB_ANCHORS: dict[str, float] = {
+    "ARTime": 74.9,
+    "Numenta HTM": 70.1,
+    "CAD OSE": 69.9,
+    "KNN CAD": 58.0,
+    "Random Cut Forest": 51.7,
+    "Twitter ADVec": 47.1,
+    "windowed Gaussian": 39.6,
+}
+
+#: PyOD benchmark ROC-AUC / precision@n (shared/data/README.md, tables A and B).
+ODDS_ANCHORS: dict[str, dict[str, tuple[float, float]]] = {
+    "arrhythmia": {
+        "AutoEncoder": (0.7739, 0.4197),
+        "IForest": (0.8005, 0.4961),
+        "HBOS": (0.8219, 0.5111),
+        "PCA": (0.7815, 0.4613),
+    },
+    "cardio": {
+        "AutoEncoder": (0.8165, 0.3785),
+        "IForest": (0.9213, 0.5041),
+        "HBOS": (0.8351, 0.4476),
+        "PCA": (0.9504, 0.6090),
+    },
+    "pima": {
+        "AutoEncoder": (0.6655, 0.4708),
+        "IForest": (0.6806, 0.5111),
+        "HBOS": (0.7000, 0.5424),
+        "PCA": (0.6481, 0.4943),
+    },
+    "satellite": {
+        "AutoEncoder": (0.6628, 0.5058),
+        "IForest": (0.7022, 0.5676),
+        "HBOS": (0.7581, 0.5690),
+        "PCA": (0.5988, 0.4784),
+    },
+    "shuttle": {
+        "AutoEncoder": (0.9898, 0.8938),
+        "IForest": (0.9971, 0.9546),
+        "HBOS": (0.9855, 0.9551),
+        "PCA": (0.9898, 0.9501),
+    },
+}
+
+#: telemanom's run 2018-05-19 on the staged channels: TP/FP/FN (shared/data/README.md).
+TELEMANOM: dict[str, tuple[int, int, int]] = {
+    "P-1": (3, 1, 0),
+    "G-7": (3, 0, 0),
+    "C-1": (1, 0, 1),
+    "T-9": (0, 0, 2),
+    "T-13": (0, 0, 2),
+}
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def parse_decisions(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["static", "pot:suppress=0", ...]`` -> ``{label: spec}`` (label = the item)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        method, _, rest = item.partition(":")
+        params = dict(p.split("=", 1) for p in rest.split(",") if p)
+        out[item] = decision_spec(method, params)
+    return out
+
+
+# -- NAB ---------------------------------------------------------------------------------
+
+
+@dataclass
+class NabReport:
+    """NAB scores per decision method, plus timings."""
+
+    scores: dict[str, dict[str, float]]  # label -> profile -> normalised score (and thresholds)
+    files: list[str]
+    windows: int
+    train_seconds: float
+    model_seconds: float
+    decide_seconds: dict[str, float]
+    wall_seconds: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def run_nab(
+    root: Path,
+    decisions: Mapping[str, Mapping[str, Any]],
+    *,
+    kind: str = "conv1d",
+    epochs: int = 30,
+    window: int | None = None,
+    train_fraction: float = 0.15,
+    seed: int = 0,
+    files: Sequence[str] | None = None,
+    out: Path | None = None,
+    cache: Path | None = None,
+    log: Log = _quiet,
+) -> NabReport:
+    """Fit on the first ``train_fraction`` of each NAB file, score the whole file, NAB-score.
+
+    With ``out``, each method's results are written in NAB's layout:
+    ``out/<label>/<category>/<name>.csv`` with ``timestamp,value,anomaly_score``. With
+    ``cache``, each file's window scores and thresholds are kept there (keyed by the
+    training options) and reused, so further decision methods cost no training.
+    """
+    started = time.perf_counter()
+    names = list(files) if files is not None else nab_files(root)
+    results: dict[str, dict[str, np.ndarray]] = {label: {} for label in decisions}
+    decide_s = {label: 0.0 for label in decisions}
+    train_s = model_s = 0.0
+    n_windows = 0
+    tag = f"{kind}-w{window or 64}-e{epochs}-f{train_fraction:g}-s{seed}"
+    for i, name in enumerate(names):
+        t0 = time.perf_counter()
+        ds = nab_dataset(root, name)
+        cached = cache / tag / (name.replace("/", "__") + ".npz") if cache else None
+        if cached is not None and cached.is_file():
+            with np.load(cached) as z:
+                scores, end_idx = z["scores"], z["end_idx"]
+                thresholds = Thresholds.from_dict(json.loads(str(z["thresholds"])))
+            t1 = t2 = t0
+        else:
+            opts = TrainOptions(
+                kind=kind, window=window, epochs=epochs, train_fraction=train_fraction, seed=seed
+            )
+            art = train(ds, opts)
+            thresholds = art.thresholds
+            t1 = time.perf_counter()
+            scores, _, end_idx = window_scores(art, ds)
+            t2 = time.perf_counter()
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(
+                    cached,
+                    scores=scores,
+                    end_idx=end_idx,
+                    thresholds=json.dumps(thresholds.to_dict()),
+                )
+        train_s += t1 - t0
+        model_s += t2 - t1
+        n_windows += len(scores)
+        series = ds.series[0]
+        for label, spec in decisions.items():
+            t3 = time.perf_counter()
+            r = decide_series(make_decider(thresholds, spec), thresholds, series, scores, end_idx)
+            decide_s[label] += time.perf_counter() - t3
+            a = np.nan_to_num(r.anomaly_score, nan=0.0)
+            results[label][name] = a
+            if out is not None:
+                _write_nab_result(
+                    out / _folder(label) / name, series.timestamps, series.values[:, 0], a
+                )
+        log(
+            f"  nab {i + 1:2d}/{len(names)} {name}: {len(series)} rows, "
+            f"train {t1 - t0:.1f} s, model {t2 - t1:.1f} s"
+        )
+    data_dir, labels, profiles = nab.nab_paths(root)
+    scores_out = {
+        label: nab.score_detector(res, data_dir, labels, profiles, files=names)
+        for label, res in results.items()
+    }
+    return NabReport(
+        scores_out,
+        names,
+        n_windows,
+        train_s,
+        model_s,
+        decide_s,
+        time.perf_counter() - started,
+        {
+            "kind": kind,
+            "epochs": epochs,
+            "window": window or 64,
+            "train_fraction": train_fraction,
+            "seed": seed,
+        },
+    )
+
+
+def _folder(label: str) -> str:
+    """A decision label as a folder name: ``pot:suppress=0`` -> ``pot_suppress-0``."""
+    return label.replace(":", "_").replace("=", "-").replace(",", "_")
+
+
+def _write_nab_result(path: Path, stamps: Sequence[str], values: np.ndarray, a: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "value", "anomaly_score"])
+        for t, v, s in zip(stamps, values.tolist(), a.tolist()):
+            w.writerow([t, f"{v:.10g}", f"{s:.10g}"])
+
+
+# -- ODDS --------------------------------------------------------------------------------
+
+
+@dataclass
+class OddsRow:
+    name: str
+    roc: list[float]
+    prn: list[float]
+    seconds: float
+
+    @property
+    def roc_mean(self) -> float:
+        return float(np.mean(self.roc))
+
+    @property
+    def prn_mean(self) -> float:
+        return float(np.mean(self.prn))
+
+
+def run_odds(
+    root: Path,
+    sets: Sequence[str],
+    *,
+    seeds: int = 10,
+    epochs: int = 30,
+    model_params: Mapping[str, Any] | None = None,
+    log: Log = _quiet,
+) -> list[OddsRow]:
+    """``feedforward`` on each ODDS set under PyOD's protocol, mean of ``seeds`` splits.
+
+    Split ``i`` is PyOD's ``train_test_split(test_size=0.4, random_state=RandomState(i))``,
+    standardised on train; the model is fitted on the train rows (labels unused) and
+    ranks the test rows by reconstruction error.
+    """
+    rows = []
+    for name in sets:
+        x, y = read_odds(root, name)
+        t0 = time.perf_counter()
+        roc, prn = [], []
+        for seed in range(seeds):
+            xtr, xte, _, yte = pyod_split(x, y, seed)
+            opts = TrainOptions(
+                kind="feedforward",
+                window=1,
+                epochs=epochs,
+                seed=seed,
+                model_params=dict(model_params or {}),
+            )
+            art = train(records_dataset(name, xtr), opts)
+            scores, _, _ = window_scores(art, records_dataset(name, xte))
+            roc.append(roc_auc(yte, scores))
+            prn.append(precision_at_n(yte, scores))
+        row = OddsRow(name, roc, prn, time.perf_counter() - t0)
+        log(
+            f"  odds {name}: ROC-AUC {row.roc_mean:.4f}, P@n {row.prn_mean:.4f} "
+            f"({seeds} splits, {row.seconds:.0f} s)"
+        )
+        rows.append(row)
+    return rows
+
+
+# -- SMAP / MSL --------------------------------------------------------------------------
+
+
+@dataclass
+class ChannelResult:
+    name: str
+    spacecraft: str
+    labelled: int
+    events: dict[str, EventScore]  # label -> TP/FP/FN
+    seconds: float
+
+
+def run_smap(
+    root: Path,
+    channels: Sequence[str],
+    decisions: Mapping[str, Mapping[str, Any]],
+    *,
+    kind: str = "conv1d",
+    epochs: int = 30,
+    window: int = 64,
+    features: str = "telemetry",
+    seed: int = 0,
+    log: Log = _quiet,
+) -> list[ChannelResult]:
+    """Train on each channel's train array, score its test array, count labelled events.
+
+    ``features``: ``telemetry`` (column 0 only, as Orion's benchmark) or ``all`` (also the
+    one-hot command columns, as telemanom's input). A predicted event is a run of flagged
+    windows (merging gaps of up to half a window, the service's incident rule) spanning
+    the rows its windows cover; it is a true positive when it overlaps a labelled interval.
+    """
+    out = []
+    for name in channels:
+        t0 = time.perf_counter()
+        ch = read_channel(root, name)
+        cols = slice(0, 1) if features == "telemetry" else slice(None)
+        opts = TrainOptions(kind=kind, window=window, epochs=epochs, seed=seed)
+        art = train(channel_dataset(name, ch.train[:, cols]), opts)
+        test = channel_dataset(name, ch.test[:, cols])
+        scores, _, end_idx = window_scores(art, test)
+        events = {}
+        for label, spec in decisions.items():
+            r = decide_series(
+                make_decider(art.thresholds, spec), art.thresholds, test.series[0], scores, end_idx
+            )
+            flagged = np.zeros(len(r.is_anomaly), dtype=bool)
+            flagged[end_idx] = r.is_anomaly[end_idx]
+            incidents = [
+                (max(0, a - window + 1), b)
+                for a, b in incidents_from_flags(flagged, gap=max(1, window // 2))
+            ]
+            events[label] = event_score(incidents, ch.anomalies)
+        res = ChannelResult(
+            name, ch.spacecraft, len(ch.anomalies), events, time.perf_counter() - t0
+        )
+        log(
+            f"  smap {name}: "
+            + ", ".join(f"{k} {e.tp}/{e.fp}/{e.fn}" for k, e in events.items())
+            + f" ({res.seconds:.0f} s)"
+        )
+        out.append(res)
+    return out
+
+
+# -- decider cost ------------------------------------------------------------------------
+
+
+def decider_cost(
+    decisions: Mapping[str, Mapping[str, Any]],
+    *,
+    keys: int = 200,
+    per_key: int = 600,
+    batch: int = 256,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Microseconds per window of each decider, offline (one call per key) and online
+    (batches of ``batch`` windows interleaved across ``keys`` keys), and state bytes per key."""
+    rng = np.random.default_rng(seed)
+    errs = rng.lognormal(-1.0, 0.4, size=(keys, per_key))
+    names = [f"k{i}" for i in range(keys)]
+    order_keys = [names[i] for _ in range(per_key) for i in range(keys)]
+    order_scores = errs.T.reshape(-1)
+    out = {}
+    for label, spec in decisions.items():
+        d = make_decider(Thresholds(1.0), spec)
+        t0 = time.perf_counter()
+        for i, k in enumerate(names):
+            d.decide([k] * per_key, errs[i])
+        offline = time.perf_counter() - t0
+        d = make_decider(Thresholds(1.0), spec)
+        t0 = time.perf_counter()
+        for s in range(0, len(order_scores), batch):
+            d.decide(order_keys[s : s + batch], order_scores[s : s + batch])
+        online = time.perf_counter() - t0
+        state = max((len(d.export(k) or b"") for k in names), default=0)
+        n = keys * per_key
+        out[label] = {
+            "offline_us": 1e6 * offline / n,
+            "online_us": 1e6 * online / n,
+            "state_bytes": float(state),
+        }
+    return out
+
+
+# -- tables ------------------------------------------------------------------------------
+
+
+def nab_table(rep: NabReport) -> str:
+    lines = [
+        "| detector | standard | reward_low_FP | reward_low_FN | decide µs/window |",
+        "|---|---|---|---|---|",
+    ]
+    for label, s in rep.scores.items():
+        us = 1e6 * rep.decide_seconds[label] / max(rep.windows, 1)
+        lines.append(
+            f"| stream_detector {rep.options['kind']} + `{label}` | "
+            f"{s['standard']:.1f} | {s['reward_low_FP_rate']:.1f} | "
+            f"{s['reward_low_FN_rate']:.1f} | {us:.1f} |"
+        )
+    for name, v in NAB_ANCHORS.items():
+        lines.append(f"| {name} (NAB scoreboard) | {v:.1f} | | | |")
+    return "\n".join(lines)
+
+
+def odds_table(rows: Sequence[OddsRow]) -> str:
+    anchors = ["AutoEncoder", "IForest", "HBOS", "PCA"]
+    lines = [
+        "| set | feedforward ROC-AUC | P@n | " + " | ".join(f"PyOD {a}" for a in anchors) + " |",
+        "|---|---|---|" + "---|" * len(anchors),
+    ]
+    for r in rows:
+        anc = ODDS_ANCHORS.get(r.name, {})
+        cells = [f"{anc[a][0]:.4f} / {anc[a][1]:.4f}" if a in anc else "" for a in anchors]
+        lines.append(
+            f"| {r.name} | {r.roc_mean:.4f} ± {np.std(r.roc):.4f} | {r.prn_mean:.4f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    core = [r for r in rows if r.name in ODDS_ANCHORS]
+    if core:
+        mean = float(np.mean([r.roc_mean for r in core]))
+        pyod = {a: np.mean([ODDS_ANCHORS[r.name][a][0] for r in core]) for a in anchors}
+        lines.append(
+            f"| mean of {len(core)} | {mean:.4f} | "
+            f"{np.mean([r.prn_mean for r in core]):.4f} | "
+            + " | ".join(f"{pyod[a]:.4f}" for a in anchors)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def smap_table(results: Sequence[ChannelResult]) -> str:
+    labels = list(results[0].events) if results else []
+    lines = [
+        "| channel | labelled | "
+        + " | ".join(f"`{lb}` TP/FP/FN" for lb in labels)
+        + " | telemanom TP/FP/FN |",
+        "|---|---|" + "---|" * (len(labels) + 1),
+    ]
+    totals = {lb: EventScore(0, 0, 0) for lb in labels}
+    tm_total = EventScore(0, 0, 0)
+    for r in results:
+        tm = EventScore(*TELEMANOM.get(r.name, (0, 0, 0)))
+        tm_total = tm_total + tm
+        cells = []
+        for lb in labels:
+            e = r.events[lb]
+            totals[lb] = totals[lb] + e
+            cells.append(f"{e.tp}/{e.fp}/{e.fn}")
+        lines.append(
+            f"| {r.name} ({r.spacecraft}) | {r.labelled} | "
+            + " | ".join(cells)
+            + f" | {tm.tp}/{tm.fp}/{tm.fn} |"
+        )
+    lines.append(
+        "| **total** | "
+        + str(sum(r.labelled for r in results))
+        + " | "
+        + " | ".join(f"{totals[lb].tp}/{totals[lb].fp}/{totals[lb].fn}" for lb in labels)
+        + f" | {tm_total.tp}/{tm_total.fp}/{tm_total.fn} |"
+    )
+    lines.append(
+        "| **P / R / F1** | | "
+        + " | ".join(_prf(totals[lb]) for lb in labels)
+        + f" | {_prf(tm_total)} |"
+    )
+    return "\n".join(lines)
+
+
+def _prf(e: EventScore) -> str:
+    return f"{e.precision:.2f} / {e.recall:.2f} / {e.f1:.3f}"
+
+
+def cost_table(cost: Mapping[str, Mapping[str, float]]) -> str:
+    lines = [
+        "| decider | offline µs/window | online µs/window (batches of 256, 200 keys) "
+        "| state bytes/key |",
+        "|---|---|---|---|",
+    ]
+    for label, c in cost.items():
+        lines.append(
+            f"| `{label}` | {c['offline_us']:.1f} | {c['online_us']:.1f} | "
+            f"{int(c['state_bytes'])} |"
+        )
+    return "\n".join(lines)
+
+
+def to_json(obj: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, EventScore):
+            return {"tp": o.tp, "fp": o.fp, "fn": o.fn}
+        if hasattr(o, "__dict__"):
+            return o.__dict__
+        if isinstance(o, np.generic):
+            return o.item()
+        raise TypeError(type(o))
+
+    return json.dumps(obj, default=default, indent=1)

@@ -1,0 +1,233 @@
+"""Deciders: score range, monotonicity, 0.5 at the boundary, batch-cut invariance,
+export/restore, bounded state, and the spec plumbing (train -> artifact -> score/run)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stream_detector.decision import (
+    DECIDERS,
+    DEFAULT_DECISION,
+    StaticThreshold,
+    decision_spec,
+    log10_normal_tail,
+    make_decider,
+    method_params,
+    normal_tail_quantile,
+    resolve_spec,
+)
+from stream_detector.threshold import Thresholds
+
+THR = Thresholds(global_=1.0, per_key={"a": 0.8})
+# small histories and warm-ups so the statistics take over within a short test stream
+SPECS = {
+    "pot": {"method": "pot", "history": 200, "warmup": 40},
+    "pot-nosuppress": {"method": "pot", "history": 200, "warmup": 40, "suppress": 0},
+    "likelihood": {"method": "likelihood", "history": 200, "warmup": 40, "suppress": 0},
+    "likelihood-suppress": {"method": "likelihood", "history": 150, "warmup": 30, "short": 5},
+    "normalized": {"method": "normalized", "history": 200, "warmup": 40, "suppress": 0},
+    "dynamic": {"method": "dynamic", "history": 200, "warmup": 40, "every": 20, "suppress": 0},
+    "dynamic-suppress": {"method": "dynamic", "history": 120, "warmup": 30, "every": 7},
+}
+STATEFUL = [s for s in SPECS]
+
+
+def errors(n: int, seed: int = 0) -> np.ndarray:
+    """Lognormal reconstruction errors with a few bursts, as float32 like the model's."""
+    rng = np.random.default_rng(seed)
+    x = rng.lognormal(-1.0, 0.3, n)
+    for start in rng.choice(max(n - 20, 1), size=n // 400, replace=False):
+        x[start : start + 10] *= rng.uniform(2, 6)
+    return x.astype(np.float32).astype(np.float64)
+
+
+def decide_in_chunks(decider, key, x, cuts, other=None):
+    """Feed ``x`` for ``key`` in pieces; interleave another key's windows in each batch."""
+    outs = []
+    bounds = [0, *sorted(cuts), len(x)]
+    rng = np.random.default_rng(1)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi <= lo:
+            continue
+        keys = [key] * (hi - lo)
+        scores = list(x[lo:hi])
+        if other is not None:  # windows of another key in the same batch, at random places
+            extra = int(rng.integers(0, 4))
+            for _ in range(extra):
+                at = int(rng.integers(0, len(keys) + 1))
+                keys.insert(at, "zz-other")
+                scores.insert(at, float(rng.lognormal(-1, 0.3)))
+        thr, a, f = decider.decide(keys, np.asarray(scores))
+        mine = np.array([k == key for k in keys])
+        outs.append((thr[mine], a[mine], f[mine]))
+    return tuple(np.concatenate(parts) for parts in zip(*outs))
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_batch_cuts_and_other_keys_do_not_change_a_single_decision(name: str) -> None:
+    x = errors(900, seed=3)
+    whole = make_decider(THR, SPECS[name]).decide(["a"] * len(x), x)
+    rng = np.random.default_rng(7)
+    for trial in range(3):
+        cuts = rng.choice(np.arange(1, len(x)), size=[1, 30, 300][trial], replace=False)
+        got = decide_in_chunks(make_decider(THR, SPECS[name]), "a", x, cuts, other=True)
+        for w, g in zip(whole, got):
+            np.testing.assert_array_equal(w, g)
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_export_restore_resumes_identically(name: str) -> None:
+    x = errors(700, seed=4)
+    first, rest = x[:433], x[433:]
+    d1 = make_decider(THR, SPECS[name])
+    d1.decide(["a"] * len(first), first)
+    raw = d1.export("a")
+    assert isinstance(raw, bytes)
+    d2 = make_decider(THR, SPECS[name])
+    d2.restore("a", raw)
+    assert d2.export("a") == raw
+    for w, g in zip(d1.decide(["a"] * len(rest), rest), d2.decide(["a"] * len(rest), rest)):
+        np.testing.assert_array_equal(w, g)
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_state_is_bounded_and_forgotten(name: str) -> None:
+    d = make_decider(THR, SPECS[name])
+    sizes = []
+    for n in (10, 300, 5000):
+        d.decide(["a"] * n, errors(n, seed=n))
+        sizes.append(len(d.export("a") or b""))
+    assert sizes[1] <= sizes[2] <= d.state_bytes()  # type: ignore[attr-defined]
+    assert d.state_bytes() <= 16 + 5 * 1100  # type: ignore[attr-defined]
+    d.forget("a")
+    assert d.export("a") is None
+    assert d.export("never-seen") is None
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_score_range_monotone_and_one_half_at_the_threshold(name: str) -> None:
+    """For a fixed state (restored each time), the score rises with the error, stays in
+    [0, 1], and crosses 0.5 at the reported threshold, where the flag switches."""
+    spec = SPECS[name]
+    d = make_decider(THR, spec)
+    hist = errors(500, seed=5)
+    d.decide(["a"] * len(hist), hist)
+    raw = d.export("a")
+    assert raw is not None
+
+    def one(score: float) -> tuple[float, float, bool]:
+        fresh = make_decider(THR, spec)
+        fresh.restore("a", raw)
+        t, a, f = fresh.decide(["a"], np.array([score]))
+        return float(t[0]), float(a[0]), bool(f[0])
+
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 400)])
+    res = [one(s) for s in grid]
+    a = np.array([r[1] for r in res])
+    flags = np.array([r[2] for r in res])
+    assert np.all((a >= 0) & (a <= 1))
+    assert np.all(np.diff(a) >= 0), "anomaly score must not fall as the error rises"
+    np.testing.assert_array_equal(flags, a > 0.5)
+    thr = {r[0] for r in res}
+    assert len(thr) == 1, "the threshold depends on the state only"
+    t = thr.pop()
+    assert math.isfinite(t) and t > 0
+    assert grid[flags].min() > t * (1 - 1e-6) if flags.any() else True
+    assert not one(t * (1 - 1e-4))[2] and one(t * (1 + 1e-4))[2]
+    if spec.get("suppress", 64) == 0:
+        assert one(float(np.float32(t)))[1] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_suppression_flags_the_onset_of_an_excursion_once() -> None:
+    x = np.full(400, 0.3) + np.random.default_rng(0).normal(0, 0.01, 400)
+    x[300:340] = 5.0  # one sustained excursion
+    _, a, f = make_decider(THR, {"method": "pot", "history": 200, "warmup": 40}).decide(
+        ["a"] * len(x), x
+    )
+    assert f[300] and f[300:340].sum() == 1
+    _, a0, f0 = make_decider(
+        THR, {"method": "pot", "history": 200, "warmup": 40, "suppress": 0}
+    ).decide(["a"] * len(x), x)
+    assert f0[300:310].all() and f0[300:340].sum() > 1
+    assert a[301] <= 0.5 < a0[301]
+
+
+def test_warmup_uses_the_static_rule_then_statistics_take_over() -> None:
+    x = errors(200, seed=9)
+    spec = {"method": "pot", "history": 100, "warmup": 50, "suppress": 0}
+    thr, a, f = make_decider(THR, spec).decide(["a"] * len(x), x)
+    st_thr, st_a, st_f = StaticThreshold(THR).decide(["a"] * 50, x[:50])
+    np.testing.assert_allclose(a[:50], st_a)
+    np.testing.assert_allclose(thr[:50], st_thr)
+    np.testing.assert_array_equal(f[:50], st_f)
+    assert not np.allclose(thr[50:], 0.8)
+
+
+def test_a_key_unseen_in_training_uses_the_global_threshold_while_warming_up() -> None:
+    thr, _, _ = make_decider(THR, {"method": "pot"}).decide(["a", "b"], np.array([0.1, 0.1]))
+    assert thr.tolist() == pytest.approx([0.8, 1.0])
+
+
+def test_static_is_the_seed_rule() -> None:
+    x = errors(50)
+    d = make_decider(THR, {"method": "static"})
+    for got, want in zip(d.decide(["a"] * 50, x), THR.decide(["a"] * 50, x)):
+        np.testing.assert_array_equal(got, want)
+    assert d.export("a") is None
+    assert isinstance(make_decider(THR, None), StaticThreshold)
+
+
+def test_specs_are_complete_typed_and_checked() -> None:
+    assert DEFAULT_DECISION in DECIDERS and "static" in DECIDERS
+    spec = decision_spec("pot", {"suppress": "0", "risk": "1e-5"})
+    assert spec == {**method_params("pot"), "method": "pot", "suppress": 0, "risk": 1e-5}
+    assert decision_spec("static") == {"method": "static"}
+    with pytest.raises(ValueError, match="unknown decision method"):
+        decision_spec("magic")
+    with pytest.raises(ValueError, match="no parameter 'bogus'"):
+        decision_spec("pot", {"bogus": 1})
+    with pytest.raises(ValueError, match="expected a number"):
+        decision_spec("pot", {"risk": "high"})
+    with pytest.raises(ValueError):
+        decision_spec("pot", {"risk": 2})
+    with pytest.raises(ValueError, match="unknown decision method"):
+        make_decider(THR, {"method": "magic"})
+
+
+def test_resolve_spec_overrides_method_and_params() -> None:
+    stored = decision_spec("pot", {"suppress": 10})
+    assert resolve_spec(stored) == stored
+    assert resolve_spec(None) is None
+    assert resolve_spec(stored, params={"risk": "0.01"}) == {**stored, "risk": 0.01}
+    assert resolve_spec(stored, "pot", {"risk": 0.01})["suppress"] == 10
+    assert resolve_spec(stored, "likelihood") == decision_spec("likelihood")
+    assert resolve_spec(None, "static") == {"method": "static"}
+    assert resolve_spec(None, params={}) is None
+
+
+def test_restore_refuses_foreign_or_damaged_state() -> None:
+    d = make_decider(THR, SPECS["pot"])
+    d.decide(["a"] * 100, errors(100))
+    raw = d.export("a")
+    assert raw is not None
+    with pytest.raises(ValueError):
+        make_decider(THR, SPECS["likelihood"]).restore("a", raw)
+    with pytest.raises(ValueError):
+        make_decider(THR, SPECS["pot"]).restore("a", raw[:-3])
+    with pytest.raises(ValueError):
+        make_decider(THR, SPECS["pot"]).restore("a", b"xx")
+
+
+def test_normal_tail_helpers() -> None:
+    z = np.array([0.0, 1.0, 1.959964, 5.0, 10.0, 36.9, 37.1, 100.0])
+    lt = log10_normal_tail(z)
+    assert np.all(np.diff(lt) < 0)
+    assert lt[2] == pytest.approx(math.log10(0.025), abs=1e-6)
+    assert lt[4] == pytest.approx(math.log10(7.619853024160527e-24), rel=1e-9)
+    np.testing.assert_allclose(normal_tail_quantile(lt[1:]), z[1:], rtol=1e-9)
+    # continuous and decreasing across the switch to the asymptotic series at z = 37
+    below, above = log10_normal_tail(np.array([37.0 - 1e-7, 37.0 + 1e-7]))
+    assert 0 < below - above < 1e-5
