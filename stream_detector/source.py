@@ -30,13 +30,19 @@ class Fields:
     features: str = "features"
 
 
+_F32_MAX = float(np.finfo(np.float32).max)  # values are stored as float32
+
+
 def _number(x: Any, what: str) -> float:
     # bool is an int in Python but never a measurement
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise InvalidRecord("non_numeric", f"{what} must be a number, got {type(x).__name__}")
-    v = float(x)
-    if not math.isfinite(v):
-        raise InvalidRecord("non_finite", f"{what} is not finite")
+    try:
+        v = float(x)
+    except OverflowError:  # an integer beyond float range
+        raise InvalidRecord("non_finite", f"{what} is out of range") from None
+    if not math.isfinite(v) or abs(v) > _F32_MAX:
+        raise InvalidRecord("non_finite", f"{what} is not finite in float32")
     return v
 
 
@@ -118,7 +124,7 @@ class Decoder:
         if self.n_features == 1 and not self.record_mode:
             v = doc.get(f.value)
             t = type(v)  # exact types: bool is not a measurement
-            if (t is float or t is int) and doc.get(f.values) is None and math.isfinite(v):
+            if (t is float or t is int) and doc.get(f.values) is None and -_F32_MAX <= v <= _F32_MAX:
                 return np.array((v,), dtype=np.float32)
         if self.record_mode:
             raw = doc.get(f.features)

@@ -74,7 +74,9 @@ def test_one_huge_message_is_rejected_by_size(size):
 def test_non_finite_literals_are_reported_as_non_finite():
     dec = DECODERS[0]
     for raw in (b'{"key":"k","ts":1,"value":NaN}', b'{"key":"k","ts":1,"value":Infinity}',
-                b'{"key":"k","ts":1,"value":1e400}'):
+                b'{"key":"k","ts":1,"value":1e400}',
+                b'{"key":"k","ts":1,"value":3.4028235677973366e+38}',  # finite, not in float32
+                b'{"key":"k","ts":1,"value":123456789012345678901234567890123456789012}'):
         try:
             dec.decode(raw, None, None)
         except InvalidRecord as exc:
