@@ -64,9 +64,9 @@ def nab_dataset(root: Path, name: str) -> Dataset:
     return Dataset(fmt="nab", series=[s], feature_names=["value"], files=[str(path)])
 
 
-def records_dataset(name: str, x: np.ndarray) -> Dataset:
-    """Rows of ``x`` (n, d) as a ``records`` dataset (one series, features f0..f{d-1})."""
-    n, d = x.shape
+def _array_dataset(name: str, x: np.ndarray, fmt: str, columns: list[str]) -> Dataset:
+    """Rows of ``x`` (n, d) as a one-series dataset keyed ``name``, positions as timestamps."""
+    n = x.shape[0]
     s = Series(
         key=name,
         timestamps=[str(i) for i in range(n)],
@@ -75,9 +75,12 @@ def records_dataset(name: str, x: np.ndarray) -> Dataset:
         source=name,
         lines=np.arange(2, n + 2),
     )
-    return Dataset(
-        fmt="records", series=[s], feature_names=[f"f{i}" for i in range(d)], files=[name]
-    )
+    return Dataset(fmt=fmt, series=[s], feature_names=columns, files=[name])
+
+
+def records_dataset(name: str, x: np.ndarray) -> Dataset:
+    """Rows of ``x`` (n, d) as a ``records`` dataset (one series, features f0..f{d-1})."""
+    return _array_dataset(name, x, "records", [f"f{i}" for i in range(x.shape[1])])
 
 
 def read_odds(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -139,14 +142,5 @@ def read_channel(root: Path, name: str) -> Channel:
 
 def channel_dataset(name: str, x: np.ndarray) -> Dataset:
     """A channel's array (n, F) as a one-series ``long`` dataset (features value, value_1...)."""
-    n, f = x.shape
-    s = Series(
-        key=name,
-        timestamps=[str(i) for i in range(n)],
-        ts=np.arange(n, dtype=np.float64),
-        values=np.asarray(x, dtype=np.float32),
-        source=name,
-        lines=np.arange(2, n + 2),
-    )
-    cols = ["value"] + [f"value_{i}" for i in range(1, f)]
-    return Dataset(fmt="long", series=[s], feature_names=cols, files=[name])
+    cols = ["value"] + [f"value_{i}" for i in range(1, x.shape[1])]
+    return _array_dataset(name, x, "long", cols)
