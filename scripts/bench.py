@@ -84,21 +84,33 @@ def model_only(kind: str, batches: list[int], seconds: float) -> dict[str, Any]:
 
 # -- 2. end to end --------------------------------------------------------------------------
 def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0,
-             wallclock_ts: bool = False, spike_every: int = 0) -> int:
+             wallclock_ts: bool = False, spike_every: int = 0, linger_ms: int = 20,
+             spikes: dict[str, list[float]] | None = None) -> int:
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bs, "linger.ms": 20, "batch.num.messages": 10000})
+    p = Producer({"bootstrap.servers": bs, "linger.ms": linger_ms,
+                  "batch.num.messages": 10000})
     rng = np.random.default_rng(1)
+    last_spike: dict[int, int] = {}
     start = time.monotonic()
     n = 0
     for i in range(per_key):
-        vals = np.sin(2 * np.pi * i / 24 + np.arange(n_keys)) + rng.normal(0, 0.05, n_keys)
+        # the family the model was trained on (service_helpers.wave): level 10, amplitude 2,
+        # period 20, noise 0.1, a phase per key
+        vals = (10.0 + 2.0 * np.sin(2 * np.pi * i / 20 + np.arange(n_keys))
+                + rng.normal(0, 0.1, n_keys))
         for k in range(n_keys):
             ts = time.time() if wallclock_ts else 1_767_225_600 + 60 * i
             key = f"series-{k}"
             v = float(vals[k])
-            if spike_every and i >= WINDOW and (n + 1) % spike_every == 0:
+            # one spike per ~spike_every messages, in a random series that has had no
+            # spike for two windows (so that each spike opens its own incident)
+            if (spike_every and i >= WINDOW and rng.random() < 1.0 / spike_every
+                    and i - last_spike.get(k, -3 * WINDOW) > 2 * WINDOW):
+                last_spike[k] = i
                 v += 12.0
+                if spikes is not None:
+                    spikes.setdefault(key, []).append(ts)
             while True:
                 try:
                     p.produce(topic, key=key.encode(),
@@ -123,21 +135,24 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def end_to_end(kind: str, bs: str, work: Path, n_keys: int, per_key: int, max_batch: int,
-               latency_seconds: float) -> dict[str, Any]:
-    from kafka_helpers import consume_all
-    from service_helpers import DetectorProcess, train_wave_model, wait_until
+# the service's own checkpoint cadence (the test helper's default is a faster 200 ms)
+SERVICE_ARGS = ["--state", "none", "--commit-interval-ms", "1000"]
+
+
+def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key: int,
+              max_batch: int) -> dict[str, Any]:
+    """Consume a pre-filled topic: input events/s and windows/s through the whole service."""
+    from service_helpers import DetectorProcess, wait_until
 
     from stream_detector.broker import ensure_topics
 
-    model = train_wave_model(work / f"{kind}-model", window=WINDOW, kind=kind, epochs=1)
     tag = f"{kind}-{os.getpid()}"
     src, out = f"bench-in-{tag}", f"bench-out-{tag}"
     ensure_topics(bs, {src: 4, out: 1})
     n = _produce(bs, src, n_keys, per_key)
     windows = n_keys * (per_key - WINDOW + 1)
     det = DetectorProcess(bs, src, out, f"bench-{tag}", model,
-                          ["--max-batch", str(max_batch), "--state", "none"],
+                          ["--max-batch", str(max_batch), *SERVICE_ARGS],
                           log=work / f"{kind}-e2e.log")
     try:
         wait_until(lambda: det.value("stream_detector_messages_consumed_total") > 0, 120,
@@ -145,51 +160,82 @@ def end_to_end(kind: str, bs: str, work: Path, n_keys: int, per_key: int, max_ba
         c0, t0 = det.value("stream_detector_messages_consumed_total"), time.perf_counter()
         det.wait_value("stream_detector_windows_scored_total", windows, timeout=1800)
         t1 = time.perf_counter()
-        sustained = (n - c0) / (t1 - t0)
-        batches = det.metrics()
-        mean_batch = (batches.get("stream_detector_inference_batch_size_sum", 0)
-                      / max(1, batches.get("stream_detector_inference_batch_size_count", 1)))
+        rate_s = (n - c0) / (t1 - t0)
+        m = det.metrics()
     finally:
         det.terminate()
+    mean_batch = (m.get("stream_detector_inference_batch_size_sum", 0)
+                  / max(1, m.get("stream_detector_inference_batch_size_count", 1)))
+    return {"kind": kind, "messages": n, "keys": n_keys, "windows": windows,
+            "sustained_msgs_s": rate_s, "sustained_windows_s": rate_s * windows / n,
+            "mean_batch": mean_batch}
 
-    # latency at half the sustained rate: a steady stream with a spike injected into a
-    # random series every ~0.2 s; each spike opens an incident whose event we time
-    src2, out2 = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
-    ensure_topics(bs, {src2: 4, out2: 1})
-    det = DetectorProcess(bs, src2, out2, f"bench-lat-{tag}", model,
-                          ["--max-batch", str(max_batch), "--state", "none"],
+
+def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: float,
+            seconds: float, max_batch: int) -> dict[str, Any]:
+    """Produce-to-event latency of a steady stream at ``rate_s`` messages/s.
+
+    A spike is injected into a random series every ~0.2 s; each opens an incident whose
+    `opened` event is timed from the input's produce time (its wall-clock ``ts``) to the
+    moment the detector produced the event (the event's Kafka timestamp).
+    """
+    from kafka_helpers import consume_all
+    from service_helpers import DetectorProcess
+
+    from stream_detector.broker import ensure_topics
+    from stream_detector.datasets import parse_timestamp
+
+    tag = f"{kind}-{os.getpid()}"
+    src, out = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
+    ensure_topics(bs, {src: 4, out: 1})
+    det = DetectorProcess(bs, src, out, f"bench-lat-{tag}", model,
+                          ["--max-batch", str(max_batch), *SERVICE_ARGS],
                           log=work / f"{kind}-lat.log")
     try:
         det.wait_ready()
-        half = sustained / 2
-        lat_per_key = int(WINDOW + half * latency_seconds / n_keys)
-        n2 = _produce(bs, src2, n_keys, lat_per_key, rate_s=half, wallclock_ts=True,
-                      spike_every=max(1, int(half * 0.2)))
-        expected = n_keys * (lat_per_key - WINDOW + 1)
+        per_key = int(WINDOW + rate_s * seconds / n_keys)
+        spikes: dict[str, list[float]] = {}
+        n = _produce(bs, src, n_keys, per_key, rate_s=rate_s, wallclock_ts=True,
+                     spike_every=max(1, int(rate_s * 0.2)), linger_ms=5, spikes=spikes)
+        expected = n_keys * (per_key - WINDOW + 1)
         det.wait_value("stream_detector_windows_scored_total", expected, timeout=600)
         time.sleep(2)
         m = det.metrics()
     finally:
         det.terminate()
-    events = [e for e in consume_all(bs, out2, timeout=60, idle=5)
+    events = [e for e in consume_all(bs, out, timeout=60, idle=5)
               if e["value"]["type"] == "opened"]
-    from stream_detector.datasets import parse_timestamp
-
-    lat = np.array([e["timestamp"] / 1000.0 - parse_timestamp(e["value"]["window_end"])
-                    for e in events])
+    # each incident is timed from the produce time of the spike that caused it: the key's
+    # last spike at or before the window's end (an incident with none is a false alarm)
+    lat_l, false_alarms = [], 0
+    for e in events:
+        end = parse_timestamp(e["value"]["window_end"]) + 0.0005  # ISO keeps milliseconds
+        before = [t for t in spikes.get(e["value"]["key"], []) if t <= end]
+        if before:
+            lat_l.append(e["timestamp"] / 1000.0 - before[-1])
+        else:
+            false_alarms += 1
+    lat = np.array(lat_l)
     bounds = sorted((float(k.split('le="')[1].rstrip('"}')), v) for k, v in m.items()
                     if k.startswith("stream_detector_event_latency_seconds_bucket"))
     total = m.get("stream_detector_event_latency_seconds_count", 0.0)
     p99_bucket = next((le for le, c in bounds if total and c >= 0.99 * total), None)
-    sustained_windows = sustained * windows / n
+    ck_n = m.get("stream_detector_checkpoint_seconds_count", 0.0)
     return {
-        "kind": kind, "messages": n, "keys": n_keys, "windows": windows,
-        "sustained_msgs_s": sustained, "sustained_windows_s": sustained_windows,
-        "mean_batch": mean_batch,
-        "latency_rate_msgs_s": half, "latency_messages": n2, "latency_events": len(lat),
-        "latency_p99_bucket_s_delivery": p99_bucket,
+        "kind": kind, "latency_rate_msgs_s": rate_s, "latency_messages": n,
+        "latency_events": len(lat), "latency_spikes": sum(map(len, spikes.values())),
+        "latency_false_alarms": false_alarms, "latency_p99_bucket_s_delivery": p99_bucket,
         "latency_p50_ms": float(np.percentile(lat, 50) * 1000) if len(lat) else None,
         "latency_p99_ms": float(np.percentile(lat, 99) * 1000) if len(lat) else None,
+        "latency_max_ms": float(lat.max() * 1000) if len(lat) else None,
+        "mean_batch_at_latency_rate": (
+            m.get("stream_detector_inference_batch_size_sum", 0)
+            / max(1, m.get("stream_detector_inference_batch_size_count", 1))),
+        "mean_checkpoint_ms": (m.get("stream_detector_checkpoint_seconds_sum", 0.0)
+                               / ck_n * 1000 if ck_n else None),
+        "mean_inference_ms": (m.get("stream_detector_inference_seconds_sum", 0.0)
+                              / max(1, m.get("stream_detector_inference_seconds_count", 1))
+                              * 1000),
     }
 
 
@@ -236,14 +282,30 @@ def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
             "bytes_per_series": (rss1 - rss0) * 1024 * 1024 / n_series}
 
 
+PARTS = ("model", "e2e", "latency", "memory")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     ap.add_argument("--kinds", default="lstm,conv1d")
-    ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="which parts to run (default: %(default)s)")
+    ap.add_argument("--skip-e2e", action="store_true", help="only the model-only part")
+    ap.add_argument("--latency-rate", type=float, default=None,
+                    help="messages/s for the latency part (default: half the sustained rate; "
+                         "required when e2e is not run)")
+    ap.add_argument("--latency-seconds", type=float, default=None)
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parts = set(args.parts.split(","))
+    if unknown := parts - set(PARTS):
+        ap.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    if args.skip_e2e:
+        parts = {"model"}
+    if "latency" in parts and "e2e" not in parts and args.latency_rate is None:
+        ap.error("--latency-rate is needed when the e2e part does not run")
     q = args.quick
     seconds = 0.3 if q else 3.0
     batches = [1, 32] if q else [1, 32, 256, 1024]
@@ -255,19 +317,33 @@ def main() -> int:
     import tensorflow as tf
 
     res["tensorflow"] = tf.__version__
-    res["matmul_gflops"] = matmul_gflops(seconds)
-    res["model_only"] = [model_only(k, batches, seconds) for k in kinds]
-    if not args.skip_e2e:
+    if "model" in parts:
+        res["matmul_gflops"] = matmul_gflops(seconds)
+        res["model_only"] = [model_only(k, batches, seconds) for k in kinds]
+    if parts & {"e2e", "latency", "memory"}:
+        from service_helpers import train_wave_model
+
         from stream_detector.broker import EmbeddedBroker
 
         work = Path(tempfile.mkdtemp(prefix="bench-"))
         broker = EmbeddedBroker(log_path=work / "broker.log")
         broker.start()
+        bs = broker.bootstrap_servers
         try:
-            n_keys, per_key = (50, 80) if q else (1000, 200)
-            res["end_to_end"] = [end_to_end(k, broker.bootstrap_servers, work, n_keys, per_key,
-                                            256, 3 if q else 20) for k in kinds]
-            res["memory"] = memory(broker.bootstrap_servers, work, 2000 if q else 100_000)
+            n_keys, per_key = (100, 200) if q else (1000, 200)
+            lat_s = args.latency_seconds or (3 if q else 20)
+            res["end_to_end"] = []
+            for k in kinds if parts & {"e2e", "latency"} else []:
+                model = train_wave_model(work / f"{k}-model", window=WINDOW, kind=k, epochs=5)
+                row: dict[str, Any] = {"kind": k}
+                if "e2e" in parts:
+                    row.update(sustained(k, bs, work, model, n_keys, per_key, 256))
+                if "latency" in parts:
+                    r = args.latency_rate or row["sustained_msgs_s"] / 2
+                    row.update(latency(k, bs, work, model, n_keys, r, lat_s, 256))
+                res["end_to_end"].append(row)
+            if "memory" in parts:
+                res["memory"] = memory(bs, work, 2000 if q else 100_000)
         finally:
             broker.stop()
     report(res)
@@ -278,9 +354,10 @@ def main() -> int:
 
 def report(r: dict[str, Any]) -> None:
     print(f"\nstream_detector benchmark, {r['date']}, {r['machine']}, TF {r['tensorflow']}")
-    print(f"machine limit: float32 matmul 2048x2048 = {r['matmul_gflops']:.1f} GFLOP/s\n")
-    print("1. model only (window 64, 1 feature, default sizes), windows/s")
-    for m in r["model_only"]:
+    if "matmul_gflops" in r:
+        print(f"machine limit: float32 matmul 2048x2048 = {r['matmul_gflops']:.1f} GFLOP/s\n")
+        print("1. model only (window 64, 1 feature, default sizes), windows/s")
+    for m in r.get("model_only", []):
         seed = m["seed_predict_windows_s"]
         print(f"  {m['kind']:<7} seed model.predict per window: {seed:10.1f}")
         for b, v in m["batched"].items():
@@ -289,17 +366,28 @@ def report(r: dict[str, Any]) -> None:
                   f"{gf:6.1f} GFLOP/s = {gf / r['matmul_gflops']:5.1%} of matmul)")
         print(f"  {'':<7} traces of the compiled function: {m['traces']}")
     for e in r.get("end_to_end", []):
-        mo = next(m for m in r["model_only"] if m["kind"] == e["kind"])
-        ref = mo["batched"].get(256) or max(mo["batched"].values())
-        print(f"\n2. end to end, {e['kind']}: {e['messages']} messages over {e['keys']} keys, hop 1")
-        print(f"  sustained {e['sustained_msgs_s']:.0f} input events/s = "
-              f"{e['sustained_windows_s']:.0f} windows/s (mean batch {e['mean_batch']:.0f}); "
-              f"windows/s = {e['sustained_windows_s'] / ref:.1%} of model-only at batch 256 "
-              f"({ref:.0f}/s)")
-        print(f"  latency produce -> anomaly event at {e['latency_rate_msgs_s']:.0f} msg/s "
-              f"({e['latency_events']} incidents opened): p50 {e['latency_p50_ms']:.1f} ms, "
-              f"p99 {e['latency_p99_ms']:.1f} ms (detector's delivery histogram: p99 <= "
-              f"{e['latency_p99_bucket_s_delivery']} s)")
+        print(f"\n2. end to end, {e['kind']}, hop 1")
+        if "sustained_msgs_s" in e:
+            mo = next((m for m in r.get("model_only", []) if m["kind"] == e["kind"]), None)
+            ref = (mo["batched"].get(256) or max(mo["batched"].values())) if mo else None
+            share = (f"windows/s = {e['sustained_windows_s'] / ref:.1%} of model-only at "
+                     f"batch 256 ({ref:.0f}/s)" if ref else "(model-only part not run)")
+            print(f"  {e['messages']} messages over {e['keys']} keys: sustained "
+                  f"{e['sustained_msgs_s']:.0f} input events/s = {e['sustained_windows_s']:.0f} "
+                  f"windows/s (mean batch {e['mean_batch']:.0f}); {share}")
+        if "latency_p50_ms" in e:
+            if e["latency_p50_ms"] is None:
+                print(f"  latency at {e['latency_rate_msgs_s']:.0f} msg/s: no incident opened")
+                continue
+            ck = e["mean_checkpoint_ms"]
+            print(f"  latency produce -> anomaly event at {e['latency_rate_msgs_s']:.0f} msg/s "
+                  f"({e['latency_events']} incidents opened for {e['latency_spikes']} spikes, "
+                  f"{e['latency_false_alarms']} false alarms): p50 {e['latency_p50_ms']:.1f} ms, "
+                  f"p99 {e['latency_p99_ms']:.1f} ms, max {e['latency_max_ms']:.1f} ms "
+                  f"(mean batch {e['mean_batch_at_latency_rate']:.0f} scored in "
+                  f"{e['mean_inference_ms']:.1f} ms, mean checkpoint "
+                  f"{'-' if ck is None else f'{ck:.1f} ms'}; detector's delivery histogram: "
+                  f"p99 <= {e['latency_p99_bucket_s_delivery']} s)")
     if "memory" in r:
         m = r["memory"]
         print(f"\n3. memory: {m['series']} extra series (window 64): RSS "

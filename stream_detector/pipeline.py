@@ -127,6 +127,28 @@ def producer_properties(kafka: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in kafka.items() if k not in _CONSUMER_ONLY}
 
 
+@dataclass
+class _Checkpoint:
+    """A periodic checkpoint in progress, advanced by the loop without stalling it.
+
+    At the mark the batcher's windows are submitted and the offsets consumed so far and
+    the buffers of changed keys are snapshotted. Once every batch submitted by then is
+    scored (the incident and decision state of those keys is captured at that very
+    batch) and every event they caused is confirmed, the state records are written; once
+    those are confirmed, the offsets are committed. The same order as the synchronous
+    :meth:`Detector.checkpoint`, so a crash at any point loses nothing.
+    """
+
+    batch: int  # sequence number of the last batch submitted at the mark
+    offsets: list[TopicPartition]
+    buffers: list[tuple[str, int, tuple[int, int, int, np.ndarray, np.ndarray]]]
+    deleted: list[tuple[str, int]]
+    started: float
+    records: list[tuple[int, str, bytes | None]] | None = None  # encoded at the batch
+    events_mark: int = -1  # the sink's mark once the batch was applied
+    state_mark: int = -1  # the sink's mark once the state records were produced
+
+
 class Detector:
     """One replica of the streaming detector (one consumer in the group)."""
 
@@ -147,8 +169,10 @@ class Detector:
         self._stop = False
         self._pending_art: Artifact | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._inflight: deque[tuple[Batch[WindowMeta], list[str], Future[Any]]] = deque()
+        self._inflight: deque[tuple[int, Batch[WindowMeta], list[str], Future[Any]]] = deque()
         self.max_inflight = 2  # batches queued for or inside the inference thread
+        self._submitted = 0  # batches submitted so far (their sequence numbers)
+        self._pending: _Checkpoint | None = None
         self._positions: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
         self._assigned: set[TP] = set()
@@ -169,6 +193,7 @@ class Detector:
             "fetch.wait.max.ms": 20,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
+            "on_commit": self._on_commit,
             **cfg.kafka,
         })
         producer_conf: dict[str, Any] = {
@@ -305,6 +330,7 @@ class Detector:
         self._forget(tps)
 
     def _forget(self, tps: set[TP]) -> None:
+        self._abandon()  # it may hold state and offsets of these partitions
         for tp in tps:
             self._assigned.discard(tp)
             self._positions.pop(tp, None)
@@ -405,14 +431,15 @@ class Detector:
             t0 = time.perf_counter()
             return art.model.score_batch(x), time.perf_counter() - t0
 
-        self._inflight.append((batch, keys, self._pool.submit(infer)))
+        self._submitted += 1
+        self._inflight.append((self._submitted, batch, keys, self._pool.submit(infer)))
         while len(self._inflight) > self.max_inflight:
             self._complete_one()
 
     def complete_ready(self) -> int:
         """Apply every finished batch at the head of the queue; returns windows applied."""
         n = 0
-        while self._inflight and self._inflight[0][2].done():
+        while self._inflight and self._inflight[0][3].done():
             n += self._complete_one()
         return n
 
@@ -425,7 +452,7 @@ class Detector:
         return n
 
     def _complete_one(self) -> int:
-        batch, keys, fut = self._inflight.popleft()
+        seq, batch, keys, fut = self._inflight.popleft()
         scores, seconds = fut.result()
         m = self.metrics
         n = len(batch)
@@ -448,6 +475,9 @@ class Detector:
                 if ev["type"] == "opened":
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)
+        ck = self._pending
+        if ck is not None and ck.batch == seq:
+            self._capture(ck)
         return n
 
     def checkpoint(self, only: set[TP] | None = None, timeout: float = 30.0,
@@ -458,6 +488,7 @@ class Detector:
         ``timeout`` only postpones the commit; the loop goes on and retries next time.
         """
         t0 = time.perf_counter()
+        self._abandon()  # this one covers everything a pending one would
         self.score_batch()
         if not self.sink.flush(timeout, strict):
             return False
@@ -486,6 +517,98 @@ class Detector:
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         return True
 
+    def begin_checkpoint(self) -> None:
+        """Start a periodic checkpoint that the loop advances (see :class:`_Checkpoint`)."""
+        if self._pending is not None:
+            return  # the previous one is still waiting for the broker: it goes first
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()
+                   if self._committed.get((t, p)) != o]
+        if not offsets and not self._dirty and not self._deleted:
+            return
+        self.submit_batch()
+        buffers = []
+        if self.state is not None:
+            for key in self._dirty:
+                exp = self.buffer.export(key)
+                if exp is not None:
+                    buffers.append((key, exp[0], exp))
+            self._dirty.clear()
+        deleted = list(self._deleted.items())
+        self._deleted.clear()
+        self._pending = _Checkpoint(self._submitted, offsets, buffers, deleted,
+                                    time.perf_counter())
+        if not self._inflight:  # nothing to score: the state is as of now
+            self._capture(self._pending)
+
+    def _capture(self, ck: _Checkpoint) -> None:
+        """The mark's batches are applied: encode state as of now, note the events' mark."""
+        ck.events_mark = self.sink.mark()
+        records: list[tuple[int, str, bytes | None]] = []
+        w = self.art.window
+        for key, tag, (_, count, last_offset, values, ts) in ck.buffers:
+            if tag >= self._state_partitions or key not in self.buffer:
+                continue  # no changelog partition for it (logged), or dropped since
+            records.append((tag, key, encode_state(
+                KeyState(count, last_offset, values, ts, self.tracker.export(key),
+                         self.decider.export(key)), w)))
+        records += [(p, key, None) for key, p in ck.deleted if 0 <= p < self._state_partitions]
+        ck.records = records
+        ck.buffers = []
+
+    def advance_checkpoint(self) -> None:
+        """Move the pending checkpoint on as far as confirmations allow (never blocks)."""
+        ck = self._pending
+        if ck is None or ck.records is None:
+            return
+        sink = self.sink
+        if ck.state_mark < 0:
+            if not sink.delivered_through(ck.events_mark):
+                return
+            if ck.records:
+                assert self.state is not None
+                written = self.state.bytes_written
+                for tag, key, raw in ck.records:
+                    self.state.write(tag, key, raw, sink.tracked(sink.on_state_delivery))
+                self.metrics.state_records_written.inc(len(ck.records))
+                self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
+            ck.state_mark = sink.mark()
+        if not sink.delivered_through(ck.state_mark):
+            return
+        self._pending = None
+        if ck.offsets:
+            try:
+                self.consumer.commit(offsets=ck.offsets, asynchronous=True)
+            except KafkaException as exc:
+                log.warning("offset commit failed: %s", exc)
+                return
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - ck.started)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            # e.g. a rebalance in progress: redelivered later (at least once)
+            log.warning("offset commit failed: %s", err)
+            return
+        for tp in partitions:
+            if tp.error is None and (tp.topic, tp.partition) in self._assigned:
+                self._committed[(tp.topic, tp.partition)] = tp.offset
+
+    def _abandon(self) -> None:
+        """Drop a pending checkpoint (a synchronous one supersedes it); its keys stay dirty."""
+        ck, self._pending = self._pending, None
+        if ck is None:
+            return
+        for key, tag, _ in ck.buffers:
+            if key in self.buffer:
+                self._dirty[key] = tag
+        for key, p in ck.deleted:
+            self._deleted.setdefault(key, p)
+        if ck.records is not None and ck.state_mark < 0:
+            for tag, key, raw in ck.records:
+                if raw is None:
+                    self._deleted.setdefault(key, tag)
+                elif key in self.buffer:
+                    self._dirty[key] = tag
+
     def _write_state(self, partitions: set[int] | None) -> None:
         assert self.state is not None
         w = self.art.window
@@ -503,14 +626,14 @@ class Detector:
                 continue  # the changelog could not grow to this partition (logged)
             raw = encode_state(KeyState(count, last_offset, values, ts, self.tracker.export(key),
                                         self.decider.export(key)), w)
-            self.state.write(tag, key, raw, self.sink.on_state_delivery)
+            self.state.write(tag, key, raw, self.sink.tracked(self.sink.on_state_delivery))
             n += 1
         for key, p in list(self._deleted.items()):
             if partitions is not None and p not in partitions:
                 continue
             del self._deleted[key]
             if 0 <= p < self._state_partitions:
-                self.state.write(p, key, None, self.sink.on_state_delivery)
+                self.state.write(p, key, None, self.sink.tracked(self.sink.on_state_delivery))
                 n += 1
         self.metrics.state_records_written.inc(n)
         self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
@@ -529,9 +652,13 @@ class Detector:
             while not self._stop:
                 now = time.monotonic()
                 self._heartbeat = now
-                left = self.batcher.time_left()
-                timeout = 0.05 if left is None else min(0.05, left)
-                msgs = self.consumer.consume(num_messages=1000, timeout=timeout)
+                # what is already fetched, at once; if nothing, block only until the first
+                # message (consume() would wait out its whole timeout for a full batch),
+                # and only briefly while a batch is being scored, to publish it promptly
+                msgs = self.consumer.consume(num_messages=1000, timeout=0)
+                if not msgs:
+                    msg = self.consumer.poll(self._idle_wait())
+                    msgs = [] if msg is None else [msg]
                 now = time.monotonic()
                 handled = 0
                 for msg in msgs:
@@ -548,14 +675,21 @@ class Detector:
                 self.metrics.messages_consumed.inc(handled)
                 if msgs:
                     self._broker_down = None
-                if self.batcher.due():
-                    self.submit_batch()
                 self.complete_ready()
+                # a batch goes to the model when full, when the model is idle (no reason to
+                # wait: latency), or when its oldest window reached the deadline
+                if self._pending_art is not None or (
+                        len(self.batcher) and (not self._inflight or self.batcher.due())):
+                    self.submit_batch()  # (a new model is swapped in there, even when idle)
                 self.sink.poll()
                 now = time.monotonic()
                 if now - last_commit >= cfg.commit_interval_s:
-                    self.checkpoint(timeout=2.0, strict=False)
+                    if cfg.exactly_once:
+                        self.checkpoint(timeout=2.0, strict=False)
+                    else:
+                        self.begin_checkpoint()
                     last_commit = time.monotonic()
+                self.advance_checkpoint()
                 if cfg.idle_ttl_s > 0 and now - self._last_sweep > min(10.0, cfg.idle_ttl_s):
                     self.buffer.evict_idle(cfg.idle_ttl_s, now)
                     self._last_sweep = now
@@ -564,6 +698,13 @@ class Detector:
             self._close(0.0)
             return 1
         return self._drain()
+
+    def _idle_wait(self) -> float:
+        """How long the loop may block waiting for input."""
+        if self._inflight:
+            return 0.002  # a batch is being scored: come back soon to apply it
+        left = self.batcher.time_left()
+        return 0.05 if left is None else min(0.05, left)
 
     def _drain(self) -> int:
         deadline = time.monotonic() + self.cfg.drain_timeout_s
@@ -633,7 +774,7 @@ class ModelWatcher(threading.Thread):
                     f"{self.model_dir}: new model has window {art.window} x {art.n_features} "
                     f"feature(s), the running one {cur.window} x {cur.n_features}: restart to "
                     "change the window shape")
-            art.model.score_batch(np.zeros((1, art.window, art.n_features), np.float32))
+            art.model.warm_up(det.cfg.max_batch)
         except InputError as exc:
             det.metrics.model_reloads.labels(result="refused").inc()
             log.error("new model refused, still serving %s: %s", det.art.version, exc)
@@ -665,6 +806,7 @@ def run_service(options: Mapping[str, Any]) -> int:
                       client_config=producer_properties(cfg.kafka))
     except (TopicSetupError, KafkaException, ValueError) as exc:
         log.warning("could not make sure the output topics exist: %s", exc)
+    art.model.warm_up(cfg.max_batch)  # before the first live batch, not during it
     det = Detector(cfg, art, metrics)
     server = None
     if cfg.metrics_port:

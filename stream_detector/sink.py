@@ -7,6 +7,7 @@ pipeline never commits an offset whose events were lost (quix-streams' checkpoin
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Mapping
@@ -33,6 +34,12 @@ class EventSink:
         self.metrics = metrics
         self._producer = Producer(dict(conf))
         self._error: KafkaError | None = None
+        # every message gets a sequence number; the lowest one not yet confirmed tells
+        # whether everything produced before a point is delivered (confirmations come
+        # back out of order across partitions)
+        self._seq = 0
+        self._unconfirmed: list[int] = []
+        self._confirmed: set[int] = set()
         self.transactional = transactional
         if transactional:
             self._producer.init_transactions(30)
@@ -66,7 +73,37 @@ class EventSink:
                 self._error = err
             log.error("dead letter not delivered to %s: %s", msg.topic(), err)
 
+    def tracked(self, cb: Any) -> Any:
+        """Wrap a delivery callback so :meth:`delivered_through` accounts for its message."""
+        self._seq += 1
+        seq = self._seq
+        heapq.heappush(self._unconfirmed, seq)
+
+        def wrapped(err: KafkaError | None, msg: Message) -> None:
+            self._confirmed.add(seq)
+            cb(err, msg)
+        return wrapped
+
+    def mark(self) -> int:
+        """A point in the stream of produced messages (for :meth:`delivered_through`)."""
+        return self._seq
+
+    def delivered_through(self, mark: int) -> bool:
+        """Whether every message produced up to ``mark`` has been confirmed (no waiting).
+
+        Raises :class:`DeliveryError` if the broker refused a message for good.
+        """
+        self._producer.poll(0)
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise DeliveryError(f"broker refused a message: {err}")
+        heap, done = self._unconfirmed, self._confirmed
+        while heap and heap[0] in done:
+            done.discard(heapq.heappop(heap))
+        return not heap or heap[0] > mark
+
     def _produce(self, **kw: Any) -> None:
+        kw["on_delivery"] = self.tracked(kw["on_delivery"])
         while True:
             try:
                 self._producer.produce(**kw)
@@ -106,6 +143,9 @@ class EventSink:
         when ``strict``. A message the broker refused for good always raises.
         """
         left = self._producer.flush(timeout)
+        if not left:  # everything confirmed
+            self._unconfirmed.clear()
+            self._confirmed.clear()
         if self._error is not None:
             err, self._error = self._error, None
             raise DeliveryError(f"broker refused an event: {err}")

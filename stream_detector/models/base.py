@@ -44,6 +44,8 @@ class Autoencoder(Protocol):
 
     def score_batch(self, windows: np.ndarray) -> np.ndarray: ...
 
+    def warm_up(self, up_to: int) -> None: ...
+
     def save(self, path: Path) -> None: ...
 
 
@@ -103,6 +105,14 @@ class BatchedScorer:
         if not outs:
             return np.zeros((0,) if fn is self._errors else x.shape, dtype=np.float32)
         return np.concatenate(outs)
+
+    def warm_up(self, up_to: int) -> None:
+        """Run every bucket up to ``up_to`` windows once, so the first live batches do not pay
+        for tracing and for the kernels' first call at each shape (hundreds of ms)."""
+        for b in self.buckets:
+            self._errors(tf.zeros((b, self.window, self.n_features), tf.float32)).numpy()
+            if b >= up_to:
+                break
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         """Reconstruction error of each window, float64 (N,)."""
@@ -173,6 +183,9 @@ class KerasAutoencoder:
 
     def score_batch(self, windows: np.ndarray) -> np.ndarray:
         return self.scorer(windows)
+
+    def warm_up(self, up_to: int) -> None:
+        self.scorer.warm_up(up_to)
 
     def save(self, path: Path) -> None:
         self.model.save(path)
