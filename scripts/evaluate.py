@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="K=V",
-        help="model parameter for NAB and SMAP, e.g. score_last=1 (repeatable)",
+        help="model parameter for NAB and SMAP, e.g. filters=32 (repeatable)",
     )
     ap.add_argument(
         "--odds-param",

@@ -197,32 +197,3 @@ def test_shape_mismatch_between_metadata_and_model_is_refused(tmp_path: Path) ->
         load_artifact(tmp_path)
     with pytest.raises(ArtifactError, match="does not exist"):
         load_artifact(tmp_path / "nowhere")
-
-
-def test_score_last_scores_only_the_newest_positions() -> None:
-    """``score_last=k``: the RMS error of the window's newest k positions only."""
-    model = models.build("conv1d", WINDOW, N_FEATURES, {**TINY["conv1d"], "score_last": 3})
-    assert model.params["score_last"] == 3
-    x = np.random.default_rng(3).normal(size=(6, WINDOW, N_FEATURES)).astype(np.float32)
-    recon = model.reconstruct(x)
-    tail = np.sqrt(((x - recon)[:, -3:, :].astype(np.float64) ** 2).mean(axis=(1, 2)))
-    np.testing.assert_allclose(model.score_batch(x), tail, rtol=1e-5)
-    whole = models.build("conv1d", WINDOW, N_FEATURES, TINY["conv1d"])
-    assert "score_last" not in whole.params
-    with pytest.raises(ConfigError, match="score_last"):
-        models.build("conv1d", WINDOW, N_FEATURES, {"score_last": WINDOW + 1})
-
-
-def test_score_last_survives_the_artifact_round_trip(tmp_path: Path) -> None:
-    opts = TrainOptions(
-        kind="conv1d", window=WINDOW, epochs=1, batch_size=32, seed=0,
-        model_params={**TINY["conv1d"], "score_last": 2}, validation_split=0.0,
-    )
-    art = train_and_save(tiny_dataset(), opts, tmp_path)
-    back = load_artifact(tmp_path)
-    assert back.model.params["score_last"] == 2
-    x = np.random.default_rng(4).normal(size=(8, WINDOW, N_FEATURES)).astype(np.float32)
-    recon = back.model.reconstruct(x)
-    tail = np.sqrt(((x - recon)[:, -2:, :].astype(np.float64) ** 2).mean(axis=(1, 2)))
-    np.testing.assert_allclose(back.model.score_batch(x), tail, rtol=1e-5)
-    np.testing.assert_allclose(back.model.score_batch(x), art.model.score_batch(x), atol=1e-6)

@@ -20,8 +20,6 @@ BUILDERS: dict[str, Builder] = {
     "feedforward": build_feedforward,
 }
 KINDS = tuple(BUILDERS)
-#: parameters of every kind that change how a window is scored, not the network
-SCORING_PARAMS: dict[str, Any] = {"score_last": 0}
 
 
 def model_params(kind: str) -> dict[str, Any]:
@@ -32,16 +30,11 @@ def model_params(kind: str) -> dict[str, Any]:
 
 def build(kind: str, window: int, n_features: int,
           params: Mapping[str, Any] | None = None) -> KerasAutoencoder:
-    """Build an untrained autoencoder of ``kind``; ``params`` override the default sizes.
-
-    ``params`` may also set the scoring parameters (:data:`SCORING_PARAMS`, any kind);
-    they are kept in ``params`` (hence in the artifact) only when given.
-    """
+    """Build an untrained autoencoder of ``kind``; ``params`` override the default sizes."""
     if kind not in BUILDERS:
         raise ConfigError(f"unknown model {kind!r} (choose from {', '.join(KINDS)})")
-    sizes_default = model_params(kind)
-    defaults = {**sizes_default, **SCORING_PARAMS}
-    merged = dict(sizes_default)
+    defaults = model_params(kind)
+    merged = dict(defaults)
     for name, value in (params or {}).items():
         if name not in defaults:
             raise ConfigError(
@@ -49,11 +42,8 @@ def build(kind: str, window: int, n_features: int,
             )
         merged[name] = type(defaults[name])(value) if not isinstance(defaults[name], bool) \
             else str(value).lower() in ("1", "true", "yes")
-    if not 0 <= merged.get("score_last", 0) <= window:
-        raise ConfigError(f"model parameter score_last must be in [0, {window}]")
-    sizes = {k: v for k, v in merged.items() if k not in SCORING_PARAMS}
-    return KerasAutoencoder(kind, BUILDERS[kind](window, n_features, **sizes), window,
+    return KerasAutoencoder(kind, BUILDERS[kind](window, n_features, **merged), window,
                             n_features, merged)
 
 
-__all__ = ["BUILDERS", "KINDS", "SCORING_PARAMS", "KerasAutoencoder", "build", "model_params"]
+__all__ = ["BUILDERS", "KINDS", "KerasAutoencoder", "build", "model_params"]

@@ -2,10 +2,8 @@
 
 Every model maps a batch of windows (N, T, F) to their reconstruction (N, T, F); the
 score of a window is its root-mean-square reconstruction error (the L2 norm of the
-residual divided by sqrt(T * F), so scores compare across window sizes). With the model
-parameter ``score_last = k`` (k > 0) the score is the RMS error of the window's newest
-``k`` positions only: a stream then reacts to a change as soon as it arrives instead of
-after it has filled the window. Keras code stays in this package.
+residual divided by sqrt(T * F), so scores compare across window sizes). Keras code
+stays in this package.
 """
 
 from __future__ import annotations
@@ -59,12 +57,9 @@ class BatchedScorer:
 
     def __init__(
         self, model: keras.Model, window: int, n_features: int,
-        buckets: Sequence[int] = DEFAULT_BUCKETS, score_last: int = 0,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
     ) -> None:
-        if not 0 <= score_last <= window:
-            raise ValueError(f"score_last must be in [0, {window}], got {score_last}")
         self.window = window
-        self.score_last = score_last
         self.n_features = n_features
         self.buckets = tuple(sorted(buckets))
         self.traces = 0
@@ -73,10 +68,7 @@ class BatchedScorer:
         def errors(x: tf.Tensor) -> tf.Tensor:
             self.traces += 1  # Python side effect: runs only while tracing
             y = model(x, training=False)
-            sq = tf.square(x - y)
-            if score_last:  # only the newest positions of each window
-                sq = sq[:, window - score_last :, :]
-            return tf.sqrt(tf.reduce_mean(sq, axis=[1, 2]))
+            return tf.sqrt(tf.reduce_mean(tf.square(x - y), axis=[1, 2]))
 
         def recon(x: tf.Tensor) -> tf.Tensor:
             return model(x, training=False)
@@ -142,10 +134,7 @@ class KerasAutoencoder:
     @property
     def scorer(self) -> BatchedScorer:
         if self._scorer is None:
-            self._scorer = BatchedScorer(
-                self.model, self.window, self.n_features,
-                score_last=int(self.params.get("score_last", 0)),
-            )
+            self._scorer = BatchedScorer(self.model, self.window, self.n_features)
         return self._scorer
 
     def fit(
