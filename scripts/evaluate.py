@@ -60,6 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--model", default="conv1d", help="model for NAB and SMAP (default conv1d)")
     ap.add_argument(
+        "--model-param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="model parameter for NAB and SMAP, e.g. filters=32 (repeatable)",
+    )
+    ap.add_argument(
+        "--odds-param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="feedforward parameter for ODDS (repeatable)",
+    )
+    ap.add_argument(
         "--epochs",
         type=int,
         default=None,
@@ -97,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     decisions = harness.parse_decisions(args.decisions)
+    model_params = dict(p.split("=", 1) for p in args.model_param)
+    odds_params = dict(p.split("=", 1) for p in args.odds_param)
     data = args.data
     tables: list[str] = []
     record: dict[str, object] = {"decisions": decisions}
@@ -121,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             files=files,
             out=args.out,
             cache=args.cache,
+            model_params=model_params,
             log=log,
         )
         title = f"NAB ({len(files)} files{'' if len(files) == 58 else ', subset'}"
@@ -137,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = args.odds_seeds or (2 if args.quick else 10)
         epochs = args.epochs or (3 if args.quick else 30)
         log(f"ODDS: {', '.join(sets)}; feedforward, {seeds} splits, {epochs} epochs")
-        rows = harness.run_odds(data / "odds", sets, seeds=seeds, epochs=epochs, log=log)
+        rows = harness.run_odds(
+            data / "odds", sets, seeds=seeds, epochs=epochs, model_params=odds_params, log=log
+        )
         tables.append(
             f"### ODDS (PyOD protocol: 60/40 split, standardised on train, mean of "
             f"{seeds} splits), feedforward, test ROC-AUC / precision@n\n\n"
@@ -158,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             kind=args.model,
             epochs=epochs,
             features=args.smap_features,
+            model_params=model_params,
             log=log,
         )
         tables.append(

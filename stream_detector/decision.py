@@ -641,9 +641,11 @@ class DynamicThreshold(_Stateful):
     name = "dynamic"
     code = 4
     PARAMS = {
-        "span": _Param(float, 30.0, "EWMA span of the smoothed errors, in windows"),
+        # span 60 and prune 0.3 (telemanom: 0.13 on per-point errors) measured best on the
+        # staged SMAP/MSL channels: F1 .696 against .593 with 30 / 0.13 (README)
+        "span": _Param(float, 60.0, "EWMA span of the smoothed errors, in windows"),
         "every": _Param(int, 50, "re-estimate the threshold every N windows"),
-        "prune": _Param(float, 0.13, "required margin over the largest normal smoothed error"),
+        "prune": _Param(float, 0.3, "required margin over the largest normal smoothed error"),
     }
 
     def __init__(self, thresholds: Thresholds, **params: Any) -> None:

@@ -231,3 +231,23 @@ def test_normal_tail_helpers() -> None:
     # continuous and decreasing across the switch to the asymptotic series at z = 37
     below, above = log10_normal_tail(np.array([37.0 - 1e-7, 37.0 + 1e-7]))
     assert 0 < below - above < 1e-5
+
+
+def test_dynamic_default_margin_ignores_a_small_level_shift_but_not_a_large_one() -> None:
+    """The pruning margin: a smoothed error must clear the largest normal one by 30 %
+    (default ``prune`` 0.3); telemanom's 0.13 flags a 20 % rise of a flat error."""
+    rng = np.random.default_rng(3)
+    base = 1.0 + 0.01 * rng.standard_normal(1200)
+
+    def flags(x: np.ndarray, **params: object) -> int:
+        spec = {"method": "dynamic", "suppress": 0, **params}
+        return int(make_decider(THR, spec).decide(["k"] * len(x), x)[2][1000:].sum())
+
+    small = base.copy()
+    small[1000:] *= 1.2
+    large = base.copy()
+    large[1000:] *= 1.6
+    assert method_params("dynamic")["prune"] == 0.3
+    assert flags(small) == 0
+    assert flags(small, prune=0.13) > 0
+    assert flags(large) > 0

@@ -108,6 +108,27 @@ def test_nab_end_to_end_smoke(tmp_path: Path) -> None:
     assert "stream_detector conv1d + `pot`" in harness.nab_table(rep)
 
 
+@needs_nab
+def test_nab_model_params_reach_the_model_and_key_the_cache(tmp_path: Path) -> None:
+    decisions = harness.parse_decisions(["pot"])
+    name = SMALL_NAB[0]
+    rep = harness.run_nab(
+        NAB_ROOT, decisions, epochs=1, files=[name], window=32, cache=tmp_path,
+        model_params={"filters": 4},
+    )
+    assert rep.options["model_params"] == {"filters": 4}
+    (tag,) = [p.name for p in tmp_path.iterdir()]
+    assert tag.endswith("-filters4")
+    assert (tmp_path / tag / (name.replace("/", "__") + ".npz")).is_file()
+    # a rerun with the same parameters reads the cache: same scores, no training
+    again = harness.run_nab(
+        NAB_ROOT, decisions, epochs=1, files=[name], window=32, cache=tmp_path,
+        model_params={"filters": 4},
+    )
+    assert again.train_seconds < rep.train_seconds
+    assert again.scores["pot"]["standard"] == rep.scores["pot"]["standard"]
+
+
 @needs_odds
 def test_odds_smoke() -> None:
     (row,) = harness.run_odds(ODDS_ROOT, ["pima"], seeds=2, epochs=2)

@@ -142,6 +142,7 @@ def run_nab(
     files: Sequence[str] | None = None,
     out: Path | None = None,
     cache: Path | None = None,
+    model_params: Mapping[str, Any] | None = None,
     log: Log = _quiet,
 ) -> NabReport:
     """Fit on the first ``train_fraction`` of each NAB file, score the whole file, NAB-score.
@@ -157,7 +158,9 @@ def run_nab(
     decide_s = {label: 0.0 for label in decisions}
     train_s = model_s = 0.0
     n_windows = 0
-    tag = f"{kind}-w{window or 64}-e{epochs}-f{train_fraction:g}-s{seed}"
+    tag = f"{kind}-w{window or 64}-e{epochs}-f{train_fraction:g}-s{seed}" + "".join(
+        f"-{k}{v}" for k, v in sorted((model_params or {}).items())
+    )
     for i, name in enumerate(names):
         t0 = time.perf_counter()
         ds = nab_dataset(root, name)
@@ -169,7 +172,12 @@ def run_nab(
             t1 = t2 = t0
         else:
             opts = TrainOptions(
-                kind=kind, window=window, epochs=epochs, train_fraction=train_fraction, seed=seed
+                kind=kind,
+                window=window,
+                epochs=epochs,
+                train_fraction=train_fraction,
+                seed=seed,
+                model_params=dict(model_params or {}),
             )
             art = train(ds, opts)
             thresholds = art.thresholds
@@ -221,6 +229,7 @@ def run_nab(
             "window": window or 64,
             "train_fraction": train_fraction,
             "seed": seed,
+            "model_params": dict(model_params or {}),
         },
     )
 
@@ -322,6 +331,7 @@ def run_smap(
     window: int = 64,
     features: str = "telemetry",
     seed: int = 0,
+    model_params: Mapping[str, Any] | None = None,
     log: Log = _quiet,
 ) -> list[ChannelResult]:
     """Train on each channel's train array, score its test array, count labelled events.
@@ -336,7 +346,10 @@ def run_smap(
         t0 = time.perf_counter()
         ch = read_channel(root, name)
         cols = slice(0, 1) if features == "telemetry" else slice(None)
-        opts = TrainOptions(kind=kind, window=window, epochs=epochs, seed=seed)
+        opts = TrainOptions(
+            kind=kind, window=window, epochs=epochs, seed=seed,
+            model_params=dict(model_params or {}),
+        )
         art = train(channel_dataset(name, ch.train[:, cols]), opts)
         test = channel_dataset(name, ch.test[:, cols])
         scores, _, end_idx = window_scores(art, test)
