@@ -1,19 +1,23 @@
 """Per-key rolling window buffers, all keys in one preallocated slab.
 
 Each key owns one slot of a ``(capacity, window, n_features)`` float32 ring buffer, so an
-append is one row write (O(1), no allocation) and memory per key is the window's floats,
-their timestamps (float32 seconds relative to a per-key float64 base, rebased every
-~18 h of stream time, so about 8 ms resolution) and a few scalars kept in ``array``
-arrays (fast scalar access from Python, no per-key Python objects). A key's window is due every ``hop`` points once it holds ``window``
-points. The least recently seen key is evicted when ``max_series`` is reached, and keys
-not seen for ``idle_ttl_s`` can be swept out.
+append is one row write (O(1), no allocation), and a few scalars kept in ``array``
+arrays (fast scalar access from Python, no per-key Python objects).
+
+Timestamps cost nothing for a regular series (most are: a point every N seconds): the
+key keeps its last timestamp and its step in whole microseconds, and the timestamp of
+any point it holds is the last minus a multiple of the step. The first point that
+breaks the rhythm gives the key a row of per-point timestamps (float32 seconds relative
+to a per-key float64 base, rebased every ~18 h of stream time) in a second slab. A
+key's window is due every ``hop`` points once it holds ``window`` points. The least
+recently seen key is evicted when ``max_series`` is reached, and keys not seen for
+``idle_ttl_s`` can be swept out.
 """
 
 from __future__ import annotations
 
 import time
 from array import array
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -25,6 +29,8 @@ NO_WINDOW = -1  # push(): the point was added, no window is due
 SKIPPED = -2  # push(): the point's offset is already in the buffer (a redelivery)
 BACKWARDS = -3  # push(): the point's timestamp is before the key's last one
 _REBASE_S = 65536.0
+_UNSET = -1  # _step_us: fewer than two points so far
+_NEVER = 2**62  # _touch of a free slot (never the least recently seen)
 
 
 class WindowBuffer:
@@ -58,16 +64,24 @@ class WindowBuffer:
         self._on_evict = on_evict
         cap = max(1, min(initial_capacity, max_series or initial_capacity))
         self._values = np.zeros((cap, window, n_features), dtype=np.float32)
-        self._ts = np.zeros((cap, window), dtype=np.float32)  # relative to _base
-        self._base = array("d", bytes(8 * cap))
         self._last_ts = array("d", bytes(8 * cap))
+        self._step_us = array("q", [_UNSET]) * cap
+        self._ts_row = array("i", [-1]) * cap  # row of _ts for an irregular key, else -1
         self._count = array("q", bytes(8 * cap))
         self._seen = array("d", bytes(8 * cap))
+        self._touch = array("q", [_NEVER]) * cap  # LRU order: a counter of pushes
+        self._clock = 0
         self._tag = array("i", [-1]) * cap
         self._offset = array("q", [-1]) * cap
+        self._dirty = bytearray(cap)  # written since the last take_dirty()
         self._key_of: list[str | None] = [None] * cap
-        self._slots: OrderedDict[str, int] = OrderedDict()
+        self._slots: dict[str, int] = {}
         self._free: list[int] = list(range(cap - 1, -1, -1))
+        self._lru: list[tuple[int, int]] = []  # eviction candidates, least recently seen last
+        # per-point timestamps of irregular keys only
+        self._ts = np.zeros((0, window), dtype=np.float32)  # relative to _base
+        self._base = array("d")
+        self._ts_free: list[int] = []
         self._order = np.arange(window)
 
     # -- bookkeeping -------------------------------------------------------------------
@@ -91,8 +105,36 @@ class WindowBuffer:
             return None
         return self._last_ts[slot]
 
-    def _abs_ts(self, slot: int, idx: np.ndarray | slice) -> np.ndarray:
-        return self._ts[slot, idx].astype(np.float64) + self._base[slot]
+    def _held_ts(self, slot: int, held: int) -> np.ndarray:
+        """Absolute timestamps (float64) of the key's last ``held`` points, oldest first."""
+        c = int(self._count[slot])
+        row = self._ts_row[slot]
+        if row >= 0:
+            idx = (c - held + self._order[:held]) % self.window
+            return self._ts[row, idx].astype(np.float64) + self._base[row]
+        step = max(0, self._step_us[slot])
+        last_us = round(self._last_ts[slot] * 1e6)
+        return (last_us - step * np.arange(held - 1, -1, -1, dtype=np.int64)) / 1e6
+
+    def _to_irregular(self, slot: int) -> int:
+        """Give ``slot`` a row of per-point timestamps, filled from its rhythm."""
+        held = min(int(self._count[slot]), self.window)
+        ts = self._held_ts(slot, held)
+        if not self._ts_free:
+            old = self._ts.shape[0]
+            new = max(64, old * 2)
+            grown = np.zeros((new, self.window), dtype=np.float32)
+            grown[:old] = self._ts
+            self._ts = grown
+            self._base.extend(array("d", bytes(8 * (new - old))))
+            self._ts_free.extend(range(new - 1, old - 1, -1))
+        row = self._ts_free.pop()
+        base = self._last_ts[slot]
+        self._base[row] = base
+        c = int(self._count[slot])
+        self._ts[row, (c - held + self._order[:held]) % self.window] = ts - base
+        self._ts_row[slot] = row
+        return row
 
     def _grow(self) -> None:
         old = self._values.shape[0]
@@ -100,28 +142,60 @@ class WindowBuffer:
         # np.zeros maps fresh pages lazily: only slots actually used count towards RSS
         values = np.zeros((new,) + self._values.shape[1:], dtype=np.float32)
         values[:old] = self._values
-        ts = np.zeros((new, self.window), dtype=np.float32)
-        ts[:old] = self._ts
-        self._values, self._ts = values, ts
+        self._values = values
         extra = new - old
-        self._base.extend(array("d", bytes(8 * extra)))
         self._last_ts.extend(array("d", bytes(8 * extra)))
+        self._step_us.extend(array("q", [_UNSET]) * extra)
+        self._ts_row.extend(array("i", [-1]) * extra)
         self._count.extend(array("q", bytes(8 * extra)))
         self._seen.extend(array("d", bytes(8 * extra)))
+        self._touch.extend(array("q", [_NEVER]) * extra)
         self._tag.extend(array("i", [-1]) * extra)
         self._offset.extend(array("q", [-1]) * extra)
-        self._key_of.extend([None] * (new - old))
+        self._dirty.extend(bytes(extra))
+        self._key_of.extend([None] * extra)
         self._free.extend(range(new - 1, old - 1, -1))
+
+    def _release(self, slot: int) -> None:
+        row = self._ts_row[slot]
+        if row >= 0:
+            self._ts_free.append(row)
+            self._ts_row[slot] = -1
+        self._count[slot] = 0
+        self._step_us[slot] = _UNSET
+        self._touch[slot] = _NEVER
+        self._offset[slot] = -1
+        self._dirty[slot] = 0
 
     def _evict(self, key: str, cause: str) -> None:
         slot = self._slots.pop(key)
         tag = self._tag[slot]
-        self._count[slot] = 0
+        self._release(slot)
         self._tag[slot] = -1
         self._key_of[slot] = None
         self._free.append(slot)
         if self._on_evict is not None:
             self._on_evict(key, cause, tag)
+
+    def _least_recent(self) -> str:
+        """The least recently seen key (exact LRU, amortised: candidates come in bulk).
+
+        Candidates are the slots with the smallest push counters when last computed; one
+        pushed since then has a larger counter and is passed over, a key added since is
+        newer than all of them, so the first candidate still untouched is the LRU key.
+        """
+        touch = self._touch
+        while True:
+            while self._lru:
+                slot, t = self._lru.pop()
+                key = self._key_of[slot]
+                if key is not None and touch[slot] == t:
+                    return key
+            t_all = np.frombuffer(touch, dtype=np.int64)
+            k = min(256, len(t_all))
+            cand = np.argpartition(t_all, k - 1)[:k] if k < len(t_all) else np.arange(k)
+            cand = cand[np.argsort(t_all[cand])[::-1]]  # least recent last (popped first)
+            self._lru = [(int(sl), int(t_all[sl])) for sl in cand if t_all[sl] != _NEVER]
 
     def slot(self, key: str, now: float | None = None, tag: int = -1) -> int:
         """The slot of ``key``, allocating (and evicting the LRU key) when needed.
@@ -129,18 +203,17 @@ class WindowBuffer:
         ``tag`` (e.g. the input partition) lets :meth:`drop_tag` forget a group of keys.
         """
         slot = self._slots.get(key)
-        if slot is not None:
-            self._slots.move_to_end(key)
-        else:
+        if slot is None:
             if self.max_series is not None and len(self._slots) >= self.max_series:
-                self._evict(next(iter(self._slots)), "max_series")
+                self._evict(self._least_recent(), "max_series")
             if not self._free:
                 self._grow()
             slot = self._free.pop()
-            self._count[slot] = 0
-            self._offset[slot] = -1
+            self._release(slot)
             self._slots[key] = slot
             self._key_of[slot] = key
+        self._clock += 1
+        self._touch[slot] = self._clock
         self._tag[slot] = tag
         self._seen[slot] = time.monotonic() if now is None else now
         return slot
@@ -166,6 +239,30 @@ class WindowBuffer:
         stale = [k for k, s in self._slots.items() if now - seen[s] > ttl_s]
         return self.drop(stale, cause="idle")
 
+    # -- what changed (for state checkpoints) -------------------------------------------
+    def any_dirty(self) -> bool:
+        """Whether some key was written since the last :meth:`take_dirty`."""
+        return self._dirty.find(1) >= 0
+
+    def take_dirty(self, tags: set[int] | None = None) -> list[tuple[str, int]]:
+        """(key, tag) of every key written since last taken (only ``tags`` if given)."""
+        flags = np.frombuffer(self._dirty, dtype=np.uint8)
+        slots = np.flatnonzero(flags)
+        if tags is not None:
+            slots = slots[np.isin(np.frombuffer(self._tag, dtype=np.int32)[slots], list(tags))]
+        out = []
+        for sl in slots.tolist():
+            key = self._key_of[sl]
+            if key is not None:
+                out.append((key, self._tag[sl]))
+        flags[slots] = 0
+        return out
+
+    def mark_dirty(self, key: str) -> None:
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._dirty[slot] = 1
+
     # -- the data path -----------------------------------------------------------------
     def last_offset(self, key: str) -> int:
         """Input offset of the last point appended for ``key`` (-1 if unknown or absent)."""
@@ -181,7 +278,27 @@ class WindowBuffer:
         held = min(c, self.window)
         idx = (c - held + self._order[:held]) % self.window
         return (self._tag[slot], c, self._offset[slot], self._values[slot, idx],
-                self._abs_ts(slot, idx))
+                self._held_ts(slot, held))
+
+    def _set_ts(self, slot: int, ts: np.ndarray) -> None:
+        """Timestamps of the slot's held points (oldest first): a rhythm, else a row."""
+        ts = np.asarray(ts, dtype=np.float64)
+        held = len(ts)
+        self._last_ts[slot] = float(ts[-1]) if held else 0.0
+        steps = np.diff(np.round(ts * 1e6).astype(np.int64)) if held > 1 else np.zeros(0)
+        row = self._ts_row[slot]
+        if steps.size == 0 or (steps == steps[0]).all():
+            self._step_us[slot] = int(steps[0]) if steps.size else _UNSET
+            if row >= 0:
+                self._ts_free.append(row)
+                self._ts_row[slot] = -1
+            return
+        if row < 0:
+            row = self._to_irregular(slot)
+        base = float(ts[-1])
+        self._base[row] = base
+        c = int(self._count[slot])
+        self._ts[row, (c - held + self._order[:held]) % self.window] = ts - base
 
     def restore(self, key: str, tag: int, count: int, last_offset: int, values: np.ndarray,
                 ts: np.ndarray) -> None:
@@ -189,36 +306,41 @@ class WindowBuffer:
         slot = self.slot(key, tag=tag)
         held = min(count, self.window, len(values))
         positions = (count - held + self._order[:held]) % self.window
-        base = float(ts[-1]) if held else 0.0
-        self._base[slot] = base
-        self._last_ts[slot] = base
         self._values[slot, positions] = values[-held:] if held else values[:0]
-        self._ts[slot, positions] = (np.asarray(ts[-held:], np.float64) - base) if held else 0.0
         self._count[slot] = count
         self._offset[slot] = last_offset
+        self._set_ts(slot, np.asarray(ts, np.float64)[len(ts) - held:])
 
     def append(
         self, key: str, ts: float, value: np.ndarray, now: float | None = None, tag: int = -1,
         offset: int = -1,
     ) -> int | None:
-        """Add one point; return the key's slot if a window is now due, else None."""
+        """Add one point; return the key's slot if a window is due, else None."""
         slot = self.slot(key, now, tag)
         code = self._write(slot, ts, value, offset)
         return None if code == NO_WINDOW else code
 
     def _write(self, slot: int, ts: float, value: object, offset: int) -> int:
         self._offset[slot] = offset
+        self._dirty[slot] = 1
         c = self._count[slot]
-        if c == 0:
-            self._base[slot] = ts
-        rel = ts - self._base[slot]
-        if rel > _REBASE_S or rel < -_REBASE_S:
-            self._ts[slot] -= np.float32(rel)
-            self._base[slot] = ts
-            rel = 0.0
         pos = c % self.window
+        row = self._ts_row[slot]
+        if row < 0 and c:
+            step = round((ts - self._last_ts[slot]) * 1e6)
+            known = self._step_us[slot]
+            if known == _UNSET:
+                self._step_us[slot] = step
+            elif step != known:
+                row = self._to_irregular(slot)  # off the rhythm: keep every timestamp
+        if row >= 0:
+            rel = ts - self._base[row]
+            if rel > _REBASE_S or rel < -_REBASE_S:
+                self._ts[row] -= np.float32(rel)
+                self._base[row] = ts
+                rel = 0.0
+            self._ts[row, pos] = rel
         self._values[slot, pos] = value
-        self._ts[slot, pos] = rel
         self._last_ts[slot] = ts
         c += 1
         self._count[slot] = c
@@ -240,12 +362,23 @@ class WindowBuffer:
                 return SKIPPED
             if self._count[slot] and ts < self._last_ts[slot]:
                 return BACKWARDS
-            self._slots.move_to_end(key)
+            self._clock += 1
+            self._touch[slot] = self._clock
             self._tag[slot] = tag
             self._seen[slot] = now
         else:
             slot = self.slot(key, now, tag)
         return self._write(slot, ts, value, offset)
+
+    def _start_ts(self, slot: int) -> float:
+        """Timestamp of the oldest point of the slot's current (full) window."""
+        if self.window == 1:
+            return self._last_ts[slot]
+        row = self._ts_row[slot]
+        if row >= 0:
+            pos = self._count[slot] % self.window
+            return float(self._ts[row, pos]) + self._base[row]
+        return (round(self._last_ts[slot] * 1e6) - (self.window - 1) * self._step_us[slot]) / 1e6
 
     def copy_window(self, slot: int, out: np.ndarray) -> tuple[float, float]:
         """Write the slot's current window, oldest first, into ``out`` (T, F); no allocation.
@@ -257,13 +390,13 @@ class WindowBuffer:
         n1 = self.window - pos
         out[:n1] = v[pos:]
         out[n1:] = v[:pos]
-        return float(self._ts[slot, pos]) + self._base[slot], self._last_ts[slot]
+        return self._start_ts(slot), self._last_ts[slot]
 
     def window_at(self, slot: int) -> tuple[np.ndarray, float, float]:
         """Copy the slot's current window in time order: (values (T, F), start_ts, end_ts)."""
         c = self._count[slot]
         idx = (c + self._order) % self.window
-        ts = self._abs_ts(slot, idx)
+        ts = self._held_ts(slot, self.window)
         return self._values[slot, idx], float(ts[0]), float(ts[-1])
 
     def extend(
@@ -283,7 +416,7 @@ class WindowBuffer:
         held = min(c, self.window)
         idx = (c - held + self._order[:held]) % self.window
         seq = np.concatenate([self._values[slot, idx], values])
-        seq_ts = np.concatenate([self._abs_ts(slot, idx), ts])
+        seq_ts = np.concatenate([self._held_ts(slot, held), ts])
         total = c + np.arange(1, n + 1)  # points seen after each new point
         due = (total >= self.window) & ((total - self.window) % self.hop == 0)
         end_index = np.nonzero(due)[0]
@@ -301,10 +434,7 @@ class WindowBuffer:
         new_c = c + n
         positions = (new_c - tail + self._order[:tail]) % self.window
         self._values[slot, positions] = seq[-tail:]
-        if tail:
-            base = float(seq_ts[-1])
-            self._base[slot] = base
-            self._last_ts[slot] = base
-            self._ts[slot, positions] = seq_ts[-tail:] - base
         self._count[slot] = new_c
+        if tail:
+            self._set_ts(slot, seq_ts[-tail:])
         return windows, start_ts, end_index

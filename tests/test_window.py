@@ -165,3 +165,66 @@ def test_bad_sizes_are_refused() -> None:
         WindowBuffer(window=0)
     with pytest.raises(ValueError):
         WindowBuffer(window=4, hop=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gaps=st.lists(st.sampled_from([60.0, 60.0, 60.0, 0.0, 0.001, 59.5, 3600.0, 0.25]),
+                  min_size=1, max_size=40),
+    window=st.integers(1, 6),
+)
+def test_window_timestamps_are_exact_for_regular_and_irregular_series(
+        gaps: list[float], window: int) -> None:
+    """A key on a steady rhythm keeps no per-point timestamps; one that leaves it gets them.
+    Either way every window reports its first and last points' timestamps exactly, through
+    the live path, export/restore and extend (exactly on a rhythm; off it, within the
+    float32 resolution of an offset from the key's last point: 2**-23 of the span)."""
+    ts = 1_767_225_600.0 + np.concatenate([[0.0], np.cumsum(gaps)])
+    ts = np.round(ts * 1000) / 1000  # millisecond timestamps, as ISO strings carry them
+    tol = 0.0 if len(set(gaps)) == 1 else 2e-7 * (ts[-1] - ts[0]) + 1e-6
+
+    def same(a: Any, b: Any) -> None:
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+
+    buf = WindowBuffer(window=window)
+    row = np.empty((window, 1), np.float32)
+    for i, t in enumerate(ts):
+        slot = buf.push("k", float(t), np.array([float(i)], np.float32), 0, i, 0.0)
+        if slot >= 0:
+            start, end = buf.copy_window(slot, row)
+            same(start, ts[i - window + 1])
+            assert end == t
+            np.testing.assert_array_equal(row[:, 0], np.arange(i - window + 1, i + 1))
+    exp = buf.export("k")
+    assert exp is not None
+    same(exp[4], ts[-min(len(ts), window):])
+    again = WindowBuffer(window=window)
+    again.restore("k", *exp)
+    same(again.export("k")[4], exp[4])
+    wins, starts, _ = WindowBuffer(window=window).extend("k", ts, np.arange(len(ts)))
+    same(starts, ts[: len(starts)])
+
+
+def test_only_keys_off_their_rhythm_hold_timestamp_rows() -> None:
+    buf = WindowBuffer(window=8)
+    for i in range(20):
+        buf.push("steady", 1000.0 + 60 * i, np.ones(1, np.float32), 0, i, 0.0)
+        buf.push("jitter", 1000.0 + 60 * i + (i % 3) * 0.5, np.ones(1, np.float32), 0, i, 0.0)
+    steady, jitter = buf.slot("steady"), buf.slot("jitter")
+    assert buf._ts_row[steady] == -1 and buf._ts_row[jitter] >= 0
+    buf.drop(["jitter"])
+    assert buf._ts_free, "an evicted key gives its timestamp row back"
+
+
+def test_lru_eviction_stays_exact_over_many_keys() -> None:
+    hook = Hook()
+    buf = WindowBuffer(window=2, max_series=1000, on_evict=hook)
+    for k in range(1000):
+        buf.append(f"k{k}", 0, np.ones(1))
+    for k in range(0, 1000, 2):  # the even keys are seen again
+        buf.append(f"k{k}", 1, np.ones(1))
+    for k in range(1000, 1600):
+        buf.append(f"k{k}", 0, np.ones(1))
+    # 600 evictions: the 500 odd keys first (oldest first), then the even ones in order
+    expected = [f"k{k}" for k in range(1, 1000, 2)] + [f"k{k}" for k in range(0, 200, 2)]
+    assert [k for k, _ in hook.calls] == expected
