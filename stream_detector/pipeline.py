@@ -8,6 +8,8 @@ Event ids are deterministic, so a redelivered event is byte-identical.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -127,6 +129,24 @@ def producer_properties(kafka: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in kafka.items() if k not in _CONSUMER_ONLY}
 
 
+def _libc_trim() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+TRIM_AFTER_RECORDS = 10_000
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc keeps them after a burst: e.g. the
+    state records of a big checkpoint), so RSS follows what the detector really holds."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 @dataclass
 class _Checkpoint:
     """A periodic checkpoint in progress, advanced by the loop without stalling it.
@@ -205,7 +225,6 @@ class Detector:
         self.sink = EventSink(producer_conf, cfg.output_topic, cfg.dlq_topic, metrics,
                               transactional=cfg.exactly_once)
         self.state: StateStore | None = None
-        self._dirty: dict[str, int] = {}  # key -> partition, changed since the last checkpoint
         self._deleted: dict[str, int] = {}  # evicted keys whose state must be tombstoned
         self._state_partitions = 0
         if cfg.changelog_topic:
@@ -265,7 +284,6 @@ class Detector:
         self.metrics.series_evicted.labels(cause=cause).inc()
         self.tracker.forget(key)
         self.decider.forget(key)
-        self._dirty.pop(key, None)
         if self.state is not None and cause != "revoked":
             self._deleted[key] = partition  # gone for good: drop its state too
 
@@ -364,8 +382,6 @@ class Detector:
             self._reject(msg, "timestamp_backwards",
                          f"ts {r.ts} before the key's last {self.buffer.last_ts(r.key)}")
             return
-        if self.state is not None:
-            self._dirty[r.key] = partition
         if slot == NO_WINDOW:
             return
         start_ts, end_ts = self.buffer.copy_window(slot, self.batcher.next_row())
@@ -492,7 +508,7 @@ class Detector:
         self.score_batch()
         if not self.sink.flush(timeout, strict):
             return False
-        if self.state is not None and (self._dirty or self._deleted):
+        if self.state is not None and (self.buffer.any_dirty() or self._deleted):
             self._write_state({p for _, p in only} if only is not None else None)
             if not self.sink.flush(timeout, strict):
                 return False
@@ -523,16 +539,16 @@ class Detector:
             return  # the previous one is still waiting for the broker: it goes first
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()
                    if self._committed.get((t, p)) != o]
-        if not offsets and not self._dirty and not self._deleted:
+        if not offsets and not self._deleted and not (
+                self.state is not None and self.buffer.any_dirty()):
             return
         self.submit_batch()
         buffers = []
         if self.state is not None:
-            for key in self._dirty:
+            for key, _ in self.buffer.take_dirty():
                 exp = self.buffer.export(key)
                 if exp is not None:
                     buffers.append((key, exp[0], exp))
-            self._dirty.clear()
         deleted = list(self._deleted.items())
         self._deleted.clear()
         self._pending = _Checkpoint(self._submitted, offsets, buffers, deleted,
@@ -575,6 +591,8 @@ class Detector:
         if not sink.delivered_through(ck.state_mark):
             return
         self._pending = None
+        if len(ck.records) >= TRIM_AFTER_RECORDS:
+            release_free_memory()
         if ck.offsets:
             try:
                 self.consumer.commit(offsets=ck.offsets, asynchronous=True)
@@ -597,28 +615,24 @@ class Detector:
         ck, self._pending = self._pending, None
         if ck is None:
             return
-        for key, tag, _ in ck.buffers:
-            if key in self.buffer:
-                self._dirty[key] = tag
+        for key, _, _ in ck.buffers:
+            self.buffer.mark_dirty(key)
         for key, p in ck.deleted:
             self._deleted.setdefault(key, p)
         if ck.records is not None and ck.state_mark < 0:
             for tag, key, raw in ck.records:
                 if raw is None:
                     self._deleted.setdefault(key, tag)
-                elif key in self.buffer:
-                    self._dirty[key] = tag
+                else:
+                    self.buffer.mark_dirty(key)
 
     def _write_state(self, partitions: set[int] | None) -> None:
         assert self.state is not None
         w = self.art.window
         written = self.state.bytes_written
         n = 0
-        for key, p in list(self._dirty.items()):
-            if partitions is not None and p not in partitions:
-                continue
+        for key, _ in self.buffer.take_dirty(partitions):
             exp = self.buffer.export(key)
-            del self._dirty[key]
             if exp is None:
                 continue
             tag, count, last_offset, values, ts = exp
@@ -774,6 +788,7 @@ class ModelWatcher(threading.Thread):
                     f"{self.model_dir}: new model has window {art.window} x {art.n_features} "
                     f"feature(s), the running one {cur.window} x {cur.n_features}: restart to "
                     "change the window shape")
+            art.model.fix_batch_shape(det.cfg.max_batch)
             art.model.warm_up(det.cfg.max_batch)
         except InputError as exc:
             det.metrics.model_reloads.labels(result="refused").inc()
@@ -806,6 +821,7 @@ def run_service(options: Mapping[str, Any]) -> int:
                       client_config=producer_properties(cfg.kafka))
     except (TopicSetupError, KafkaException, ValueError) as exc:
         log.warning("could not make sure the output topics exist: %s", exc)
+    art.model.fix_batch_shape(cfg.max_batch)  # a window's score must not depend on its batch
     art.model.warm_up(cfg.max_batch)  # before the first live batch, not during it
     det = Detector(cfg, art, metrics)
     server = None

@@ -46,6 +46,8 @@ class Autoencoder(Protocol):
 
     def warm_up(self, up_to: int) -> None: ...
 
+    def fix_batch_shape(self, size: int) -> None: ...
+
     def save(self, path: Path) -> None: ...
 
 
@@ -186,6 +188,17 @@ class KerasAutoencoder:
 
     def warm_up(self, up_to: int) -> None:
         self.scorer.warm_up(up_to)
+
+    def fix_batch_shape(self, size: int) -> None:
+        """Score every batch padded to exactly ``size`` windows (the service's mode).
+
+        Kernels pick different blockings for different batch shapes, so the same window
+        can score a few float32 ulps apart when batched with 7 or with 200 others; one
+        shape makes a window's score independent of its batch, so a window scored again
+        after a restart gives a byte-identical event.
+        """
+        self._scorer = BatchedScorer(self.model, self.window, self.n_features,
+                                     buckets=(int(size),))
 
     def save(self, path: Path) -> None:
         self.model.save(path)
