@@ -672,7 +672,10 @@ class Detector:
                 msgs = self.consumer.consume(num_messages=1000, timeout=0)
                 if not msgs:
                     msg = self.consumer.poll(self._idle_wait())
-                    msgs = [] if msg is None else [msg]
+                    # ... and whatever arrived with it (one message per loop turn would
+                    # spend the loop's fixed costs per message)
+                    msgs = [] if msg is None else [
+                        msg, *self.consumer.consume(num_messages=999, timeout=0)]
                 now = time.monotonic()
                 handled = 0
                 for msg in msgs:
