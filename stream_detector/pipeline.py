@@ -367,12 +367,12 @@ class Detector:
         ts_type, ts_ms = msg.timestamp()
         kafka_ts = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms > 0 else None
         try:
-            r = self.decoder.decode(msg.value(), msg.key(), kafka_ts)
+            key, ts, values = self.decoder.decode_point(msg.value(), msg.key(), kafka_ts)
         except InvalidRecord as exc:
             self._reject(msg, exc.reason, exc.detail)
             return
         # raw values go into the buffer; windows are scaled per batch, vectorised
-        slot = self.buffer.push(r.key, r.ts, r.values, partition, offset, now,
+        slot = self.buffer.push(key, ts, values, partition, offset, now,
                                 skip_applied=self.state is not None)
         if slot == SKIPPED:
             # already in the restored window (applied before a crash, redelivered now)
@@ -380,12 +380,12 @@ class Detector:
             return
         if slot == BACKWARDS:
             self._reject(msg, "timestamp_backwards",
-                         f"ts {r.ts} before the key's last {self.buffer.last_ts(r.key)}")
+                         f"ts {ts} before the key's last {self.buffer.last_ts(key)}")
             return
         if slot == NO_WINDOW:
             return
         start_ts, end_ts = self.buffer.copy_window(slot, self.batcher.next_row())
-        meta = WindowMeta(r.key, Source(topic, partition, offset), start_ts, end_ts,
+        meta = WindowMeta(key, Source(topic, partition, offset), start_ts, end_ts,
                           kafka_ts or 0.0)
         if self.batcher.push(meta):
             self.submit_batch()

@@ -74,6 +74,32 @@ class Decoder:
         self.record_mode = record_mode
         self.feature_names = feature_names or []
         self.max_bytes = max_bytes
+        self._plain = n_features == 1 and not record_mode  # decode_point's fast path applies
+
+    def decode_point(self, value: bytes | None, msg_key: bytes | None,
+                     kafka_ts: float | None) -> tuple[str, float, Any]:
+        """(key, ts, values) of one message; the service's hot path.
+
+        A message of the common shape (a JSON object with a string key, numeric epoch
+        ``ts`` and one numeric ``value``, for a one-feature model) is checked inline and its
+        value comes back as a float; anything else goes through :meth:`decode` (the same
+        checks, the same errors), its values as an array.
+        """
+        if value is not None and len(value) <= self.max_bytes and self._plain:
+            try:
+                doc = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                doc = None
+            if type(doc) is dict:
+                f = self.fields
+                key, ts, v = doc.get(f.key), doc.get(f.ts), doc.get(f.value)
+                tk, tt, tv = type(key), type(ts), type(v)
+                if (tk is str and 0 < len(key) <= 1024 and (tt is float or tt is int)
+                        and -1e11 <= ts <= 1e11 and (tv is float or tv is int)
+                        and -_F32_MAX <= v <= _F32_MAX and doc.get(f.values) is None):
+                    return key, float(ts), float(v)
+        r = self.decode(value, msg_key, kafka_ts)
+        return r.key, r.ts, r.values
 
     def decode(self, value: bytes | None, msg_key: bytes | None, kafka_ts: float | None) -> Reading:
         if value is None:

@@ -68,7 +68,8 @@ class WindowBuffer:
         self._step_us = array("q", [_UNSET]) * cap
         self._ts_row = array("i", [-1]) * cap  # row of _ts for an irregular key, else -1
         self._count = array("q", bytes(8 * cap))
-        self._seen = array("d", bytes(8 * cap))
+        self._seen = array("f", bytes(4 * cap))  # last seen, seconds after _t0 (float32)
+        self._t0 = time.monotonic()
         self._touch = array("q", [_NEVER]) * cap  # LRU order: a counter of pushes
         self._clock = 0
         self._tag = array("i", [-1]) * cap
@@ -138,7 +139,9 @@ class WindowBuffer:
 
     def _grow(self) -> None:
         old = self._values.shape[0]
-        new = old * 2 if self.max_series is None else min(old * 2, self.max_series)
+        # by a quarter, not double: the scalar arrays are written (so resident) in full
+        step = max(1024, old // 4)
+        new = old + step if self.max_series is None else min(old + step, self.max_series)
         # np.zeros maps fresh pages lazily: only slots actually used count towards RSS
         values = np.zeros((new,) + self._values.shape[1:], dtype=np.float32)
         values[:old] = self._values
@@ -148,7 +151,7 @@ class WindowBuffer:
         self._step_us.extend(array("q", [_UNSET]) * extra)
         self._ts_row.extend(array("i", [-1]) * extra)
         self._count.extend(array("q", bytes(8 * extra)))
-        self._seen.extend(array("d", bytes(8 * extra)))
+        self._seen.extend(array("f", bytes(4 * extra)))
         self._touch.extend(array("q", [_NEVER]) * extra)
         self._tag.extend(array("i", [-1]) * extra)
         self._offset.extend(array("q", [-1]) * extra)
@@ -215,7 +218,7 @@ class WindowBuffer:
         self._clock += 1
         self._touch[slot] = self._clock
         self._tag[slot] = tag
-        self._seen[slot] = time.monotonic() if now is None else now
+        self._seen[slot] = (time.monotonic() if now is None else now) - self._t0
         return slot
 
     def drop(self, keys: Iterable[str], cause: str = "revoked") -> int:
@@ -234,9 +237,10 @@ class WindowBuffer:
 
     def evict_idle(self, ttl_s: float, now: float | None = None) -> int:
         """Drop keys not seen for ``ttl_s`` seconds; returns how many."""
-        now = time.monotonic() if now is None else now
-        seen = self._seen
-        stale = [k for k, s in self._slots.items() if now - seen[s] > ttl_s]
+        rel = (time.monotonic() if now is None else now) - self._t0
+        seen = np.frombuffer(self._seen, dtype=np.float32)
+        stale = [k for s in np.flatnonzero(rel - seen > ttl_s).tolist()
+                 if (k := self._key_of[s]) is not None]
         return self.drop(stale, cause="idle")
 
     # -- what changed (for state checkpoints) -------------------------------------------
@@ -365,7 +369,7 @@ class WindowBuffer:
             self._clock += 1
             self._touch[slot] = self._clock
             self._tag[slot] = tag
-            self._seen[slot] = now
+            self._seen[slot] = now - self._t0
         else:
             slot = self.slot(key, now, tag)
         return self._write(slot, ts, value, offset)

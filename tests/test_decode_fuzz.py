@@ -36,7 +36,16 @@ def _check(value: bytes | None, key: bytes | None, ts: float | None) -> None:
             r = dec.decode(value, key, ts)
         except InvalidRecord as exc:
             assert exc.reason in INVALID_REASONS
+            # the service's fast path refuses exactly what decode refuses, for the same reason
+            try:
+                dec.decode_point(value, key, ts)
+                raise AssertionError(f"decode_point accepted what decode refused: {exc}")
+            except InvalidRecord as fast_exc:
+                assert fast_exc.reason == exc.reason
             continue
+        fk, fts, fv = dec.decode_point(value, key, ts)
+        assert (fk, fts) == (r.key, r.ts)
+        np.testing.assert_array_equal(np.asarray(fv, np.float32).reshape(-1), r.values)
         assert isinstance(r.key, str) and r.key
         assert math.isfinite(r.ts)
         assert r.values.shape == (dec.n_features,) and r.values.dtype == np.float32
