@@ -305,6 +305,8 @@ def main() -> int:
                     help="messages/s for the latency part (default: half the sustained rate; "
                          "required when e2e is not run)")
     ap.add_argument("--latency-seconds", type=float, default=None)
+    ap.add_argument("--max-batch", type=int, default=256,
+                    help="the detector's --max-batch (its fixed scoring shape)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parts = set(args.parts.split(","))
@@ -345,11 +347,11 @@ def main() -> int:
                 model = train_wave_model(work / f"{k}-model", window=WINDOW, kind=k, epochs=5)
                 row: dict[str, Any] = {"kind": k}
                 if "e2e" in parts:
-                    row.update(sustained(k, bs, work, model, n_keys, per_key, 256))
+                    row.update(sustained(k, bs, work, model, n_keys, per_key, args.max_batch))
                 if "latency" in parts:
                     # half the steady-state rate: there every message makes a window
                     r = args.latency_rate or row["sustained_windows_s"] / 2
-                    row.update(latency(k, bs, work, model, n_keys, r, lat_s, 256))
+                    row.update(latency(k, bs, work, model, n_keys, r, lat_s, args.max_batch))
                 res["end_to_end"].append(row)
             if "memory" in parts:
                 res["memory"] = memory(bs, work, 2000 if q else 100_000)
