@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import signal
@@ -842,6 +843,10 @@ def run_service(options: Mapping[str, Any]) -> int:
     if cfg.model_poll_s > 0:
         watcher = ModelWatcher(cfg.model_dir, cfg.model_poll_s, det)
         watcher.start()
+    # TensorFlow and Keras leave ~1M long-lived objects; a full collection walking them all
+    # stalls the loop for hundreds of ms. Freeze what exists now out of the collector's way.
+    gc.collect()
+    gc.freeze()
     try:
         return det.run()
     finally:
