@@ -82,36 +82,39 @@ class Decoder:
 
         A message of the common shape (a JSON object with a string key, numeric epoch
         ``ts`` and one numeric ``value``, for a one-feature model) is checked inline and its
-        value comes back as a float; anything else goes through :meth:`decode` (the same
-        checks, the same errors), its values as an array.
+        value comes back as a float; any other document goes through the full checks of
+        :meth:`decode` (the same errors), its values as an array.
         """
-        if value is not None and len(value) <= self.max_bytes and self._plain:
-            try:
-                doc = orjson.loads(value)
-            except orjson.JSONDecodeError:
-                doc = None
-            if type(doc) is dict:
-                f = self.fields
-                key, ts, v = doc.get(f.key), doc.get(f.ts), doc.get(f.value)
-                tk, tt, tv = type(key), type(ts), type(v)
-                if (tk is str and 0 < len(key) <= 1024 and (tt is float or tt is int)
-                        and -1e11 <= ts <= 1e11 and (tv is float or tv is int)
-                        and -_F32_MAX <= v <= _F32_MAX and doc.get(f.values) is None):
-                    return key, float(ts), float(v)
-        r = self.decode(value, msg_key, kafka_ts)
+        doc = self._load(value)
+        if self._plain and type(doc) is dict:
+            f = self.fields
+            key, ts, v = doc.get(f.key), doc.get(f.ts), doc.get(f.value)
+            tk, tt, tv = type(key), type(ts), type(v)
+            if (tk is str and 0 < len(key) <= 1024 and (tt is float or tt is int)
+                    and -1e11 <= ts <= 1e11 and (tv is float or tv is int)
+                    and -_F32_MAX <= v <= _F32_MAX and doc.get(f.values) is None):
+                return key, float(ts), float(v)
+        r = self._reading(doc, msg_key, kafka_ts)
         return r.key, r.ts, r.values
 
     def decode(self, value: bytes | None, msg_key: bytes | None, kafka_ts: float | None) -> Reading:
+        return self._reading(self._load(value), msg_key, kafka_ts)
+
+    def _load(self, value: bytes | None) -> Any:
+        """The message's JSON document (any shape), or InvalidRecord."""
         if value is None:
             raise InvalidRecord("not_json", "empty message (tombstone)")
         if len(value) > self.max_bytes:
             raise InvalidRecord("oversize", f"{len(value)} bytes > limit {self.max_bytes}")
         try:
-            doc = orjson.loads(value)
+            return orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             doc = _lenient(value)  # NaN / Infinity / 1e400: JSON-ish, but not finite
             if doc is None:
                 raise InvalidRecord("not_json", str(exc)[:200]) from None
+            return doc
+
+    def _reading(self, doc: Any, msg_key: bytes | None, kafka_ts: float | None) -> Reading:
         if not isinstance(doc, dict):
             raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
         f = self.fields
