@@ -513,10 +513,7 @@ class Detector:
             self._write_state({p for _, p in only} if only is not None else None)
             if not self.sink.flush(timeout, strict):
                 return False
-        offsets = [
-            TopicPartition(t, p, o) for (t, p), o in self._positions.items()
-            if self._committed.get((t, p)) != o and (only is None or (t, p) in only)
-        ]
+        offsets = self._uncommitted(only)
         if not offsets:
             return True
         try:
@@ -534,12 +531,16 @@ class Detector:
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         return True
 
+    def _uncommitted(self, only: set[TP] | None = None) -> list[TopicPartition]:
+        """Next offsets to commit: consumed positions not committed yet (of ``only``)."""
+        return [TopicPartition(t, p, o) for (t, p), o in self._positions.items()
+                if self._committed.get((t, p)) != o and (only is None or (t, p) in only)]
+
     def begin_checkpoint(self) -> None:
         """Start a periodic checkpoint that the loop advances (see :class:`_Checkpoint`)."""
         if self._pending is not None:
             return  # the previous one is still waiting for the broker: it goes first
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()
-                   if self._committed.get((t, p)) != o]
+        offsets = self._uncommitted()
         if not offsets and not self._deleted and not (
                 self.state is not None and self.buffer.any_dirty()):
             return
@@ -560,17 +561,32 @@ class Detector:
     def _capture(self, ck: _Checkpoint) -> None:
         """The mark's batches are applied: encode state as of now, note the events' mark."""
         ck.events_mark = self.sink.mark()
-        records: list[tuple[int, str, bytes | None]] = []
-        w = self.art.window
-        for key, tag, (_, count, last_offset, values, ts) in ck.buffers:
-            if tag >= self._state_partitions or key not in self.buffer:
-                continue  # no changelog partition for it (logged), or dropped since
-            records.append((tag, key, encode_state(
-                KeyState(count, last_offset, values, ts, self.tracker.export(key),
-                         self.decider.export(key)), w)))
+        records = [rec for key, _, exp in ck.buffers
+                   if key in self.buffer and (rec := self._state_record(key, exp)) is not None]
         records += [(p, key, None) for key, p in ck.deleted if 0 <= p < self._state_partitions]
         ck.records = records
         ck.buffers = []
+
+    def _state_record(self, key: str, exp: tuple[int, int, int, np.ndarray, np.ndarray]
+                      ) -> tuple[int, str, bytes | None] | None:
+        """(partition, key, encoded state) from the key's buffer export and its current
+        incident and decision state; None where the changelog has no partition for it."""
+        tag, count, last_offset, values, ts = exp
+        if tag >= self._state_partitions:
+            return None  # the changelog could not grow to this partition (logged)
+        return tag, key, encode_state(KeyState(count, last_offset, values, ts,
+                                               self.tracker.export(key),
+                                               self.decider.export(key)), self.art.window)
+
+    def _write_records(self, records: list[tuple[int, str, bytes | None]]) -> None:
+        """Produce state records (None: a tombstone), each tracked for its confirmation."""
+        assert self.state is not None
+        written = self.state.bytes_written
+        sink = self.sink
+        for tag, key, raw in records:
+            self.state.write(tag, key, raw, sink.tracked(sink.on_state_delivery))
+        self.metrics.state_records_written.inc(len(records))
+        self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
 
     def advance_checkpoint(self) -> None:
         """Move the pending checkpoint on as far as confirmations allow (never blocks)."""
@@ -582,12 +598,7 @@ class Detector:
             if not sink.delivered_through(ck.events_mark):
                 return
             if ck.records:
-                assert self.state is not None
-                written = self.state.bytes_written
-                for tag, key, raw in ck.records:
-                    self.state.write(tag, key, raw, sink.tracked(sink.on_state_delivery))
-                self.metrics.state_records_written.inc(len(ck.records))
-                self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
+                self._write_records(ck.records)
             ck.state_mark = sink.mark()
         if not sink.delivered_through(ck.state_mark):
             return
@@ -628,30 +639,16 @@ class Detector:
                     self.buffer.mark_dirty(key)
 
     def _write_state(self, partitions: set[int] | None) -> None:
-        assert self.state is not None
-        w = self.art.window
-        written = self.state.bytes_written
-        n = 0
-        for key, _ in self.buffer.take_dirty(partitions):
-            exp = self.buffer.export(key)
-            if exp is None:
-                continue
-            tag, count, last_offset, values, ts = exp
-            if tag >= self._state_partitions:
-                continue  # the changelog could not grow to this partition (logged)
-            raw = encode_state(KeyState(count, last_offset, values, ts, self.tracker.export(key),
-                                        self.decider.export(key)), w)
-            self.state.write(tag, key, raw, self.sink.tracked(self.sink.on_state_delivery))
-            n += 1
+        records = [rec for key, _ in self.buffer.take_dirty(partitions)
+                   if (exp := self.buffer.export(key)) is not None
+                   and (rec := self._state_record(key, exp)) is not None]
         for key, p in list(self._deleted.items()):
             if partitions is not None and p not in partitions:
                 continue
             del self._deleted[key]
             if 0 <= p < self._state_partitions:
-                self.state.write(p, key, None, self.sink.tracked(self.sink.on_state_delivery))
-                n += 1
-        self.metrics.state_records_written.inc(n)
-        self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
+                records.append((p, key, None))
+        self._write_records(records)
 
     def stop(self, *_: object) -> None:
         """Ask the loop to drain and exit (safe from a signal handler)."""
