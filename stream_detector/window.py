@@ -159,11 +159,15 @@ class WindowBuffer:
         self._key_of.extend([None] * extra)
         self._free.extend(range(new - 1, old - 1, -1))
 
-    def _release(self, slot: int) -> None:
+    def _free_row(self, slot: int) -> None:
+        """Give the slot's timestamp row back (the key is on a rhythm again, or gone)."""
         row = self._ts_row[slot]
         if row >= 0:
             self._ts_free.append(row)
             self._ts_row[slot] = -1
+
+    def _release(self, slot: int) -> None:
+        self._free_row(slot)
         self._count[slot] = 0
         self._step_us[slot] = _UNSET
         self._touch[slot] = _NEVER
@@ -293,9 +297,7 @@ class WindowBuffer:
         row = self._ts_row[slot]
         if steps.size == 0 or (steps == steps[0]).all():
             self._step_us[slot] = int(steps[0]) if steps.size else _UNSET
-            if row >= 0:
-                self._ts_free.append(row)
-                self._ts_row[slot] = -1
+            self._free_row(slot)
             return
         if row < 0:
             row = self._to_irregular(slot)
