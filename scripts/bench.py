@@ -172,11 +172,9 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
         m = det.metrics()
     finally:
         det.terminate()
-    mean_batch = (m.get("stream_detector_inference_batch_size_sum", 0)
-                  / max(1, m.get("stream_detector_inference_batch_size_count", 1)))
     return {"kind": kind, "messages": n, "keys": n_keys, "windows": windows,
             "sustained_msgs_s": rate_s, "sustained_windows_s": (w1 - w0) / (tw1 - tw0),
-            "mean_batch": mean_batch}
+            "mean_batch": _mean(m, "stream_detector_inference_batch_size")}
 
 
 def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: float,
@@ -228,7 +226,6 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
                     if k.startswith("stream_detector_event_latency_seconds_bucket"))
     total = m.get("stream_detector_event_latency_seconds_count", 0.0)
     p99_bucket = next((le for le, c in bounds if total and c >= 0.99 * total), None)
-    ck_n = m.get("stream_detector_checkpoint_seconds_count", 0.0)
     return {
         "kind": kind, "latency_rate_msgs_s": rate_s, "latency_messages": n,
         "latency_events": len(lat), "latency_spikes": sum(map(len, spikes.values())),
@@ -236,15 +233,16 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
         "latency_p50_ms": float(np.percentile(lat, 50) * 1000) if len(lat) else None,
         "latency_p99_ms": float(np.percentile(lat, 99) * 1000) if len(lat) else None,
         "latency_max_ms": float(lat.max() * 1000) if len(lat) else None,
-        "mean_batch_at_latency_rate": (
-            m.get("stream_detector_inference_batch_size_sum", 0)
-            / max(1, m.get("stream_detector_inference_batch_size_count", 1))),
-        "mean_checkpoint_ms": (m.get("stream_detector_checkpoint_seconds_sum", 0.0)
-                               / ck_n * 1000 if ck_n else None),
-        "mean_inference_ms": (m.get("stream_detector_inference_seconds_sum", 0.0)
-                              / max(1, m.get("stream_detector_inference_seconds_count", 1))
-                              * 1000),
+        "mean_batch_at_latency_rate": _mean(m, "stream_detector_inference_batch_size"),
+        "mean_checkpoint_ms": _mean(m, "stream_detector_checkpoint_seconds", 1000.0),
+        "mean_inference_ms": _mean(m, "stream_detector_inference_seconds", 1000.0),
     }
+
+
+def _mean(m: dict[str, float], histogram: str, scale: float = 1.0) -> float | None:
+    """Mean of a scraped histogram (None before its first observation)."""
+    n = m.get(f"{histogram}_count", 0.0)
+    return m.get(f"{histogram}_sum", 0.0) / n * scale if n else None
 
 
 # -- 3. memory ----------------------------------------------------------------------------
