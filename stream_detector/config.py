@@ -239,8 +239,8 @@ RUN_OPTS = (
     Opt("metrics_port", int, 9400, "port for /metrics, /healthz, /readyz (0: off)", metavar="N"),
     Opt("metrics_host", str, "0.0.0.0", "address the HTTP server binds", metavar="ADDR"),
     Opt("hop", int, None, "score every N points (default: the artifact's hop)", metavar="N"),
-    Opt("max_batch", int, 256, "windows per model call; every call is padded to this one "
-        "shape, so a window's score does not depend on its batch", metavar="N"),
+    Opt("max_batch", int, 256, "windows per model call; smaller batches are padded to "
+        "shapes checked at start-up to score bit-identically to this one", metavar="N"),
     Opt("max_batch_latency_ms", float, 50.0, "a batch goes to the model when it is idle, when "
         "full, or when its oldest window waited this long", metavar="MS"),
     Opt("max_series", int, 100_000, "series held in memory (least recently seen evicted)",

@@ -789,8 +789,7 @@ class ModelWatcher(threading.Thread):
                     f"{self.model_dir}: new model has window {art.window} x {art.n_features} "
                     f"feature(s), the running one {cur.window} x {cur.n_features}: restart to "
                     "change the window shape")
-            art.model.fix_batch_shape(det.cfg.max_batch)
-            art.model.warm_up(det.cfg.max_batch)
+            art.model.fix_batch_shapes(det.cfg.max_batch)  # also warms the kernels up
         except InputError as exc:
             det.metrics.model_reloads.labels(result="refused").inc()
             log.error("new model refused, still serving %s: %s", det.art.version, exc)
@@ -822,8 +821,10 @@ def run_service(options: Mapping[str, Any]) -> int:
                       client_config=producer_properties(cfg.kafka))
     except (TopicSetupError, KafkaException, ValueError) as exc:
         log.warning("could not make sure the output topics exist: %s", exc)
-    art.model.fix_batch_shape(cfg.max_batch)  # a window's score must not depend on its batch
-    art.model.warm_up(cfg.max_batch)  # before the first live batch, not during it
+    # a window's score must not depend on its batch; the check also warms every shape up
+    shapes = art.model.fix_batch_shapes(cfg.max_batch)
+    log.info("scoring at batch shapes %s (checked bit-identical to %d)",
+             ", ".join(map(str, shapes)), cfg.max_batch)
     det = Detector(cfg, art, metrics)
     server = None
     if cfg.metrics_port:

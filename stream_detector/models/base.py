@@ -44,9 +44,7 @@ class Autoencoder(Protocol):
 
     def score_batch(self, windows: np.ndarray) -> np.ndarray: ...
 
-    def warm_up(self, up_to: int) -> None: ...
-
-    def fix_batch_shape(self, size: int) -> None: ...
+    def fix_batch_shapes(self, size: int) -> tuple[int, ...]: ...
 
     def save(self, path: Path) -> None: ...
 
@@ -86,7 +84,7 @@ class BatchedScorer:
                 return b
         return self.buckets[-1]
 
-    def _run(self, fn: Any, windows: np.ndarray) -> np.ndarray:
+    def _run(self, fn: Any, windows: np.ndarray, shape: int | None = None) -> np.ndarray:
         x = np.asarray(windows, dtype=np.float32)
         if x.ndim != 3 or x.shape[1:] != (self.window, self.n_features):
             from stream_detector.errors import ShapeMismatch
@@ -96,11 +94,11 @@ class BatchedScorer:
             )
         n = x.shape[0]
         outs = []
-        top = self.buckets[-1]
+        top = shape or self.buckets[-1]
         for start in range(0, n, top):
             chunk = x[start : start + top]
             m = chunk.shape[0]
-            b = self._bucket(m)
+            b = shape or self._bucket(m)
             if b > m:
                 chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:], np.float32)])
             outs.append(fn(tf.constant(chunk)).numpy()[:m])
@@ -108,20 +106,24 @@ class BatchedScorer:
             return np.zeros((0,) if fn is self._errors else x.shape, dtype=np.float32)
         return np.concatenate(outs)
 
-    def warm_up(self, up_to: int) -> None:
-        """Run every bucket up to ``up_to`` windows once, so the first live batches do not pay
-        for tracing and for the kernels' first call at each shape (hundreds of ms)."""
-        for b in self.buckets:
-            self._errors(tf.zeros((b, self.window, self.n_features), tf.float32)).numpy()
-            if b >= up_to:
-                break
+    def __call__(self, windows: np.ndarray, shape: int | None = None) -> np.ndarray:
+        """Reconstruction error of each window, float64 (N,); ``shape`` forces one batch
+        shape (chunks of that many windows, the last zero-padded) instead of the buckets."""
+        return self._run(self._errors, windows, shape).astype(np.float64)
 
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
-        """Reconstruction error of each window, float64 (N,)."""
-        return self._run(self._errors, windows).astype(np.float64)
+    def reconstruct(self, windows: np.ndarray, shape: int | None = None) -> np.ndarray:
+        return self._run(self._recon, windows, shape)
 
-    def reconstruct(self, windows: np.ndarray) -> np.ndarray:
-        return self._run(self._recon, windows)
+
+def candidate_shapes(size: int, smallest: int = 8) -> list[int]:
+    """Batch shapes below ``size`` worth serving at: 8, 12, 16, 24, 32, 48, ... (< size)."""
+    out, b = [], smallest
+    while b < size:
+        out.append(b)
+        if b + b // 2 < size:
+            out.append(b + b // 2)
+        b *= 2
+    return out
 
 
 def load_keras_model(path: Path) -> keras.Model:
@@ -186,19 +188,35 @@ class KerasAutoencoder:
     def score_batch(self, windows: np.ndarray) -> np.ndarray:
         return self.scorer(windows)
 
-    def warm_up(self, up_to: int) -> None:
-        self.scorer.warm_up(up_to)
+    def fix_batch_shapes(self, size: int, probe: int = 256) -> tuple[int, ...]:
+        """Serve at batch shapes whose results do not depend on the batch (the service's mode).
 
-    def fix_batch_shape(self, size: int) -> None:
-        """Score every batch padded to exactly ``size`` windows (the service's mode).
-
-        Kernels pick different blockings for different batch shapes, so the same window
-        can score a few float32 ulps apart when batched with 7 or with 200 others; one
-        shape makes a window's score independent of its batch, so a window scored again
-        after a restart gives a byte-identical event.
+        Kernels may pick different blockings for different batch shapes, so the same window
+        can score a few float32 ulps apart when batched with 7 or with 200 others, and a
+        window scored again after a restart would give an event that is not byte-identical.
+        Every batch is therefore padded to ``size`` or to a smaller shape that was checked,
+        here and now, to give bit-identical reconstructions and scores to ``size`` on
+        at least ``probe`` random windows (``size`` of them if more, so every row position
+        of every shape is checked: rows can be computed differently by position). Which shapes pass depends on the CPU and the model; small
+        shapes let a lightly loaded service answer sooner. Running the probe at every shape
+        also warms the kernels up. Returns the shapes kept.
         """
-        self._scorer = BatchedScorer(self.model, self.window, self.n_features,
-                                     buckets=(int(size),))
+        size = int(size)
+        shapes = candidate_shapes(size)
+        scorer = BatchedScorer(self.model, self.window, self.n_features,
+                               buckets=(*shapes, size))
+        rng = np.random.default_rng(20260)
+        probe = max(probe, size)
+        x = rng.standard_normal((probe, self.window, self.n_features)).astype(np.float32)
+        x *= rng.lognormal(0.0, 1.0, (probe, 1, 1)).astype(np.float32)
+        want_r = scorer.reconstruct(x, shape=size)
+        want_e = scorer(x, shape=size)
+        keep = [b for b in shapes
+                if np.array_equal(scorer.reconstruct(x, shape=b), want_r)
+                and np.array_equal(scorer(x, shape=b), want_e)]
+        scorer.buckets = (*keep, size)
+        self._scorer = scorer
+        return scorer.buckets
 
     def save(self, path: Path) -> None:
         self.model.save(path)
