@@ -194,6 +194,7 @@ class Detector:
         self.max_inflight = 2  # batches queued for or inside the inference thread
         self._submitted = 0  # batches submitted so far (their sequence numbers)
         self._pending: _Checkpoint | None = None
+        self._records_since_trim = 0
         self._positions: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
         self._assigned: set[TP] = set()
@@ -513,6 +514,7 @@ class Detector:
             self._write_state({p for _, p in only} if only is not None else None)
             if not self.sink.flush(timeout, strict):
                 return False
+            self._trim_after_records()
         offsets = self._uncommitted(only)
         if not offsets:
             return True
@@ -578,6 +580,13 @@ class Detector:
                                                self.tracker.export(key),
                                                self.decider.export(key)), self.art.window)
 
+    def _trim_after_records(self) -> None:
+        """Once the state records written since the last trim (all confirmed now, their
+        buffers freed) add up to many, give the freed heap back to the OS."""
+        if self._records_since_trim >= TRIM_AFTER_RECORDS:
+            self._records_since_trim = 0
+            release_free_memory()
+
     def _write_records(self, records: list[tuple[int, str, bytes | None]]) -> None:
         """Produce state records (None: a tombstone), each tracked for its confirmation."""
         assert self.state is not None
@@ -586,6 +595,7 @@ class Detector:
         for tag, key, raw in records:
             self.state.write(tag, key, raw, sink.tracked(sink.on_state_delivery))
         self.metrics.state_records_written.inc(len(records))
+        self._records_since_trim += len(records)
         self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
 
     def advance_checkpoint(self) -> None:
@@ -603,8 +613,7 @@ class Detector:
         if not sink.delivered_through(ck.state_mark):
             return
         self._pending = None
-        if len(ck.records) >= TRIM_AFTER_RECORDS:
-            release_free_memory()
+        self._trim_after_records()
         if ck.offsets:
             try:
                 self.consumer.commit(offsets=ck.offsets, asynchronous=True)
