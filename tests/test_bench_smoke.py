@@ -24,3 +24,23 @@ def test_bench_quick_runs_and_writes_every_model_figure(tmp_path):
         assert m["seed_predict_windows_s"] > 0 and all(v > 0 for v in m["batched"].values())
         assert m["traces"] == 1, "the batched path never retraces"
     assert "of matmul" in proc.stdout
+
+
+def test_bench_quick_end_to_end_latency_and_memory_parts_run(tmp_path):
+    """The broker-backed parts: every figure is there and comes from real deliveries."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--kinds", "conv1d",
+         "--parts", "e2e,latency,memory", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    (e,) = res["end_to_end"]
+    assert e["sustained_windows_s"] > 0 and e["messages"] >= e["keys"]
+    # the injected spikes open incidents, each seen live by the bench's own consumer
+    assert e["latency_events"] > 0 and e["latency_not_received_live"] == 0
+    assert 0 < e["latency_p50_ms"] <= e["latency_p99_ms"] <= e["latency_max_ms"]
+    assert len(e["latency_timeline"]) == e["latency_events"]
+    m = res["memory"]
+    assert m["active"] >= m["series"] and m["rss_after_mb"] > 0
+    assert "produce of the spike" in proc.stdout and "bytes per series" in proc.stdout
