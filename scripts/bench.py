@@ -352,9 +352,13 @@ def main() -> int:
                     help="messages/s for the latency part (default: half the sustained rate; "
                          "required when e2e is not run)")
     ap.add_argument("--latency-seconds", type=float, default=None)
+    ap.add_argument("--detector-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for the detector's `run` (repeatable), e.g. "
+                         "--detector-arg=--inference-threads --detector-arg=1")
     ap.add_argument("--max-batch", type=int, default=256,
                     help="the detector's --max-batch (its largest scoring shape)")
     args = ap.parse_args()
+    SERVICE_ARGS.extend(args.detector_arg)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parts = set(args.parts.split(","))
     if unknown := parts - set(PARTS):
