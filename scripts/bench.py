@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import threading
@@ -352,6 +353,8 @@ def main() -> int:
                     help="messages/s for the latency part (default: half the sustained rate; "
                          "required when e2e is not run)")
     ap.add_argument("--latency-seconds", type=float, default=None)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work folder (models, broker and detector logs)")
     ap.add_argument("--detector-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for the detector's `run` (repeatable), e.g. "
                          "--detector-arg=--inference-threads --detector-arg=1")
@@ -408,6 +411,10 @@ def main() -> int:
                 res["memory"] = memory(bs, work, 2000 if q else 100_000)
         finally:
             broker.stop()
+            if args.keep:
+                print(f"models and logs kept in {work}", file=sys.stderr)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
     report(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2, default=str))
