@@ -7,7 +7,7 @@ from keras import layers, regularizers
 
 
 def build_feedforward(
-    window: int, n_features: int, encoding_dim: int = 14, l1: float = 1e-4,
+    window: int, n_features: int, encoding_dim: int = 0, l1: float = 1e-4,
     noise: float = 0.0, dropout: float = 0.0,
 ) -> keras.Model:
     """Dense(enc, tanh, L1 activity) -> Dense(enc/2, relu) -> Dense(enc/2, tanh) -> Dense(input).
@@ -15,7 +15,8 @@ def build_feedforward(
     ``noise`` > 0 adds Gaussian noise of that standard deviation to the (scaled) input while
     training (a denoising autoencoder); ``dropout`` > 0 drops that fraction of the encoder's
     units while training. Both are off at inference, and at 0 the layers are not built.
-    ``encoding_dim`` 0 ties the width to the input: half the input width, clamped to 8..32.
+    ``encoding_dim`` 0 (the default) ties the width to the input: half the input width,
+    clamped to 8..32 (14 before; see README, "ODDS (PyOD protocol)").
     """
     enc = int(encoding_dim)
     if enc <= 0:
