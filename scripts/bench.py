@@ -271,6 +271,7 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
         timeline.append((round(before[-1] - first, 3), round(pipe_l[-1] * 1000, 1),
                          round(spike_l[-1] * 1000, 1)))
     pipe, spike = np.array(pipe_l) * 1000, np.array(spike_l) * 1000
+    det_ms, rx_ms = np.array(in_det) * 1000, np.array(to_rx) * 1000
 
     def pct(a: np.ndarray, q: float) -> float | None:
         return float(np.percentile(a, q)) if len(a) else None
@@ -284,10 +285,8 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
         "spike_latency_p50_ms": pct(spike, 50), "spike_latency_p99_ms": pct(spike, 99),
         # where it goes: until the detector produced the event (its Kafka timestamp), then
         # the event's way through the producer, the broker and the consumer's fetch
-        "detector_p50_ms": pct(np.array(in_det) * 1000, 50),
-        "detector_p99_ms": pct(np.array(in_det) * 1000, 99),
-        "event_delivery_p50_ms": pct(np.array(to_rx) * 1000, 50),
-        "event_delivery_p99_ms": pct(np.array(to_rx) * 1000, 99),
+        "detector_p50_ms": pct(det_ms, 50), "detector_p99_ms": pct(det_ms, 99),
+        "event_delivery_p50_ms": pct(rx_ms, 50), "event_delivery_p99_ms": pct(rx_ms, 99),
         "mean_batch_at_latency_rate": _mean(m, "stream_detector_inference_batch_size"),
         "mean_checkpoint_ms": _mean(m, "stream_detector_checkpoint_seconds", 1000.0),
         "mean_inference_ms": _mean(m, "stream_detector_inference_seconds", 1000.0),
@@ -371,7 +370,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true",
                     help="keep the work folder (models, broker and detector logs)")
     ap.add_argument("--detector-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument for the detector's `run` (repeatable), e.g. "
+                    help="extra argument for the e2e and latency parts' detector `run` "
+                         "(repeatable; the memory part keeps its own arguments), e.g. "
                          "--detector-arg=--inference-threads --detector-arg=1")
     ap.add_argument("--max-batch", type=int, default=256,
                     help="the detector's --max-batch (its largest scoring shape)")

@@ -153,9 +153,12 @@ class KerasAutoencoder:
     @property
     def scorer(self) -> BatchedScorer:
         if self._scorer is None:
-            self._scorer = BatchedScorer(self.model, self.window, self.n_features,
-                                         jit=self.kind in XLA_KINDS)
+            self._scorer = self._new_scorer(DEFAULT_BUCKETS)
         return self._scorer
+
+    def _new_scorer(self, buckets: Sequence[int]) -> BatchedScorer:
+        return BatchedScorer(self.model, self.window, self.n_features, buckets,
+                             jit=self.kind in XLA_KINDS)
 
     def fit(
         self,
@@ -201,16 +204,16 @@ class KerasAutoencoder:
         can score a few float32 ulps apart when batched with 7 or with 200 others, and a
         window scored again after a restart would give an event that is not byte-identical.
         Every batch is therefore padded to ``size`` or to a smaller shape that was checked,
-        here and now, to give bit-identical reconstructions and scores to ``size`` on
-        at least ``probe`` random windows (``size`` of them if more, so every row position
-        of every shape is checked: rows can be computed differently by position). Which shapes pass depends on the CPU and the model; small
-        shapes let a lightly loaded service answer sooner. Running the probe at every shape
-        also warms the kernels up. Returns the shapes kept.
+        here and now, to give bit-identical reconstructions and scores to ``size`` on at
+        least ``probe`` random windows (``size`` of them if more, so that every row position
+        of every shape is checked: rows can be computed differently by position). Which
+        shapes pass depends on the CPU and the model; small shapes let a lightly loaded
+        service answer sooner. Running the probe at every shape also warms the kernels up.
+        Returns the shapes kept.
         """
         size = int(size)
         shapes = candidate_shapes(size)
-        scorer = BatchedScorer(self.model, self.window, self.n_features,
-                               buckets=(*shapes, size), jit=self.kind in XLA_KINDS)
+        scorer = self._new_scorer((*shapes, size))
         rng = np.random.default_rng(20260)
         probe = max(probe, size)
         x = rng.standard_normal((probe, self.window, self.n_features)).astype(np.float32)
