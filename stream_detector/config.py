@@ -189,7 +189,7 @@ BOOTSTRAP_OPT = Opt("bootstrap_servers", str, None, "Kafka bootstrap servers hos
 
 TRAIN_OPTS = (
     Opt("model", str, "conv1d", "model kind",
-        choices=("lstm", "conv1d", "cnn-lstm", "bilstm", "feedforward")),
+        choices=("lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm", "feedforward")),
     INPUT_OPT, FORMAT_OPT,
     Opt("window", int, None, "points per window (default 64; 1 for records)", metavar="N"),
     Opt("hop", int, 1, "score a window every N points (stored in the artifact)", metavar="N"),
@@ -299,7 +299,7 @@ DEMO_OPTS = (
     Opt("series", int, 40, "number of synthetic series", metavar="N"),
     Opt("length", int, 1500, "points per series", metavar="N"),
     Opt("model", str, "conv1d", "model kind to train if no model is given",
-        choices=("lstm", "conv1d", "cnn-lstm", "bilstm")),
+        choices=("lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm")),
     Opt("model_dir", str, "models/demo", "model directory (trained here if missing)",
         metavar="DIR"),
     Opt("rate", float, 2000.0, "messages per second replayed (0: as fast as possible)",

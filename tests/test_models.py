@@ -35,6 +35,7 @@ N_FEATURES = 2
 TINY: dict[str, dict[str, Any]] = {
     "lstm": {"units": 8},
     "conv1d": {"filters": 8, "kernel_size": 3},
+    "conv1d-seq": {"filters": 8, "kernel_size": 3},
     "cnn-lstm": {"filters": 8, "kernel_size": 3, "pool": 2, "units": 8},
     "bilstm": {"units": 4},
     "feedforward": {"encoding_dim": 6},
@@ -67,8 +68,10 @@ def direct_errors(keras_model: Any, windows: np.ndarray) -> np.ndarray:
     return err
 
 
-def test_the_five_kinds_are_registered() -> None:
-    assert set(models.KINDS) == {"lstm", "conv1d", "cnn-lstm", "bilstm", "feedforward"}
+def test_the_six_kinds_are_registered() -> None:
+    assert set(models.KINDS) == {
+        "lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm", "feedforward"
+    }
     assert set(TINY) == set(models.KINDS)
 
 

@@ -8,13 +8,14 @@ from typing import Any
 
 from stream_detector.errors import ConfigError
 from stream_detector.models.base import Builder, KerasAutoencoder
-from stream_detector.models.conv1d import build_conv1d
+from stream_detector.models.conv1d import build_conv1d, build_conv1d_seq
 from stream_detector.models.dense import build_feedforward
 from stream_detector.models.lstm import build_bilstm, build_cnn_lstm, build_lstm
 
 BUILDERS: dict[str, Builder] = {
     "lstm": build_lstm,
     "conv1d": build_conv1d,
+    "conv1d-seq": build_conv1d_seq,
     "cnn-lstm": build_cnn_lstm,
     "bilstm": build_bilstm,
     "feedforward": build_feedforward,
