@@ -67,6 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         help="model parameter for NAB and SMAP, e.g. filters=32 (repeatable)",
     )
     ap.add_argument(
+        "--fine-tune-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="NAB and SMAP: keep learning normal windows, a round every N windows (0: off)",
+    )
+    ap.add_argument(
+        "--fine-tune-param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="fine-tuning setting, e.g. guard=2 or learning_rate=1e-4 (repeatable)",
+    )
+    ap.add_argument(
         "--odds-param",
         action="append",
         default=[],
@@ -113,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     decisions = harness.parse_decisions(args.decisions)
     model_params = dict(p.split("=", 1) for p in args.model_param)
     odds_params = dict(p.split("=", 1) for p in args.odds_param)
+    from stream_detector.finetune import FineTuneOptions
+
+    fine_tune = FineTuneOptions.parse(
+        args.fine_tune_every, dict(p.split("=", 1) for p in args.fine_tune_param)
+    )
     data = args.data
     tables: list[str] = []
     record: dict[str, object] = {"decisions": decisions}
@@ -128,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         root = data / "nab"
         files = args.nab_files or (QUICK_NAB if args.quick else nab_files(root))
         epochs = args.epochs or (3 if args.quick else 30)
-        log(f"NAB: {len(files)} files, {args.model}, {epochs} epochs, fit on the first 15 %")
+        tuned = f", fine-tuned every {fine_tune.every} windows" if fine_tune.enabled else ""
+        log(f"NAB: {len(files)} files, {args.model}, {epochs} epochs, fit on the first 15 %"
+            + tuned)
         rep = harness.run_nab(
             root,
             decisions,
@@ -138,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             cache=args.cache,
             model_params=model_params,
+            fine_tune=fine_tune,
             log=log,
         )
         title = f"NAB ({len(files)} files{'' if len(files) == 58 else ', subset'}"
         tables.append(
-            f"### {title}, {args.model}, fit on the first 15 % of each file)\n\n"
+            f"### {title}, {args.model}, fit on the first 15 % of each file{tuned})\n\n"
             + harness.nab_table(rep)
             + f"\n\nWall time {rep.wall_seconds / 60:.1f} min (training "
             f"{rep.train_seconds / 60:.1f} min, model scoring "
@@ -178,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs=epochs,
             features=args.smap_features,
             model_params=model_params,
+            fine_tune=fine_tune,
             log=log,
         )
         tables.append(

@@ -97,7 +97,11 @@ def cmd_score(cfg: dict[str, Any]) -> int:
                 f"{s.source}: series {s.key!r} has {len(s)} point(s), fewer than the "
                 f"model's window of {art.window}"
             )
-    results = score_dataset(art, ds, max_batch=cfg["max_batch"], decision=decision)
+    from stream_detector.finetune import FineTuneOptions
+
+    fine_tune = FineTuneOptions.parse(cfg["fine_tune_every"], cfg["fine_tune_param"])
+    results = score_dataset(art, ds, max_batch=cfg["max_batch"], decision=decision,
+                            fine_tune=fine_tune)
     n = write_scores(results, cfg["output"])
     flagged = sum(int(r.is_anomaly.sum()) for r in results)
     print(f"scored {n} rows of {len(results)} series, {flagged} flagged -> {cfg['output']}")

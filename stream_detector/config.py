@@ -217,6 +217,15 @@ TRAIN_OPTS = (
     Opt("quiet", _bool, False, "no progress output"),
 )
 
+FINE_TUNE_OPTS = (
+    Opt("fine_tune_every", int, 0,
+        "keep learning the stream's normal windows: a few gradient steps every N scored "
+        "windows (0: off; scores then depend on the stream seen, see README)", metavar="N"),
+    Opt("fine_tune_param", _pairs, {},
+        "fine-tuning setting, repeatable: buffer, steps, batch_size, learning_rate, guard "
+        "(learn windows with error <= guard x threshold)"),
+)
+
 SCORE_OPTS = (
     Opt("model", str, None, "model directory made by train", required=True, metavar="DIR"),
     INPUT_OPT, FORMAT_OPT,
@@ -226,6 +235,7 @@ SCORE_OPTS = (
     Opt("decision", str, None, "decision method instead of the artifact's", choices=DECIDERS),
     Opt("decision_param", _pairs, {},
         "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
+    *FINE_TUNE_OPTS,
 )
 
 RUN_OPTS = (
@@ -265,6 +275,7 @@ RUN_OPTS = (
         choices=DECIDERS),
     Opt("decision_param", _pairs, {},
         "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
+    *FINE_TUNE_OPTS,
     Opt("inference_threads", int, 0,
         "TensorFlow intra-op threads (0: one per core of the machine; set it to the pod's "
         "CPU limit on Kubernetes)", metavar="N"),

@@ -70,6 +70,8 @@ class Metrics:
     model_info: Gauge
     model_loaded_timestamp: Gauge
     model_reloads: Counter
+    fine_tune_rounds: Counter
+    fine_tune_windows: Counter
     last_message_timestamp: Gauge
     ready: Gauge
     state_restore_seconds: Histogram
@@ -171,6 +173,18 @@ class Metrics:
             model_reloads=Counter(
                 f"{p}_model_reloads",
                 "Model hot-reload attempts, by result (loaded, refused).",
+                ["result"],
+                registry=reg,
+            ),
+            fine_tune_rounds=Counter(
+                f"{p}_fine_tune_rounds",
+                "Online fine-tuning rounds run (--fine-tune-every).",
+                registry=reg,
+            ),
+            fine_tune_windows=Counter(
+                f"{p}_fine_tune_windows",
+                "Scored windows seen by online fine-tuning, by result (learnt: passed the "
+                "guard and buffered; refused: above the guard).",
                 ["result"],
                 registry=reg,
             ),

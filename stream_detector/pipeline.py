@@ -39,6 +39,7 @@ from stream_detector.batcher import Batch, MicroBatcher
 from stream_detector.broker import TopicSetupError
 from stream_detector.decision import Decider, make_decider, resolve_spec
 from stream_detector.errors import DeliveryError, InputError, InvalidRecord
+from stream_detector.finetune import FineTuneOptions, FineTuner
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics, observe_many
 from stream_detector.records import Source, WindowMeta
@@ -83,6 +84,7 @@ class ServiceConfig:
     model_poll_s: float = 10.0
     decision: str | None = None
     decision_params: Mapping[str, str] = field(default_factory=dict)
+    fine_tune: FineTuneOptions = field(default_factory=FineTuneOptions)
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -105,6 +107,8 @@ class ServiceConfig:
             exactly_once=cfg["exactly_once"],
             state=cfg["state"], state_topic=cfg["state_topic"], model_poll_s=cfg["model_poll_s"],
             decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
+            fine_tune=FineTuneOptions.parse(cfg.get("fine_tune_every") or 0,
+                                            cfg.get("fine_tune_param")),
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
@@ -187,6 +191,7 @@ class Detector:
         gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
         self.tracker = IncidentTracker(art.kind, art.version, cfg.events, gap)
         self.decider = self._make_decider(art)
+        self.tuner = self._make_tuner(art)
         self._stop = False
         self._pending_art: Artifact | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -249,6 +254,11 @@ class Detector:
             raise InputError(f"--decision: {exc}") from None
 
     # -- health --------------------------------------------------------------------------
+    def _make_tuner(self, art: Artifact) -> FineTuner | None:
+        if not self.cfg.fine_tune.enabled:
+            return None
+        return FineTuner(art.model, art.thresholds, self.cfg.fine_tune)
+
     def alive(self) -> tuple[bool, str]:
         age = time.monotonic() - self._heartbeat
         return (age < 60.0, f"loop last ran {age:.1f} s ago")
@@ -416,6 +426,7 @@ class Detector:
             log.error("new model refused, still serving %s: %s", old.version, exc)
             return
         self.art = art
+        self.tuner = self._make_tuner(art)
         self.tracker.model = art.kind
         self.tracker.model_version = art.version
         self.decider = decider
@@ -442,12 +453,22 @@ class Detector:
             return
         batch = self.batcher.drain()
         keys = [meta.key for meta in batch.metas]
-        art = self.art
+        art, tuner, m = self.art, self.tuner, self.metrics
 
         def infer() -> tuple[np.ndarray, float]:
             x = art.scalers.transform_windows(keys, batch.windows)
             t0 = time.perf_counter()
-            return art.model.score_batch(x), time.perf_counter() - t0
+            scores = art.model.score_batch(x)
+            if tuner is not None:  # on this thread: no call ever sees half-updated weights
+                learnt = tuner.learnt
+                due = tuner.observe(keys, x, scores)
+                m.fine_tune_windows.labels(result="learnt").inc(tuner.learnt - learnt)
+                m.fine_tune_windows.labels(result="refused").inc(
+                    len(keys) - (tuner.learnt - learnt))
+                if due:
+                    tuner.tune(due)
+                    m.fine_tune_rounds.inc(due)
+            return scores, time.perf_counter() - t0
 
         self._submitted += 1
         self._inflight.append((self._submitted, batch, keys, self._pool.submit(infer)))

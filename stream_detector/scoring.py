@@ -19,6 +19,7 @@ from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
 from stream_detector.decision import Decider, make_decider
 from stream_detector.errors import InputError
+from stream_detector.finetune import FineTuneOptions, FineTuner
 from stream_detector.threshold import Thresholds
 from stream_detector.window import WindowBuffer
 
@@ -42,12 +43,17 @@ class ScoredSeries:
 
 
 def window_scores(
-    art: Artifact, dataset: Dataset, max_batch: int = 1024
+    art: Artifact, dataset: Dataset, max_batch: int = 1024,
+    fine_tune: FineTuneOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every full window of ``dataset`` through the batched model.
 
     Returns ``(scores, series_index, end_index)``, one entry per window, each series'
-    windows in stream order.
+    windows in stream order. With ``fine_tune`` enabled the windows go through in that
+    order, in chunks of at most ``fine_tune.every``, and the model keeps learning the
+    normal ones between chunks (:mod:`~stream_detector.finetune`; series after series,
+    where the service would interleave their points). The artifact's model is tuned in
+    place.
     """
     if dataset.n_features != art.n_features:
         raise InputError(
@@ -66,9 +72,18 @@ def window_scores(
         metas.extend((i, int(j)) for j in end_index)
     windows = np.concatenate(all_windows) if all_windows else np.zeros((0, art.window, art.n_features))
     scores = np.zeros(len(metas), dtype=np.float64)
+    tuner = FineTuner(art.model, art.thresholds, fine_tune) if fine_tune and fine_tune.enabled \
+        else None
+    step = min(max_batch, tuner.opts.every) if tuner else max_batch
     done = 0
-    for batch in batches(windows, list(range(len(metas))), max_batch):
-        scores[done : done + len(batch)] = art.model.score_batch(batch.windows)
+    for batch in batches(windows, list(range(len(metas))), step):
+        part = art.model.score_batch(batch.windows)
+        scores[done : done + len(batch)] = part
+        if tuner is not None:
+            keys = [dataset.series[metas[j][0]].key for j in batch.metas]
+            due = tuner.observe(keys, batch.windows, part)
+            if due:
+                tuner.tune(due)
         done += len(batch)
     series_idx = np.fromiter((m[0] for m in metas), dtype=np.int64, count=len(metas))
     end_idx = np.fromiter((m[1] for m in metas), dtype=np.int64, count=len(metas))
@@ -111,14 +126,15 @@ def decide_series(
 
 def score_dataset(
     art: Artifact, dataset: Dataset, max_batch: int = 1024,
-    decision: Mapping[str, Any] | None = None,
+    decision: Mapping[str, Any] | None = None, fine_tune: FineTuneOptions | None = None,
 ) -> list[ScoredSeries]:
     """Score every series of ``dataset`` with ``art``.
 
     ``decision`` overrides the artifact's decision spec (``metadata["decision"]``);
     the decider is built by :func:`~stream_detector.decision.make_decider`, as in ``run``.
+    ``fine_tune``: keep learning normal windows while scoring (see ``window_scores``).
     """
-    scores, series_idx, end_idx = window_scores(art, dataset, max_batch)
+    scores, series_idx, end_idx = window_scores(art, dataset, max_batch, fine_tune)
     spec = decision if decision is not None else art.metadata.get("decision")
     decider = make_decider(art.thresholds, spec)
     out = []

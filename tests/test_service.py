@@ -272,3 +272,33 @@ def test_max_series_bounds_memory(broker_bootstrap, topic_factory, group_id, mod
         assert m['stream_detector_series_evicted_total{cause="max_series"}'] == n_keys - cap
     finally:
         det.terminate()
+
+
+def test_fine_tuning_runs_in_the_service_and_spikes_still_open_incidents(
+        broker_bootstrap, topic_factory, group_id, model, tmp_path):
+    n = 400
+    spikes = {"spiky-a": 250, "spiky-b": 330}
+    series = {k: wave(n, seed=i) for i, k in enumerate([*spikes, "clean-a", "clean-b"])}
+    for k, pos in spikes.items():
+        series[k][pos] += 12.0
+    src, out = topic_factory(2), topic_factory(1)
+    det = DetectorProcess(broker_bootstrap, src, out, group_id, model,
+                          ["--fine-tune-every", "128", "--fine-tune-param", "steps=2"],
+                          log=tmp_path / "det.log")
+    try:
+        det.wait_ready()
+        produce_json(broker_bootstrap, src, stream(series))
+        expected_windows = len(series) * (n - WINDOW + 1)
+        det.wait_value("stream_detector_windows_scored_total", expected_windows)
+        metrics = det.metrics()
+        events = [e["value"] for e in events_of(broker_bootstrap, out, expected=2 * len(spikes))]
+    finally:
+        code, _ = det.terminate()
+    assert code == 0
+    learnt = metrics['stream_detector_fine_tune_windows_total{result="learnt"}']
+    refused = metrics['stream_detector_fine_tune_windows_total{result="refused"}']
+    assert learnt + refused == expected_windows and learnt > 0.5 * expected_windows
+    assert refused >= len(spikes)  # the spikes' windows were kept out of the model
+    assert metrics["stream_detector_fine_tune_rounds_total"] >= expected_windows // 128 - 2
+    opened = sorted(e["key"] for e in events if e["type"] == "opened")
+    assert opened == sorted(spikes), f"incidents opened for {opened}"

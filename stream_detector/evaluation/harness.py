@@ -11,6 +11,7 @@ scores).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,7 @@ from stream_detector.evaluation.loaders import (
     read_odds,
     records_dataset,
 )
+from stream_detector.finetune import FineTuneOptions
 from stream_detector.scoring import decide_series, window_scores
 from stream_detector.threshold import Thresholds
 from stream_detector.training import TrainOptions, train
@@ -143,6 +145,7 @@ def run_nab(
     out: Path | None = None,
     cache: Path | None = None,
     model_params: Mapping[str, Any] | None = None,
+    fine_tune: FineTuneOptions | None = None,
     log: Log = _quiet,
 ) -> NabReport:
     """Fit on the first ``train_fraction`` of each NAB file, score the whole file, NAB-score.
@@ -160,7 +163,7 @@ def run_nab(
     n_windows = 0
     tag = f"{kind}-w{window or 64}-e{epochs}-f{train_fraction:g}-s{seed}" + "".join(
         f"-{k}{v}" for k, v in sorted((model_params or {}).items())
-    )
+    ) + (_tune_tag(fine_tune) if fine_tune and fine_tune.enabled else "")
     for i, name in enumerate(names):
         t0 = time.perf_counter()
         ds = nab_dataset(root, name)
@@ -182,7 +185,7 @@ def run_nab(
             art = train(ds, opts)
             thresholds = art.thresholds
             t1 = time.perf_counter()
-            scores, _, end_idx = window_scores(art, ds)
+            scores, _, end_idx = window_scores(art, ds, fine_tune=fine_tune)
             t2 = time.perf_counter()
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -230,8 +233,13 @@ def run_nab(
             "train_fraction": train_fraction,
             "seed": seed,
             "model_params": dict(model_params or {}),
+            "fine_tune": dataclasses.asdict(fine_tune) if fine_tune else None,
         },
     )
+
+
+def _tune_tag(opts: FineTuneOptions) -> str:
+    return "-ft" + "".join(f"_{k}{v}" for k, v in sorted(dataclasses.asdict(opts).items()))
 
 
 def _folder(label: str) -> str:
@@ -332,6 +340,7 @@ def run_smap(
     features: str = "telemetry",
     seed: int = 0,
     model_params: Mapping[str, Any] | None = None,
+    fine_tune: FineTuneOptions | None = None,
     log: Log = _quiet,
 ) -> list[ChannelResult]:
     """Train on each channel's train array, score its test array, count labelled events.
@@ -352,7 +361,7 @@ def run_smap(
         )
         art = train(channel_dataset(name, ch.train[:, cols]), opts)
         test = channel_dataset(name, ch.test[:, cols])
-        scores, _, end_idx = window_scores(art, test)
+        scores, _, end_idx = window_scores(art, test, fine_tune=fine_tune)
         events = {}
         for label, spec in decisions.items():
             r = decide_series(
