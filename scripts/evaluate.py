@@ -214,6 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         tables.append("### Decider cost\n\n" + harness.cost_table(cost))
         record["cost"] = cost
+        ft = fine_tune if fine_tune.enabled else FineTuneOptions(every=256)
+        ftc = harness.fine_tune_cost(ft, windows=2048 if args.quick else 20_480)
+        tables.append(
+            f"### Fine-tuning cost (conv1d, window 64, batches of 256; a round of "
+            f"{ft.steps} steps of {ft.batch_size} every {ft.every} windows)\n\n"
+            "| model µs/window | with fine-tuning | fine-tuning µs/window |\n|---|---|---|\n"
+            f"| {ftc['plain_us']:.1f} | {ftc['tuned_us']:.1f} | {ftc['fine_tune_us']:.1f} |"
+        )
+        record["fine_tune_cost"] = ftc
     text = "\n\n".join(tables)
     print(text)
     log(f"done in {(time.perf_counter() - started) / 60:.1f} min")

@@ -180,3 +180,11 @@ def test_evaluate_script_quick(tmp_path: Path) -> None:
     for heading in ("### NAB", "### ODDS", "### SMAP/MSL", "### Decider cost"):
         assert heading in text
     assert "Numenta HTM" in text and "telemanom" in text
+
+
+def test_fine_tuning_cost_is_measured_against_the_plain_model() -> None:
+    from stream_detector.finetune import FineTuneOptions
+
+    cost = harness.fine_tune_cost(FineTuneOptions(every=64), windows=512, batch=64)
+    assert cost["plain_us"] > 0 and cost["tuned_us"] > cost["plain_us"]
+    assert cost["fine_tune_us"] == pytest.approx(cost["tuned_us"] - cost["plain_us"])

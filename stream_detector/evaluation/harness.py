@@ -515,6 +515,41 @@ def _prf(e: EventScore) -> str:
     return f"{e.precision:.2f} / {e.recall:.2f} / {e.f1:.3f}"
 
 
+def fine_tune_cost(
+    opts: FineTuneOptions, *, kind: str = "conv1d", window: int = 64, windows: int = 20_480,
+    batch: int = 256,
+) -> dict[str, float]:
+    """Model time per window scored in batches of ``batch``, without and with fine-tuning.
+
+    An untrained ``kind`` (default sizes; the cost does not depend on the weights' values)
+    scores ``windows`` random windows, all of them under the guard, so every round runs.
+    """
+    from stream_detector.finetune import FineTuner
+    from stream_detector.models import build
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((windows, window, 1)).astype(np.float32)
+    keys = ["k"] * batch
+    out = {}
+    for label, tuned in (("plain", False), ("tuned", True)):
+        model = build(kind, window, 1)
+        tuner = FineTuner(model, Thresholds(1e9), opts) if tuned else None
+        model.score_batch(x[:batch])  # trace and warm up
+        if tuner is not None:
+            tuner.observe(keys, x[:batch], np.zeros(batch))
+            tuner.tune()
+        t0 = time.perf_counter()
+        for i in range(0, windows, batch):
+            part = model.score_batch(x[i : i + batch])
+            if tuner is not None:
+                due = tuner.observe(keys[: len(part)], x[i : i + batch], part)
+                if due:
+                    tuner.tune(due)
+        out[f"{label}_us"] = (time.perf_counter() - t0) / windows * 1e6
+    out["fine_tune_us"] = out["tuned_us"] - out["plain_us"]
+    return out
+
+
 def cost_table(cost: Mapping[str, Mapping[str, float]]) -> str:
     lines = [
         "| decider | offline µs/window | online µs/window (batches of 256, 200 keys) "
