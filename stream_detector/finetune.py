@@ -41,8 +41,8 @@ class FineTuneOptions:
     buffer: int = 4096  # recent normal windows kept
     steps: int = 4  # gradient steps per round
     batch_size: int = 64
-    learning_rate: float = 1e-4
-    guard: float = 1.0  # learn windows with error <= guard x the key's threshold
+    learning_rate: float = 1e-3
+    guard: float = 3.0  # learn windows with error <= guard x the key's threshold
     seed: int = 0
 
     @property

@@ -134,7 +134,7 @@ def test_the_buffer_keeps_the_latest_normal_windows_and_rounds_keep_pace() -> No
 
     model = build("feedforward", 1, 2, {"encoding_dim": 4})
     tuner = FineTuner(model, Thresholds(1.0, {"loud": 100.0}),
-                      FineTuneOptions.parse(10, {"buffer": "5", "batch_size": "2"}))
+                      FineTuneOptions.parse(10, {"buffer": "5", "batch_size": "2", "guard": "1"}))
     w = np.arange(16, dtype=np.float32).reshape(8, 1, 2)
     scores = np.array([0.5, 2.0, 0.5, 0.5, 50.0, 0.5, 0.5, 0.5])
     keys = ["k", "k", "k", "k", "loud", "k", "k", "k"]  # 2.0 > 1.0 is refused; 50 <= 100 not

@@ -283,7 +283,8 @@ def test_fine_tuning_runs_in_the_service_and_spikes_still_open_incidents(
         series[k][pos] += 12.0
     src, out = topic_factory(2), topic_factory(1)
     det = DetectorProcess(broker_bootstrap, src, out, group_id, model,
-                          ["--fine-tune-every", "128", "--fine-tune-param", "steps=2"],
+                          ["--fine-tune-every", "128", "--fine-tune-param", "steps=2",
+                           "--fine-tune-param", "guard=1"],
                           log=tmp_path / "det.log")
     try:
         det.wait_ready()
