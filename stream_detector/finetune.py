@@ -121,6 +121,13 @@ class FineTuner:
             return 0
         return self._since // self.opts.every
 
+    def after_batch(self, keys: Sequence[str], windows: np.ndarray, scores: np.ndarray) -> int:
+        """``observe`` a scored batch, then run the rounds it made due; returns their number."""
+        due = self.observe(keys, windows, scores)
+        if due:
+            self.tune(due)
+        return due
+
     def tune(self, rounds: int = 1) -> float:
         """``rounds`` rounds of ``steps`` gradient steps on windows drawn from the buffer."""
         self._since = max(0, self._since - rounds * self.opts.every)

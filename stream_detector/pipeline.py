@@ -461,13 +461,10 @@ class Detector:
             scores = art.model.score_batch(x)
             if tuner is not None:  # on this thread: no call ever sees half-updated weights
                 learnt = tuner.learnt
-                due = tuner.observe(keys, x, scores)
+                m.fine_tune_rounds.inc(tuner.after_batch(keys, x, scores))
                 m.fine_tune_windows.labels(result="learnt").inc(tuner.learnt - learnt)
                 m.fine_tune_windows.labels(result="refused").inc(
                     len(keys) - (tuner.learnt - learnt))
-                if due:
-                    tuner.tune(due)
-                    m.fine_tune_rounds.inc(due)
             return scores, time.perf_counter() - t0
 
         self._submitted += 1

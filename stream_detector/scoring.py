@@ -81,9 +81,7 @@ def window_scores(
         scores[done : done + len(batch)] = part
         if tuner is not None:
             keys = [dataset.series[metas[j][0]].key for j in batch.metas]
-            due = tuner.observe(keys, batch.windows, part)
-            if due:
-                tuner.tune(due)
+            tuner.after_batch(keys, batch.windows, part)
         done += len(batch)
     series_idx = np.fromiter((m[0] for m in metas), dtype=np.int64, count=len(metas))
     end_idx = np.fromiter((m[1] for m in metas), dtype=np.int64, count=len(metas))

@@ -542,9 +542,7 @@ def fine_tune_cost(
         for i in range(0, windows, batch):
             part = model.score_batch(x[i : i + batch])
             if tuner is not None:
-                due = tuner.observe(keys[: len(part)], x[i : i + batch], part)
-                if due:
-                    tuner.tune(due)
+                tuner.after_batch(keys[: len(part)], x[i : i + batch], part)
         out[f"{label}_us"] = (time.perf_counter() - t0) / windows * 1e6
     out["fine_tune_us"] = out["tuned_us"] - out["plain_us"]
     return out
