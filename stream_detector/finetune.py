@@ -52,7 +52,7 @@ class FineTuneOptions:
     @classmethod
     def parse(cls, every: int, params: Mapping[str, Any] | None = None) -> FineTuneOptions:
         """From ``--fine-tune-every`` and ``--fine-tune-param K=V``; clear errors on bad input."""
-        known = {f.name: f.type for f in fields(cls) if f.name != "every"}
+        known = [f.name for f in fields(cls) if f.name != "every"]
         values: dict[str, Any] = {}
         for name, raw in (params or {}).items():
             if name not in known:
@@ -60,7 +60,7 @@ class FineTuneOptions:
                     f"--fine-tune-param: unknown parameter {name!r} "
                     f"(choose from {', '.join(known)})"
                 )
-            conv = float if known[name] in (float, "float") else int
+            conv = type(getattr(cls, name))  # the default's type: int or float
             try:
                 values[name] = conv(raw)
             except (TypeError, ValueError):
@@ -78,6 +78,12 @@ class FineTuneOptions:
         if not opts.guard > 0:
             raise InputError("--fine-tune-param guard must be > 0")
         return opts
+
+
+def make_tuner(model: Any, thresholds: Thresholds, opts: FineTuneOptions | None
+               ) -> FineTuner | None:
+    """A :class:`FineTuner` for ``model`` when ``opts`` turn fine-tuning on, else None."""
+    return FineTuner(model, thresholds, opts) if opts is not None and opts.enabled else None
 
 
 class FineTuner:

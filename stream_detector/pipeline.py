@@ -39,7 +39,7 @@ from stream_detector.batcher import Batch, MicroBatcher
 from stream_detector.broker import TopicSetupError
 from stream_detector.decision import Decider, make_decider, resolve_spec
 from stream_detector.errors import DeliveryError, InputError, InvalidRecord
-from stream_detector.finetune import FineTuneOptions, FineTuner
+from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics, observe_many
 from stream_detector.records import Source, WindowMeta
@@ -191,7 +191,7 @@ class Detector:
         gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
         self.tracker = IncidentTracker(art.kind, art.version, cfg.events, gap)
         self.decider = self._make_decider(art)
-        self.tuner = self._make_tuner(art)
+        self.tuner = make_tuner(art.model, art.thresholds, cfg.fine_tune)
         self._stop = False
         self._pending_art: Artifact | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -254,11 +254,6 @@ class Detector:
             raise InputError(f"--decision: {exc}") from None
 
     # -- health --------------------------------------------------------------------------
-    def _make_tuner(self, art: Artifact) -> FineTuner | None:
-        if not self.cfg.fine_tune.enabled:
-            return None
-        return FineTuner(art.model, art.thresholds, self.cfg.fine_tune)
-
     def alive(self) -> tuple[bool, str]:
         age = time.monotonic() - self._heartbeat
         return (age < 60.0, f"loop last ran {age:.1f} s ago")
@@ -426,7 +421,7 @@ class Detector:
             log.error("new model refused, still serving %s: %s", old.version, exc)
             return
         self.art = art
-        self.tuner = self._make_tuner(art)
+        self.tuner = make_tuner(art.model, art.thresholds, self.cfg.fine_tune)
         self.tracker.model = art.kind
         self.tracker.model_version = art.version
         self.decider = decider
@@ -460,11 +455,10 @@ class Detector:
             t0 = time.perf_counter()
             scores = art.model.score_batch(x)
             if tuner is not None:  # on this thread: no call ever sees half-updated weights
-                learnt = tuner.learnt
+                learnt, refused = tuner.learnt, tuner.refused
                 m.fine_tune_rounds.inc(tuner.after_batch(keys, x, scores))
                 m.fine_tune_windows.labels(result="learnt").inc(tuner.learnt - learnt)
-                m.fine_tune_windows.labels(result="refused").inc(
-                    len(keys) - (tuner.learnt - learnt))
+                m.fine_tune_windows.labels(result="refused").inc(tuner.refused - refused)
             return scores, time.perf_counter() - t0
 
         self._submitted += 1

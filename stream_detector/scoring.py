@@ -19,7 +19,7 @@ from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
 from stream_detector.decision import Decider, make_decider
 from stream_detector.errors import InputError
-from stream_detector.finetune import FineTuneOptions, FineTuner
+from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.threshold import Thresholds
 from stream_detector.window import WindowBuffer
 
@@ -72,8 +72,7 @@ def window_scores(
         metas.extend((i, int(j)) for j in end_index)
     windows = np.concatenate(all_windows) if all_windows else np.zeros((0, art.window, art.n_features))
     scores = np.zeros(len(metas), dtype=np.float64)
-    tuner = FineTuner(art.model, art.thresholds, fine_tune) if fine_tune and fine_tune.enabled \
-        else None
+    tuner = make_tuner(art.model, art.thresholds, fine_tune)
     step = min(max_batch, tuner.opts.every) if tuner else max_batch
     done = 0
     for batch in batches(windows, list(range(len(metas))), step):
