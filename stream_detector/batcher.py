@@ -82,6 +82,19 @@ class MicroBatcher(Generic[M]):
         self._metas.append(meta)
         return len(self._metas) >= self.max_batch
 
+    def add_many(self, windows: np.ndarray, metas: list[M]) -> int:
+        """Add windows (m, T, F) up to the batch's room; returns how many were taken (when
+        fewer than m, the batch is full: drain it and add the rest)."""
+        n = len(self._metas)
+        k = min(self.max_batch - n, len(metas))
+        if k <= 0:
+            return 0
+        if n == 0:
+            self._first_at = self._clock()
+        self._buf[n:n + k] = windows[:k]
+        self._metas.extend(metas[:k])
+        return k
+
     def time_left(self) -> float | None:
         """Seconds until the deadline of the oldest window (None when empty)."""
         if self._first_at is None:

@@ -276,9 +276,12 @@ RUN_OPTS = (
     Opt("decision_param", _pairs, {},
         "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
     *FINE_TUNE_OPTS,
+    Opt("inference_workers", int, 0,
+        "model calls that run in parallel (0: one per CPU the process may use, at most 4; "
+        "1 with fine-tuning)", metavar="N"),
     Opt("inference_threads", int, 0,
-        "TensorFlow intra-op threads (0: one per core of the machine; set it to the pod's "
-        "CPU limit on Kubernetes)", metavar="N"),
+        "TensorFlow intra-op threads per model call (0: the CPUs left per worker; the CPU "
+        "count honours the process's affinity and its cgroup CPU limit)", metavar="N"),
     Opt("model_poll_s", float, 10.0,
         "check the model directory this often and hot-reload a new version (0: never)",
         metavar="S"),

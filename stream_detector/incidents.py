@@ -39,6 +39,10 @@ class IncidentTracker:
     def __len__(self) -> int:
         return len(self._open)
 
+    def open_keys(self) -> list[str]:
+        """The keys with an open incident."""
+        return list(self._open)
+
     def is_open(self, key: str) -> bool:
         """Whether ``key`` has an open incident (so its normal windows still matter)."""
         return key in self._open

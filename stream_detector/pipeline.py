@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -42,6 +43,7 @@ from stream_detector.errors import DeliveryError, InputError, InvalidRecord
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics, observe_many
+from stream_detector.models.base import plan_threads, set_threads
 from stream_detector.records import Source, WindowMeta
 from stream_detector.server import HealthServer
 from stream_detector.sink import EventSink
@@ -85,6 +87,7 @@ class ServiceConfig:
     decision: str | None = None
     decision_params: Mapping[str, str] = field(default_factory=dict)
     fine_tune: FineTuneOptions = field(default_factory=FineTuneOptions)
+    inference_workers: int = 1  # model calls in parallel (results still apply in order)
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -93,6 +96,13 @@ class ServiceConfig:
         for name in ("max_batch", "max_series", "max_message_bytes"):
             if cfg[name] < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
+        for name in ("inference_workers", "inference_threads"):
+            if cfg.get(name, 0) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {cfg[name]}")
+        fine_tune = FineTuneOptions.parse(cfg.get("fine_tune_every") or 0,
+                                          cfg.get("fine_tune_param"))
+        # fine-tuning updates the weights between calls: calls must not overlap
+        workers = 1 if fine_tune.enabled else plan_threads(cfg.get("inference_workers", 0))[0]
         if cfg["hop"] is not None and cfg["hop"] < 1:
             raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
         return cls(
@@ -107,8 +117,7 @@ class ServiceConfig:
             exactly_once=cfg["exactly_once"],
             state=cfg["state"], state_topic=cfg["state_topic"], model_poll_s=cfg["model_poll_s"],
             decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
-            fine_tune=FineTuneOptions.parse(cfg.get("fine_tune_every") or 0,
-                                            cfg.get("fine_tune_param")),
+            fine_tune=fine_tune, inference_workers=workers,
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
@@ -174,6 +183,26 @@ class _Checkpoint:
     state_mark: int = -1  # the sink's mark once the state records were produced
 
 
+_MIN_ROUND = 8  # shorter rounds of handle_many go point by point (numpy's fixed costs)
+
+
+def _kafka_ts(msg: Message) -> float | None:
+    """The message's Kafka timestamp in epoch seconds, None when it has none."""
+    ts_type, ts_ms = msg.timestamp()
+    return ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms > 0 else None
+
+
+# what the batcher carries beside each window: (key, the message that completed it,
+# start_ts, end_ts); only the few windows that cause an event get their WindowMeta
+MetaRow = tuple[str, Message, float, float]
+
+
+def _window_meta(row: MetaRow) -> WindowMeta:
+    key, msg, start_ts, end_ts = row
+    return WindowMeta(key, Source(msg.topic(), msg.partition(), msg.offset()), start_ts,
+                      end_ts, _kafka_ts(msg) or 0.0)
+
+
 class Detector:
     """One replica of the streaming detector (one consumer in the group)."""
 
@@ -186,7 +215,7 @@ class Detector:
                                cfg.max_message_bytes)
         self.buffer = WindowBuffer(art.window, art.n_features, self.hop, cfg.max_series,
                                    on_evict=self._on_evict)
-        self.batcher: MicroBatcher[WindowMeta] = MicroBatcher(
+        self.batcher: MicroBatcher[MetaRow] = MicroBatcher(
             art.window, art.n_features, cfg.max_batch, cfg.max_batch_latency_s)
         gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
         self.tracker = IncidentTracker(art.kind, art.version, cfg.events, gap)
@@ -194,9 +223,12 @@ class Detector:
         self.tuner = make_tuner(art.model, art.thresholds, cfg.fine_tune)
         self._stop = False
         self._pending_art: Artifact | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._inflight: deque[tuple[int, Batch[WindowMeta], list[str], Future[Any]]] = deque()
-        self.max_inflight = 2  # batches queued for or inside the inference thread
+        self.workers = cfg.inference_workers
+        self._pool = ThreadPoolExecutor(max_workers=self.workers,
+                                        thread_name_prefix="inference")
+        self._inflight: deque[tuple[int, Batch[MetaRow], list[str], Future[Any]]] = deque()
+        # batches inside the inference threads, and one more queued (ready when one ends)
+        self.max_inflight = self.workers + 1
         self._submitted = 0  # batches submitted so far (their sequence numbers)
         self._pending: _Checkpoint | None = None
         self._records_since_trim = 0
@@ -369,15 +401,18 @@ class Detector:
     # -- the data path ----------------------------------------------------------------------
     def handle(self, msg: Message, now: float = 0.0) -> None:
         """One consumed message: decode, validate, append, maybe batch a window."""
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        self._positions[(topic, partition)] = offset + 1
-        ts_type, ts_ms = msg.timestamp()
-        kafka_ts = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms > 0 else None
         try:
-            key, ts, values = self.decoder.decode_point(msg.value(), msg.key(), kafka_ts)
+            key, ts, values = self.decoder.decode_point(msg.value(), msg.key(), _kafka_ts(msg))
         except InvalidRecord as exc:
+            self._positions[(msg.topic(), msg.partition())] = msg.offset() + 1
             self._reject(msg, exc.reason, exc.detail)
             return
+        self._apply(msg, key, ts, values, now)
+
+    def _apply(self, msg: Message, key: str, ts: float, values: Any, now: float) -> None:
+        """A decoded point into its key's buffer, and its window (when due) into the batch."""
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        self._positions[(topic, partition)] = offset + 1
         # raw values go into the buffer; windows are scaled per batch, vectorised
         slot = self.buffer.push(key, ts, values, partition, offset, now,
                                 skip_applied=self.state is not None)
@@ -392,10 +427,80 @@ class Detector:
         if slot == NO_WINDOW:
             return
         start_ts, end_ts = self.buffer.copy_window(slot, self.batcher.next_row())
-        meta = WindowMeta(key, Source(topic, partition, offset), start_ts, end_ts,
-                          kafka_ts or 0.0)
-        if self.batcher.push(meta):
+        if self.batcher.push((key, msg, start_ts, end_ts)):
             self.submit_batch()
+
+    def handle_many(self, msgs: list[Message], now: float = 0.0) -> int:
+        """One loop turn's messages, in order, as :meth:`handle` would; returns how many
+        were handled (decoded, validated, in their buffer or the DLQ).
+
+        Messages of the common shape (``Decoder.plain``) are applied in rounds in which no
+        key repeats, each round at once (``WindowBuffer.push_round``); any other message
+        goes through :meth:`handle` at its place, so each key's points keep their order.
+        """
+        plain = self.decoder.plain
+        rnd: list[tuple[Message, str, float, float]] = []
+        keys: set[str] = set()
+        handled = 0
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    if err.fatal():
+                        raise KafkaException(err)
+                    log.warning("consumer: %s", err)
+                continue
+            handled += 1
+            p = plain(msg.value())
+            if p is None or p[0] in keys:
+                self._apply_round(rnd, now)
+                rnd, keys = [], set()
+                if p is None:
+                    self.handle(msg, now)
+                    continue
+            keys.add(p[0])
+            rnd.append((msg, *p))
+        self._apply_round(rnd, now)
+        return handled
+
+    def _apply_round(self, rnd: list[tuple[Message, str, float, float]], now: float) -> None:
+        if len(rnd) < _MIN_ROUND:
+            for msg, key, ts, v in rnd:
+                self._apply(msg, key, ts, v, now)
+            return
+        msgs = [r[0] for r in rnd]
+        keys = [r[1] for r in rnd]
+        ts = np.array([r[2] for r in rnd], dtype=np.float64)
+        values = np.array([r[3] for r in rnd], dtype=np.float64).reshape(-1, 1)
+        parts = [m.partition() for m in msgs]
+        offsets = [m.offset() for m in msgs]
+        codes = self.buffer.push_round(
+            keys, ts, values, np.array(parts, dtype=np.int32), np.array(offsets, dtype=np.int64),
+            now, skip_applied=self.state is not None)
+        if codes is None:  # new keys beyond --max-series: evictions go one by one
+            for msg, key, t, v in rnd:
+                self._apply(msg, key, t, v, now)
+            return
+        positions = self._positions
+        for m, p, o in zip(msgs, parts, offsets):
+            positions[(m.topic(), p)] = o + 1
+        skipped = int(np.count_nonzero(codes == SKIPPED))
+        if skipped:
+            self.metrics.messages_skipped.inc(skipped)
+        for i in np.flatnonzero(codes == BACKWARDS):
+            self._reject(msgs[i], "timestamp_backwards",
+                         f"ts {rnd[i][2]} before the key's last {self.buffer.last_ts(keys[i])}")
+        due = np.flatnonzero(codes >= 0)
+        if not due.size:
+            return
+        windows, start, end = self.buffer.windows_of(codes[due])
+        metas: list[MetaRow] = [(keys[i], msgs[i], s, e) for i, s, e in
+                                zip(due.tolist(), start.tolist(), end.tolist())]
+        done = 0
+        while done < len(metas):
+            done += self.batcher.add_many(windows[done:], metas[done:])
+            if self.batcher.full:
+                self.submit_batch()
 
     def _reject(self, msg: Message, reason: str, detail: str) -> None:
         """Bad input: count it, send it to the DLQ with its reason; its offset still commits."""
@@ -439,22 +544,23 @@ class Detector:
     def submit_batch(self) -> None:
         """Hand the collected windows to the inference thread (one batched model call).
 
-        Consumption and decoding go on while TensorFlow (which releases the GIL) scores;
-        results are applied in submission order by :meth:`complete_ready`.
+        Consumption and decoding go on while TensorFlow (which releases the GIL) scores, on
+        up to ``workers`` threads at once; results are applied in submission order by
+        :meth:`complete_ready`.
         """
         if self._pending_art is not None:
             self._swap_model()
         if not len(self.batcher):
             return
         batch = self.batcher.drain()
-        keys = [meta.key for meta in batch.metas]
+        keys = [meta[0] for meta in batch.metas]
         art, tuner, m = self.art, self.tuner, self.metrics
 
         def infer() -> tuple[np.ndarray, float]:
             x = art.scalers.transform_windows(keys, batch.windows)
             t0 = time.perf_counter()
             scores = art.model.score_batch(x)
-            if tuner is not None:  # on this thread: no call ever sees half-updated weights
+            if tuner is not None:  # one worker then: no call ever sees half-updated weights
                 learnt, refused = tuner.learnt, tuner.refused
                 m.fine_tune_rounds.inc(tuner.after_batch(keys, x, scores))
                 m.fine_tune_windows.labels(result="learnt").inc(tuner.learnt - learnt)
@@ -495,11 +601,16 @@ class Detector:
         tracker = self.tracker
         is_open = tracker.is_open
         # only anomalous windows, or windows of keys with an open incident (checked as we go:
-        # an incident may open earlier in this very batch), can cause events
-        for i, key in enumerate(keys):
+        # an incident may open earlier in this very batch), can cause events; the keys
+        # that can have one: open now, or flagged in this batch
+        flagged = np.flatnonzero(flags).tolist()
+        watch = {keys[i] for i in flagged}
+        watch.update(k for k in tracker.open_keys() if k not in watch)
+        for i in ([i for i, k in enumerate(keys) if k in watch] if watch else ()):
+            key = keys[i]
             if not (flags[i] or is_open(key)):
                 continue
-            meta = batch.metas[i]
+            meta = _window_meta(batch.metas[i])
             for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
                                       float(a_scores[i]), bool(flags[i])):
                 if ev["type"] == "opened":
@@ -696,26 +807,16 @@ class Detector:
                     msgs = [] if msg is None else [
                         msg, *self.consumer.consume(num_messages=999, timeout=0)]
                 now = time.monotonic()
-                handled = 0
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            if err.fatal():
-                                raise KafkaException(err)
-                            log.warning("consumer: %s", err)
-                        continue
-                    self.handle(msg, now)
-                    handled += 1
+                handled = self.handle_many(msgs, now)
                 # counted once handled (decoded, validated, in its buffer or the DLQ)
                 self.metrics.messages_consumed.inc(handled)
                 if msgs:
                     self._broker_down = None
                 self.complete_ready()
-                # a batch goes to the model when full, when the model is idle (no reason to
-                # wait: latency), or when its oldest window reached the deadline
-                if self._pending_art is not None or (
-                        len(self.batcher) and (not self._inflight or self.batcher.due())):
+                # a batch goes to the model when full, when an inference thread is idle (no
+                # reason to wait: latency), or when its oldest window reached the deadline
+                if self._pending_art is not None or (len(self.batcher) and (
+                        len(self._inflight) < self.workers or self.batcher.due())):
                     self.submit_batch()  # (a new model is swapped in there, even when idle)
                 self.sink.poll()
                 now = time.monotonic()
@@ -830,10 +931,12 @@ def run_service(options: Mapping[str, Any]) -> int:
     from stream_detector.broker import ensure_topics
 
     cfg = ServiceConfig.from_options(options)
-    if options.get("inference_threads"):
-        from stream_detector.models.base import set_threads
-
-        set_threads(int(options["inference_threads"]))
+    workers = cfg.inference_workers
+    threads = plan_threads(workers, options.get("inference_threads") or 0)[1]
+    set_threads(threads, workers)
+    # the inference threads take the GIL back for a moment between TensorFlow calls; a
+    # busy consumer loop would hold it for up to the default 5 ms each time
+    sys.setswitchinterval(0.0005)
     art = load_artifact(cfg.model_dir)
     metrics = Metrics.create()
     try:

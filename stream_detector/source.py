@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,10 @@ def _number(x: Any, what: str) -> float:
     return v
 
 
+def _none(value: bytes | None) -> None:
+    return None
+
+
 def _lenient(value: bytes) -> Any:
     """Python's json accepts NaN, Infinity and overflowing numbers (as inf); None if not."""
     try:
@@ -74,27 +79,51 @@ class Decoder:
         self.record_mode = record_mode
         self.feature_names = feature_names or []
         self.max_bytes = max_bytes
-        self._plain = n_features == 1 and not record_mode  # decode_point's fast path applies
+        self.plain = self._plain_decoder() if n_features == 1 and not record_mode else _none
+
+    def _plain_decoder(self) -> Callable[[bytes | None], tuple[str, float, float] | None]:
+        """``plain(value)``: (key, ts, value) of a message of the common shape, else None.
+
+        The common shape: a JSON object with a string key, a numeric epoch ``ts`` and one
+        numeric ``value`` (no ``values``), for a one-feature model, checked inline (the
+        service's hot path: names are bound once). None says nothing about validity:
+        :meth:`decode` decides, and names the error.
+        """
+        loads, bad_json = orjson.loads, orjson.JSONDecodeError
+        f, max_bytes, top = self.fields, self.max_bytes, _F32_MAX
+        fk, ft, fv, fvs = f.key, f.ts, f.value, f.values
+
+        def plain(value: bytes | None) -> tuple[str, float, float] | None:
+            if value is None or len(value) > max_bytes:
+                return None
+            try:
+                doc = loads(value)
+            except bad_json:
+                return None
+            if type(doc) is not dict:
+                return None
+            key, ts, v = doc.get(fk), doc.get(ft), doc.get(fv)
+            tt, tv = type(ts), type(v)
+            if (type(key) is str and 0 < len(key) <= 1024 and (tt is float or tt is int)
+                    and -1e11 <= ts <= 1e11 and (tv is float or tv is int)
+                    and -top <= v <= top and doc.get(fvs) is None):
+                return key, float(ts), float(v)
+            return None
+
+        return plain
 
     def decode_point(self, value: bytes | None, msg_key: bytes | None,
                      kafka_ts: float | None) -> tuple[str, float, Any]:
         """(key, ts, values) of one message; the service's hot path.
 
-        A message of the common shape (a JSON object with a string key, numeric epoch
-        ``ts`` and one numeric ``value``, for a one-feature model) is checked inline and its
-        value comes back as a float; any other document goes through the full checks of
-        :meth:`decode` (the same errors), its values as an array.
+        A message of the common shape (see ``plain``) comes back with its value as a
+        float; any other document goes through the full checks of :meth:`decode` (the
+        same errors), its values as an array.
         """
-        doc = self._load(value)
-        if self._plain and type(doc) is dict:
-            f = self.fields
-            key, ts, v = doc.get(f.key), doc.get(f.ts), doc.get(f.value)
-            tk, tt, tv = type(key), type(ts), type(v)
-            if (tk is str and 0 < len(key) <= 1024 and (tt is float or tt is int)
-                    and -1e11 <= ts <= 1e11 and (tv is float or tv is int)
-                    and -_F32_MAX <= v <= _F32_MAX and doc.get(f.values) is None):
-                return key, float(ts), float(v)
-        r = self._reading(doc, msg_key, kafka_ts)
+        p = self.plain(value)
+        if p is not None:
+            return p
+        r = self._reading(self._load(value), msg_key, kafka_ts)
         return r.key, r.ts, r.values
 
     def decode(self, value: bytes | None, msg_key: bytes | None, kafka_ts: float | None) -> Reading:

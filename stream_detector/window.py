@@ -376,6 +376,89 @@ class WindowBuffer:
             slot = self.slot(key, now, tag)
         return self._write(slot, ts, value, offset)
 
+    def push_round(self, keys: list[str], ts: np.ndarray, values: np.ndarray, tags: np.ndarray,
+                   offsets: np.ndarray, now: float, skip_applied: bool = False
+                   ) -> np.ndarray | None:
+        """:meth:`push` for points of distinct keys at once, vectorised; codes as push's.
+
+        ``values`` is (n, n_features). Gives what pushing the points one by one, in order,
+        would give, and leaves the same state. Returns None, having written nothing, when
+        new keys would need an eviction: then push them one by one.
+        """
+        n = len(keys)
+        get = self._slots.get
+        found = [get(k, -1) for k in keys]
+        new = [i for i, s in enumerate(found) if s < 0]
+        if new and self.max_series is not None and len(self._slots) + len(new) > self.max_series:
+            return None
+        slots = np.array(found, dtype=np.int64)
+        codes = np.full(n, NO_WINDOW, dtype=np.int64)
+        old = slots >= 0
+        clock = self._clock
+        for i in new:  # a new key's first point (never a redelivery, never backwards);
+            # first, as allocating may grow the arrays (none is viewed by numpy yet)
+            slot = self.slot(keys[i], now, int(tags[i]))
+            slots[i] = slot
+            codes[i] = self._write(slot, float(ts[i]), values[i], int(offsets[i]))
+        s_old = slots[old]
+        count = np.frombuffer(self._count, np.int64)
+        last_ts = np.frombuffer(self._last_ts, np.float64)
+        c_old = count[s_old]
+        refused = np.zeros(n, dtype=bool)
+        if skip_applied:
+            skip = offsets[old] <= np.frombuffer(self._offset, np.int64)[s_old]
+            codes[np.flatnonzero(old)[skip]] = SKIPPED
+            refused[np.flatnonzero(old)[skip]] = True
+        back = np.zeros(n, dtype=bool)
+        back[old] = (c_old > 0) & (ts[old] < last_ts[s_old])
+        back &= ~refused
+        codes[back] = BACKWARDS
+        refused |= back
+        accepted = ~refused
+        # the pushes that one by one would touch the keys, in order (LRU)
+        touch = clock + np.cumsum(accepted)
+        self._clock = clock + int(accepted.sum())
+        acc_slots = slots[accepted]
+        np.frombuffer(self._touch, np.int64)[acc_slots] = touch[accepted]
+        np.frombuffer(self._tag, np.int32)[acc_slots] = tags[accepted]
+        np.frombuffer(self._seen, np.float32)[acc_slots] = now - self._t0
+        # points on their key's rhythm are written at once; the rest as push would
+        keep = accepted & old
+        s_k = slots[keep]
+        c_k = count[s_k]
+        step = np.frombuffer(self._step_us, np.int64)[s_k]
+        fast = ((np.frombuffer(self._ts_row, np.int32)[s_k] < 0) & (c_k > 0) & (step != _UNSET)
+                & (np.rint((ts[keep] - last_ts[s_k]) * 1e6) == step))
+        idx_keep = np.flatnonzero(keep)
+        for i in idx_keep[~fast]:
+            codes[i] = self._write(int(slots[i]), float(ts[i]), values[i], int(offsets[i]))
+        f = idx_keep[fast]
+        if f.size:
+            s_f, c_f = slots[f], count[slots[f]]
+            self._values[s_f, c_f % self.window] = values[f]
+            last_ts[s_f] = ts[f]
+            np.frombuffer(self._offset, np.int64)[s_f] = offsets[f]
+            np.frombuffer(self._dirty, np.uint8)[s_f] = 1
+            c_f = c_f + 1
+            count[s_f] = c_f
+            due = (c_f >= self.window) & ((c_f - self.window) % self.hop == 0)
+            codes[f[due]] = s_f[due]
+        return codes
+
+    def windows_of(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The current windows of distinct ``slots``, oldest point first: (windows (m, T, F),
+        start_ts (m,), end_ts (m,)); what :meth:`copy_window` gives, for many at once."""
+        count = np.frombuffer(self._count, np.int64)[slots]
+        windows = self._values[slots[:, None], (count[:, None] + self._order) % self.window]
+        end = np.frombuffer(self._last_ts, np.float64)[slots]
+        if self.window == 1:
+            return windows, end.copy(), end
+        step = np.frombuffer(self._step_us, np.int64)[slots]
+        start = (np.rint(end * 1e6) - (self.window - 1) * step) / 1e6
+        for j in np.flatnonzero(np.frombuffer(self._ts_row, np.int32)[slots] >= 0):
+            start[j] = self._start_ts(int(slots[j]))
+        return windows, start, end
+
     def _start_ts(self, slot: int) -> float:
         """Timestamp of the oldest point of the slot's current (full) window."""
         if self.window == 1:

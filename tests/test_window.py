@@ -228,3 +228,80 @@ def test_lru_eviction_stays_exact_over_many_keys() -> None:
     # 600 evictions: the 500 odd keys first (oldest first), then the even ones in order
     expected = [f"k{k}" for k in range(1, 1000, 2)] + [f"k{k}" for k in range(0, 200, 2)]
     assert [k for k, _ in hook.calls] == expected
+
+
+def _state(buf: WindowBuffer) -> dict[str, Any]:
+    """Everything a buffer holds, for comparing two buffers."""
+    n = buf._values.shape[0]
+    return {
+        "slots": dict(buf._slots), "key_of": list(buf._key_of), "clock": buf._clock,
+        "values": buf._values.copy(), "ts": buf._ts.copy(), "base": list(buf._base),
+        **{name: list(getattr(buf, name))[:n] for name in (
+            "_last_ts", "_step_us", "_ts_row", "_count", "_seen", "_touch", "_tag",
+            "_offset", "_dirty")},
+    }
+
+
+def _rounds(points: list[tuple[str, float, float, int, int]]) -> list[list[Any]]:
+    """Split a stream into runs in which no key repeats (what the service's loop does)."""
+    out: list[list[Any]] = [[]]
+    for p in points:
+        if any(q[0] == p[0] for q in out[-1]):
+            out.append([])
+        out[-1].append(p)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    window=st.sampled_from([1, 3, 8]), hop=st.sampled_from([1, 2, 3]),
+    max_series=st.sampled_from([None, 4]), skip_applied=st.booleans(),
+    points=st.lists(st.tuples(
+        st.integers(0, 6),  # key
+        st.sampled_from([60.0, 60.0, 60.0, 30.0, 0.0, -60.0, 0.37]),  # step from the key's last
+        st.floats(-1e3, 1e3, allow_nan=False, width=32),  # value
+        st.integers(0, 3),  # partition
+        st.sampled_from([1, 1, 1, 0, -2]),  # offset step (redeliveries)
+    ), min_size=1, max_size=120),
+)
+def test_push_round_equals_pushing_point_by_point(
+    window: int, hop: int, max_series: int | None, skip_applied: bool,
+    points: list[tuple[int, float, float, int, int]],
+) -> None:
+    """The service's vectorised path leaves the same state, returns the same codes and
+    the same windows as pushing each point on its own, whatever the stream: new keys,
+    evictions, steps that break a rhythm, backwards timestamps, redelivered offsets."""
+    one = WindowBuffer(window, 1, hop, max_series, initial_capacity=2)
+    many = WindowBuffer(window, 1, hop, max_series, initial_capacity=2)
+    last: dict[int, float] = {}
+    offset: dict[int, int] = {}
+    stream = []
+    for k, step, v, part, off_step in points:
+        ts = last.get(k, 1_767_225_600.0) + step
+        last[k] = max(ts, last.get(k, ts))
+        offset[part] = offset.get(part, 0) + off_step
+        stream.append((f"k{k}", ts, v, part, offset[part]))
+    now = 5.0
+    for rnd in _rounds(stream):
+        expect = []
+        for key, ts, v, part, off in rnd:
+            expect.append(one.push(key, ts, v, part, off, now, skip_applied=skip_applied))
+        codes = many.push_round(
+            [p[0] for p in rnd], np.array([p[1] for p in rnd]),
+            np.array([p[2] for p in rnd]).reshape(-1, 1), np.array([p[3] for p in rnd]),
+            np.array([p[4] for p in rnd]), now, skip_applied=skip_applied)
+        if codes is None:  # evictions: the service pushes such a round point by point
+            codes = np.array([many.push(*p, now, skip_applied=skip_applied) for p in rnd])
+        assert codes.tolist() == expect
+        due = np.flatnonzero(codes >= 0)
+        if due.size:
+            windows, start, end = many.windows_of(codes[due])
+            for j, i in enumerate(due):
+                ref = np.empty((window, 1), np.float32)
+                s, e = one.copy_window(int(codes[i]), ref)
+                assert np.array_equal(windows[j], ref)
+                assert (start[j], end[j]) == (s, e)
+        a, b = _state(one), _state(many)
+        for name in a:
+            assert np.array_equal(a[name], b[name]) if isinstance(a[name], np.ndarray) \
+                else a[name] == b[name], name

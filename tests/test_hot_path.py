@@ -1,0 +1,133 @@
+"""The service's batched hot path (``Detector.handle_many``) against one message at a time.
+
+A loop turn's messages go through ``handle_many``: messages of the common shape in rounds
+of distinct keys, vectorised, anything else through ``handle`` at its place. Whatever the
+mix, the windows batched, their metadata, the dead letters and the counters must be
+exactly those of handling each message on its own. No broker is needed: the detector
+only batches here (its producer never connects), and messages are built in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka import Message
+from service_helpers import train_wave_model
+
+from stream_detector.artifact import load_artifact
+from stream_detector.cli import build_parser
+from stream_detector.config import COMMAND_OPTS, resolve
+from stream_detector.metrics import Metrics
+from stream_detector.pipeline import Detector, ServiceConfig
+
+WINDOW = 8
+T0 = 1_767_225_600
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_wave_model(tmp_path_factory.mktemp("hot") / "model", window=WINDOW, epochs=1)
+
+
+def _detector(model: Path, *extra: str) -> tuple[Detector, list[Any]]:
+    """A detector whose batches are recorded instead of scored, and its dead letters."""
+    args = build_parser().parse_args([
+        "run", "--bootstrap-servers", "127.0.0.1:9", "--input-topic", "in",
+        "--output-topic", "out", "--group-id", "g", "--model", str(model), *extra])
+    det = Detector(ServiceConfig.from_options(resolve("run", COMMAND_OPTS["run"], args)),
+                   load_artifact(model), Metrics.create())
+    seen: list[Any] = []
+
+    def submit() -> None:
+        if len(det.batcher):
+            b = det.batcher.drain()
+            seen.append(("batch", b.windows, b.metas))
+
+    det.submit_batch = submit  # type: ignore[method-assign]
+    det.sink.dead_letter = lambda *a: seen.append(("dlq", *a))  # type: ignore[method-assign]
+    return det, seen
+
+
+def _stream(seed: int, n: int = 3000, n_keys: int = 40) -> list[Message]:
+    """Mostly well-formed points, with every kind of trouble mixed in."""
+    rng = np.random.default_rng(seed)
+    last = {k: T0 for k in range(n_keys)}
+    offsets = [0, 0, 0]
+    out = []
+    for _ in range(n):
+        # 20 keys in turn, and now and then any of n_keys (new keys, evictions, repeats)
+        k = int(rng.integers(n_keys)) if rng.random() < 0.1 else len(out) % 20
+        part = k % 3
+        r = rng.random()
+        step = 60 if r < 0.85 else (30 if r < 0.9 else (-60 if r < 0.93 else 7.5))
+        last[k] += step
+        doc: Any = {"key": f"s{k}", "ts": last[k], "value": float(rng.normal(10, 2))}
+        r = rng.random()
+        if r < 0.02:
+            doc = {"key": f"s{k}", "ts": last[k], "values": [doc["value"]]}  # valid, not plain
+        elif r < 0.03:
+            doc["ts"] = "2026-01-01T00:00:00Z"  # valid, an ISO string
+        elif r < 0.04:
+            doc["value"] = "high"  # invalid
+        elif r < 0.05:
+            doc = [1, 2]  # not an object
+        value = orjson.dumps(doc) if r >= 0.005 else b"{not json"
+        out.append(Message(topic="in", partition=part, offset=offsets[part],
+                           key=f"s{k}".encode(), value=value,
+                           timestamp=(1, (T0 + len(out)) * 1000)))
+        # a redelivery now and then: the same offset again
+        offsets[part] += 0 if rng.random() < 0.01 else 1
+    return out
+
+
+def _counters(det: Detector) -> dict[str, float]:
+    return {s.name + str(sorted(s.labels.items())): s.value
+            for metric in det.metrics.registry.collect() for s in metric.samples
+            if s.name.endswith("_total")}
+
+
+@pytest.mark.parametrize("extra", [(), ("--state", "none"), ("--hop", "3"),
+                                   ("--max-series", "25"), ("--max-batch", "7")])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_handle_many_equals_handling_one_message_at_a_time(
+        model: Path, extra: tuple[str, ...], seed: int) -> None:
+    msgs = _stream(seed)
+    one, seen_one = _detector(model, *extra)
+    many, seen_many = _detector(model, *extra)
+    vectorised = []  # points that went through the vectorised path
+    push_round = many.buffer.push_round
+
+    def counting(keys: list[str], *a: Any, **k: Any) -> Any:
+        codes = push_round(keys, *a, **k)
+        vectorised.append(0 if codes is None else len(keys))
+        return codes
+
+    many.buffer.push_round = counting  # type: ignore[method-assign]
+    for i in range(0, len(msgs), 250):  # loop turns of 250 messages
+        for m in msgs[i:i + 250]:
+            one.handle(m, 1.0)
+        assert many.handle_many(msgs[i:i + 250], 1.0) == len(msgs[i:i + 250])
+        assert one._positions == many._positions  # what the next checkpoint commits
+    one.submit_batch()
+    many.submit_batch()
+    # each in stream order (a dead letter and a batch cut in one loop turn may swap:
+    # they go to different places, before the turn's checkpoint either way)
+    for what in ("batch", "dlq"):
+        a = [x[1:] for x in seen_one if x[0] == what]
+        b = [x[1:] for x in seen_many if x[0] == what]
+        assert len(a) == len(b), what
+        for x, y in zip(a, b):
+            if what == "batch":
+                assert np.array_equal(x[0], y[0])
+                assert x[1] == y[1]
+            else:
+                assert x == y
+    windows = sum(len(x[2]) for x in seen_one if x[0] == "batch")
+    assert windows > 500
+    assert sum(vectorised) > len(msgs) / 3
+    assert sum(x[0] == "dlq" for x in seen_one) > 50  # bad messages of every kind
+    assert _counters(one) == _counters(many)
