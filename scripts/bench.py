@@ -95,7 +95,9 @@ def model_parallel(kind: str, batches: list[int], seconds: float) -> dict[str, A
          ",".join(map(str, batches))], capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"parallel model-only part failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["batched"] = {int(b): v for b, v in out["batched"].items()}  # JSON made them str
+    return out
 
 
 def _parallel_child(kind: str, seconds: float, batches: list[int]) -> dict[str, Any]:

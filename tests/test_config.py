@@ -157,3 +157,22 @@ def test_model_params_as_pairs() -> None:
     assert cfg["model_param"] == {"units": "8", "unroll": "true"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         _resolve(TRAIN + ["--model-param", "units"])
+
+
+def test_inference_workers_follow_the_cpus_and_fine_tuning_keeps_one() -> None:
+    from stream_detector.errors import InputError
+    from stream_detector.models.base import available_cpus, plan_threads
+    from stream_detector.pipeline import ServiceConfig
+
+    def workers(*extra: str) -> int:
+        return ServiceConfig.from_options(_resolve([*RUN, *extra])).inference_workers
+
+    cpus = available_cpus()
+    assert workers() == min(cpus, 4)
+    assert workers("--inference-workers", "3") == 3
+    # fine-tuning changes the weights between calls: never two calls at once
+    assert workers("--inference-workers", "3", "--fine-tune-every", "256") == 1
+    assert plan_threads() == (min(cpus, 4), max(1, cpus // min(cpus, 4)))
+    assert plan_threads(1) == (1, cpus) and plan_threads(2, 5) == (2, 5)
+    with pytest.raises(InputError, match="--inference-workers"):
+        workers("--inference-workers", "-1")
