@@ -37,7 +37,8 @@ def _detector(model: Path, *extra: str) -> tuple[Detector, list[Any]]:
     """A detector whose batches are recorded instead of scored, and its dead letters."""
     args = build_parser().parse_args([
         "run", "--bootstrap-servers", "127.0.0.1:9", "--input-topic", "in",
-        "--output-topic", "out", "--group-id", "g", "--model", str(model), *extra])
+        "--output-topic", "out", "--group-id", "g", "--model", str(model),
+        "--kafka", "log_level=0", *extra])  # (no broker there: quiet about it)
     det = Detector(ServiceConfig.from_options(resolve("run", COMMAND_OPTS["run"], args)),
                    load_artifact(model), Metrics.create())
     seen: list[Any] = []

@@ -273,6 +273,7 @@ def test_push_round_equals_pushing_point_by_point(
     evictions, steps that break a rhythm, backwards timestamps, redelivered offsets."""
     one = WindowBuffer(window, 1, hop, max_series, initial_capacity=2)
     many = WindowBuffer(window, 1, hop, max_series, initial_capacity=2)
+    many._t0 = one._t0  # the same clock origin ("last seen" is kept relative to it)
     last: dict[int, float] = {}
     offset: dict[int, int] = {}
     stream = []
