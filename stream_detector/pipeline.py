@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections import deque
@@ -934,9 +933,6 @@ def run_service(options: Mapping[str, Any]) -> int:
     workers = cfg.inference_workers
     threads = plan_threads(workers, options.get("inference_threads") or 0)[1]
     set_threads(threads, workers)
-    # the inference threads take the GIL back for a moment between TensorFlow calls; a
-    # busy consumer loop would hold it for up to the default 5 ms each time
-    sys.setswitchinterval(0.0005)
     art = load_artifact(cfg.model_dir)
     metrics = Metrics.create()
     try:
