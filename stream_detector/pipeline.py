@@ -464,8 +464,8 @@ class Detector:
 
     def _apply_round(self, rnd: list[tuple[Message, str, float, float]], now: float) -> None:
         if len(rnd) < _MIN_ROUND:
-            for msg, key, ts, v in rnd:
-                self._apply(msg, key, ts, v, now)
+            for msg, key, t, v in rnd:
+                self._apply(msg, key, t, v, now)
             return
         msgs = [r[0] for r in rnd]
         keys = [r[1] for r in rnd]
