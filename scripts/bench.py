@@ -255,8 +255,17 @@ class _Receiver(threading.Thread):
         self.consumer.close()
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far, s (0 when it is gone)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: float,
-            seconds: float, max_batch: int) -> dict[str, Any]:
+            seconds: float, max_batch: int, broker_pid: int | None = None) -> dict[str, Any]:
     """Produce-to-event latency of a steady stream at ``rate_s`` messages/s.
 
     A spike is injected into a random series every ~0.2 s; each opens an incident. Its
@@ -283,8 +292,13 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
         det.wait_ready()
         per_key = int(WINDOW + rate_s * seconds / n_keys)
         spikes: dict[str, list[float]] = {}
+        # who uses the machine's cores while the stream runs (all on this one machine)
+        pids = {"detector": det.proc.pid, "broker": broker_pid, "bench": os.getpid()}
+        cpu0, t0 = {k: _cpu_seconds(p) for k, p in pids.items()}, time.perf_counter()
         n = _produce(bs, src, n_keys, per_key, rate_s=rate_s, wallclock_ts=True,
                      spike_every=max(1, int(rate_s * 0.2)), linger_ms=5, spikes=spikes)
+        cores = {f"cores_{k}": (_cpu_seconds(p) - cpu0[k]) / (time.perf_counter() - t0)
+                 for k, p in pids.items()}
         expected = n_keys * (per_key - WINDOW + 1)
         det.wait_value("stream_detector_windows_scored_total", expected, timeout=600)
         time.sleep(2)
@@ -337,6 +351,9 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
         "mean_batch_at_latency_rate": _mean(m, "stream_detector_inference_batch_size"),
         "mean_checkpoint_ms": _mean(m, "stream_detector_checkpoint_seconds", 1000.0),
         "mean_inference_ms": _mean(m, "stream_detector_inference_seconds", 1000.0),
+        # cores used while the stream was produced (the bench process is the producer and
+        # the event consumer)
+        **cores,
         # (spike's produce time from the first spike s, pipeline ms, from-spike ms)
         "latency_timeline": sorted(timeline),
     }
@@ -474,7 +491,8 @@ def main() -> int:
                 if "latency" in parts:
                     # half the steady-state rate: there every message makes a window
                     r = args.latency_rate or row["sustained_windows_s"] / 2
-                    row.update(latency(k, bs, work, model, n_keys, r, lat_s, args.max_batch))
+                    row.update(latency(k, bs, work, model, n_keys, r, lat_s, args.max_batch,
+                                       broker.pid))
                 res["end_to_end"].append(row)
             if "memory" in parts:
                 res["memory"] = memory(bs, work, 2000 if q else 100_000)
@@ -549,7 +567,10 @@ def report(r: dict[str, Any]) -> None:
                   f"p50 {e['spike_latency_p50_ms']:.1f} ms, p99 {e['spike_latency_p99_ms']:.1f} "
                   f"ms\n    (mean batch {e['mean_batch_at_latency_rate']:.0f} scored in "
                   f"{e['mean_inference_ms']:.1f} ms, mean checkpoint "
-                  f"{'-' if ck is None else f'{ck:.1f} ms'})")
+                  f"{'-' if ck is None else f'{ck:.1f} ms'})\n"
+                  f"    cores used meanwhile: detector {e['cores_detector']:.2f}, broker "
+                  f"{e['cores_broker']:.2f}, this bench (producer, event consumer) "
+                  f"{e['cores_bench']:.2f}, of {os.cpu_count()}")
     if "memory" in r:
         m = r["memory"]
         print(f"\n3. memory: {m['series']} extra series (window 64): RSS "

@@ -41,6 +41,8 @@ def test_bench_quick_end_to_end_latency_and_memory_parts_run(tmp_path):
     assert e["latency_events"] > 0 and e["latency_not_received_live"] == 0
     assert 0 < e["latency_p50_ms"] <= e["latency_p99_ms"] <= e["latency_max_ms"]
     assert len(e["latency_timeline"]) == e["latency_events"]
+    # who used the cores meanwhile, read from /proc: the detector and the bench did work
+    assert e["cores_detector"] > 0 and e["cores_bench"] > 0 and e["cores_broker"] >= 0
     m = res["memory"]
     assert m["active"] >= m["series"] and m["rss_after_mb"] > 0
     assert "produce of the spike" in proc.stdout and "bytes per series" in proc.stdout
