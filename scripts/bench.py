@@ -502,10 +502,27 @@ def main() -> int:
                 print(f"models and logs kept in {work}", file=sys.stderr)
             else:
                 shutil.rmtree(work, ignore_errors=True)
+    for e in res.get("end_to_end", []):
+        if "sustained_windows_s" in e:
+            e.update(_e2e_share(e, res.get("model_only", [])))
     report(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2, default=str))
     return 0
+
+
+def _e2e_share(e: dict[str, Any], model_only: list[dict[str, Any]]) -> dict[str, Any]:
+    """The end-to-end rate against the model's best at the detector's batch size (the better
+    of one call at a time and the service's parallel calls); empty without model figures."""
+    mo = next((m for m in model_only if m["kind"] == e["kind"]), None)
+    if mo is None:
+        return {}
+    b = e["max_batch"] if e["max_batch"] in mo["batched"] else max(mo["batched"])
+    one = mo["batched"][b]
+    ref = max(one, mo.get("parallel", {}).get("batched", {}).get(b, 0.0))
+    w = e["sustained_windows_s"]
+    return {"model_only_batch": b, "model_only_ref_windows_s": ref,
+            "e2e_share_of_model_only": w / ref, "e2e_share_of_one_call": w / one}
 
 
 def report(r: dict[str, Any]) -> None:
@@ -532,18 +549,12 @@ def report(r: dict[str, Any]) -> None:
     for e in r.get("end_to_end", []):
         print(f"\n2. end to end, {e['kind']}, hop 1")
         if "sustained_msgs_s" in e:
-            mo = next((m for m in r.get("model_only", []) if m["kind"] == e["kind"]), None)
             share = "(model-only part not run)"
-            if mo:
-                b = e["max_batch"] if e["max_batch"] in mo["batched"] else max(mo["batched"])
-                one = mo["batched"][b]
-                par = mo.get("parallel", {}).get("batched", {}).get(b, 0.0)
-                ref = max(one, par)  # the model's best at this batch size
-                e["model_only_ref_windows_s"] = ref
-                e["e2e_share_of_model_only"] = e["sustained_windows_s"] / ref
-                share = (f"windows/s = {e['sustained_windows_s'] / ref:.1%} of the model's "
-                         f"best at batch {b} ({ref:.0f}/s; "
-                         f"{e['sustained_windows_s'] / one:.1%} of one call at a time)")
+            if "model_only_ref_windows_s" in e:
+                share = (f"windows/s = {e['e2e_share_of_model_only']:.1%} of the model's best "
+                         f"at batch {e['model_only_batch']} "
+                         f"({e['model_only_ref_windows_s']:.0f}/s; "
+                         f"{e['e2e_share_of_one_call']:.1%} of one call at a time)")
             print(f"  {e['messages']} messages over {e['keys']} keys: "
                   f"{e['sustained_msgs_s']:.0f} input events/s over the whole topic; steady "
                   f"state {e['sustained_windows_s']:.0f} input events/s = windows/s (mean batch "

@@ -87,6 +87,7 @@ class ServiceConfig:
     decision_params: Mapping[str, str] = field(default_factory=dict)
     fine_tune: FineTuneOptions = field(default_factory=FineTuneOptions)
     inference_workers: int = 1  # model calls in parallel (results still apply in order)
+    inference_threads: int = 0  # TensorFlow threads per call (0: TensorFlow's default)
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -101,7 +102,8 @@ class ServiceConfig:
         fine_tune = FineTuneOptions.parse(cfg.get("fine_tune_every") or 0,
                                           cfg.get("fine_tune_param"))
         # fine-tuning updates the weights between calls: calls must not overlap
-        workers = 1 if fine_tune.enabled else plan_threads(cfg.get("inference_workers", 0))[0]
+        workers, threads = plan_threads(1 if fine_tune.enabled else cfg.get("inference_workers", 0),
+                                        cfg.get("inference_threads") or 0)
         if cfg["hop"] is not None and cfg["hop"] < 1:
             raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
         return cls(
@@ -116,7 +118,7 @@ class ServiceConfig:
             exactly_once=cfg["exactly_once"],
             state=cfg["state"], state_topic=cfg["state_topic"], model_poll_s=cfg["model_poll_s"],
             decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
-            fine_tune=fine_tune, inference_workers=workers,
+            fine_tune=fine_tune, inference_workers=workers, inference_threads=threads,
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
@@ -463,20 +465,16 @@ class Detector:
         return handled
 
     def _apply_round(self, rnd: list[tuple[Message, str, float, float]], now: float) -> None:
-        if len(rnd) < _MIN_ROUND:
-            for msg, key, t, v in rnd:
-                self._apply(msg, key, t, v, now)
-            return
         msgs = [r[0] for r in rnd]
         keys = [r[1] for r in rnd]
-        ts = np.array([r[2] for r in rnd], dtype=np.float64)
-        values = np.array([r[3] for r in rnd], dtype=np.float64).reshape(-1, 1)
         parts = [m.partition() for m in msgs]
         offsets = [m.offset() for m in msgs]
-        codes = self.buffer.push_round(
-            keys, ts, values, np.array(parts, dtype=np.int32), np.array(offsets, dtype=np.int64),
+        codes = None if len(rnd) < _MIN_ROUND else self.buffer.push_round(
+            keys, np.array([r[2] for r in rnd], dtype=np.float64),
+            np.array([r[3] for r in rnd], dtype=np.float64).reshape(-1, 1),
+            np.array(parts, dtype=np.int32), np.array(offsets, dtype=np.int64),
             now, skip_applied=self.state is not None)
-        if codes is None:  # new keys beyond --max-series: evictions go one by one
+        if codes is None:  # a short round, or new keys beyond --max-series: one by one
             for msg, key, t, v in rnd:
                 self._apply(msg, key, t, v, now)
             return
@@ -602,12 +600,10 @@ class Detector:
         # only anomalous windows, or windows of keys with an open incident (checked as we go:
         # an incident may open earlier in this very batch), can cause events; the keys
         # that can have one: open now, or flagged in this batch
-        flagged = np.flatnonzero(flags).tolist()
-        watch = {keys[i] for i in flagged}
-        watch.update(k for k in tracker.open_keys() if k not in watch)
-        for i in ([i for i, k in enumerate(keys) if k in watch] if watch else ()):
-            key = keys[i]
-            if not (flags[i] or is_open(key)):
+        watch = {keys[i] for i in np.flatnonzero(flags).tolist()}
+        watch.update(tracker.open_keys())
+        for i, key in enumerate(keys if watch else ()):
+            if key not in watch or not (flags[i] or is_open(key)):
                 continue
             meta = _window_meta(batch.metas[i])
             for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
@@ -930,9 +926,7 @@ def run_service(options: Mapping[str, Any]) -> int:
     from stream_detector.broker import ensure_topics
 
     cfg = ServiceConfig.from_options(options)
-    workers = cfg.inference_workers
-    threads = plan_threads(workers, options.get("inference_threads") or 0)[1]
-    set_threads(threads, workers)
+    set_threads(cfg.inference_threads, cfg.inference_workers)
     art = load_artifact(cfg.model_dir)
     metrics = Metrics.create()
     try:

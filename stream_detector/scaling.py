@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -83,22 +84,19 @@ class ScalerSet:
 
         Gives exactly what :meth:`Scaler.transform` gives point by point.
         """
-        rows, centers, scales = self._table()
+        rows, centers, scales = self._table
         get, default = rows.get, len(rows)
         idx = [get(k, default) for k in keys]
         center = centers[idx][:, None, :]
         scale = scales[idx][:, None, :]
         return ((windows - center) / scale).astype(np.float32, copy=False)
 
+    @cached_property
     def _table(self) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
         """Every scaler stacked once: key -> row, centers and scales (the global one last)."""
-        t = self.__dict__.get("_stacked")
-        if t is None:
-            ordered = [*self.per_key.values(), self.global_]
-            t = ({k: i for i, k in enumerate(self.per_key)},
-                 np.array([s.center for s in ordered]), np.array([s.scale for s in ordered]))
-            object.__setattr__(self, "_stacked", t)  # a cache on a frozen dataclass
-        return t
+        ordered = [*self.per_key.values(), self.global_]
+        return ({k: i for i, k in enumerate(self.per_key)},
+                np.array([s.center for s in ordered]), np.array([s.scale for s in ordered]))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -406,9 +406,9 @@ class WindowBuffer:
         c_old = count[s_old]
         refused = np.zeros(n, dtype=bool)
         if skip_applied:
-            skip = offsets[old] <= np.frombuffer(self._offset, np.int64)[s_old]
-            codes[np.flatnonzero(old)[skip]] = SKIPPED
-            refused[np.flatnonzero(old)[skip]] = True
+            skip = np.flatnonzero(old)[offsets[old] <= np.frombuffer(self._offset, np.int64)[s_old]]
+            codes[skip] = SKIPPED
+            refused[skip] = True
         back = np.zeros(n, dtype=bool)
         back[old] = (c_old > 0) & (ts[old] < last_ts[s_old])
         back &= ~refused
