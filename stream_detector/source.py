@@ -47,7 +47,10 @@ def _number(x: Any, what: str) -> float:
     return v
 
 
-def _none(value: bytes | None) -> None:
+Plain = tuple[str, float, float]  # (key, ts, value) of a message of the common shape
+
+
+def _none(value: Any) -> None:
     return None
 
 
@@ -79,10 +82,15 @@ class Decoder:
         self.record_mode = record_mode
         self.feature_names = feature_names or []
         self.max_bytes = max_bytes
-        self.plain = self._plain_decoder() if n_features == 1 and not record_mode else _none
+        self.plain: Callable[[bytes | None], Plain | None] = _none
+        self._plain_doc: Callable[[Any], Plain | None] = _none
+        if n_features == 1 and not record_mode:
+            self.plain, self._plain_doc = self._plain_decoders()
 
-    def _plain_decoder(self) -> Callable[[bytes | None], tuple[str, float, float] | None]:
-        """``plain(value)``: (key, ts, value) of a message of the common shape, else None.
+    def _plain_decoders(self) -> tuple[Callable[[bytes | None], Plain | None],
+                                       Callable[[Any], Plain | None]]:
+        """``plain(value)`` and its check of a parsed document, ``plain_doc(doc)``: the
+        (key, ts, value) of a message of the common shape, else None.
 
         The common shape: a JSON object with a string key, a numeric epoch ``ts`` and one
         numeric ``value`` (no ``values``), for a one-feature model, checked inline (the
@@ -93,13 +101,7 @@ class Decoder:
         f, max_bytes, top = self.fields, self.max_bytes, _F32_MAX
         fk, ft, fv, fvs = f.key, f.ts, f.value, f.values
 
-        def plain(value: bytes | None) -> tuple[str, float, float] | None:
-            if value is None or len(value) > max_bytes:
-                return None
-            try:
-                doc = loads(value)
-            except bad_json:
-                return None
+        def plain_doc(doc: Any) -> Plain | None:
             if type(doc) is not dict:
                 return None
             key, ts, v = doc.get(fk), doc.get(ft), doc.get(fv)
@@ -110,7 +112,15 @@ class Decoder:
                 return key, float(ts), float(v)
             return None
 
-        return plain
+        def plain(value: bytes | None) -> Plain | None:
+            if value is None or len(value) > max_bytes:
+                return None
+            try:
+                return plain_doc(loads(value))
+            except bad_json:
+                return None
+
+        return plain, plain_doc
 
     def decode_point(self, value: bytes | None, msg_key: bytes | None,
                      kafka_ts: float | None) -> tuple[str, float, Any]:
@@ -120,10 +130,11 @@ class Decoder:
         float; any other document goes through the full checks of :meth:`decode` (the
         same errors), its values as an array.
         """
-        p = self.plain(value)
+        doc = self._load(value)
+        p = self._plain_doc(doc)
         if p is not None:
             return p
-        r = self._reading(self._load(value), msg_key, kafka_ts)
+        r = self._reading(doc, msg_key, kafka_ts)
         return r.key, r.ts, r.values
 
     def decode(self, value: bytes | None, msg_key: bytes | None, kafka_ts: float | None) -> Reading:
