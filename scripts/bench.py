@@ -306,16 +306,17 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
         # their buffers)
         pids = {"detector": det.proc.pid, "broker": broker_pid, "bench": os.getpid()}
         cpu0: dict[str, float] = {}
-        t0 = [0.0]
+        t0 = 0.0
 
         def start_clock() -> None:
+            nonlocal t0
             cpu0.update({k: _cpu_seconds(p) for k, p in pids.items()})
-            t0[0] = time.perf_counter()
+            t0 = time.perf_counter()
 
         n = _produce(bs, src, n_keys, per_key, rate_s=rate_s, wallclock_ts=True,
                      spike_every=max(1, int(rate_s * 0.2)), linger_ms=linger_ms, spikes=spikes,
                      at_first_window=start_clock)
-        cores = {f"cores_{k}": (_cpu_seconds(p) - cpu0[k]) / (time.perf_counter() - t0[0])
+        cores = {f"cores_{k}": (_cpu_seconds(p) - cpu0[k]) / (time.perf_counter() - t0)
                  for k, p in pids.items()}
         expected = n_keys * (per_key - WINDOW + 1)
         det.wait_value("stream_detector_windows_scored_total", expected, timeout=600)
@@ -587,7 +588,8 @@ def report(r: dict[str, Any]) -> None:
                 continue
             ck = e["mean_checkpoint_ms"]
             print(f"  latency at {e['latency_rate_msgs_s']:.0f} msg/s, input producer linger "
-                  f"{e['latency_producer_linger_ms']} ms ({e['latency_events']} incidents opened for {e['latency_spikes']} spikes, "
+                  f"{e['latency_producer_linger_ms']} ms ({e['latency_events']} incidents "
+                  f"opened for {e['latency_spikes']} spikes, "
                   f"{e['latency_false_alarms']} false alarms, "
                   f"{e['latency_not_received_live']} not seen live):\n"
                   f"    produce() of the message completing the flagged window -> event at a "
@@ -602,8 +604,8 @@ def report(r: dict[str, Any]) -> None:
                   f"{e['mean_inference_ms']:.1f} ms, mean checkpoint "
                   f"{'-' if ck is None else f'{ck:.1f} ms'})\n"
                   f"    cores used while windows were scored: detector "
-                  f"{e['cores_detector']:.2f}, broker {e['cores_broker']:.2f}, this bench (producer, event consumer) "
-                  f"{e['cores_bench']:.2f}, of {os.cpu_count()}")
+                  f"{e['cores_detector']:.2f}, broker {e['cores_broker']:.2f}, this bench "
+                  f"(producer, event consumer) {e['cores_bench']:.2f}, of {os.cpu_count()}")
     if "memory" in r:
         m = r["memory"]
         print(f"\n3. memory: {m['series']} extra series (window 64): RSS "
