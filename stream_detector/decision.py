@@ -40,7 +40,14 @@ Every stateful method shares:
   blind);
 - ``suppress`` (windows, 0 = off): a window is news only if its anomaly score beats every
   score of the key's previous ``suppress`` windows; other windows have their score halved,
-  so one excursion raises one alert at its onset and again only if it grows.
+  so one excursion raises one alert at its onset and again only if it grows;
+- ``range`` (a fraction, 0 = off; ``pot``'s default 0.05): a window whose newest points
+  leave the range of every value the key has shown so far by more than ``range`` times
+  that range is anomalous whatever its error (anomaly score 1), once the key is past its
+  warm-up. The callers pass each window's newest points as ``extremes``: the smallest and
+  largest value of each feature among them. It is HTM's spatial anomaly check (NAB's
+  numenta detector, tolerance 0.05): a reconstruction error rises for a new shape, but a
+  level the key has never reached can look like a shape it knows.
 
 The anomaly score is ``u / (u + u*)`` of the method's level ``u`` (``-log10`` of the tail
 probability, the z-score, or the smoothed error) and its boundary ``u*``: in [0, 1],
@@ -51,6 +58,7 @@ error at which the window would have been flagged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -62,14 +70,24 @@ import numpy as np
 from stream_detector.threshold import Thresholds, anomaly_score
 
 Decision = tuple[np.ndarray, np.ndarray, np.ndarray]  # threshold, anomaly_score, is_anomaly
+# per window, the smallest and the largest value of each feature among its newest points:
+# two (n, features) arrays
+Extremes = tuple[np.ndarray, np.ndarray]
 
 
 class Decider(Protocol):
-    """Decides on scored windows; ``keys[i]`` owns ``scores[i]``, in stream order."""
+    """Decides on scored windows; ``keys[i]`` owns ``scores[i]``, in stream order.
+
+    ``wants_extremes``: whether ``decide`` uses the windows' newest values (``extremes``);
+    callers compute them only then.
+    """
 
     name: str
+    wants_extremes: bool
 
-    def decide(self, keys: Sequence[str], scores: np.ndarray) -> Decision: ...
+    def decide(
+        self, keys: Sequence[str], scores: np.ndarray, extremes: Extremes | None = None
+    ) -> Decision: ...
 
     def forget(self, key: str) -> None: ...
 
@@ -82,11 +100,14 @@ class StaticThreshold:
     """The seed's rule: a fixed calibrated threshold per key (no state)."""
 
     name = "static"
+    wants_extremes = False
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
 
-    def decide(self, keys: Sequence[str], scores: np.ndarray) -> Decision:
+    def decide(
+        self, keys: Sequence[str], scores: np.ndarray, extremes: Extremes | None = None
+    ) -> Decision:
         return self.thresholds.decide(keys, scores)
 
     def forget(self, key: str) -> None:
@@ -178,10 +199,15 @@ class _KeyState:
     ``ring``: the last ``cap`` errors learned (the statistics' history); ``count``: errors
     learned in total; ``raw``: the last few errors seen, learned or not (context of the
     likelihood's short mean); ``recent``: the last ``k`` anomaly scores (suppression);
-    ``ew``: the running smoothed error (dynamic).
+    ``ew``: the running smoothed error (dynamic); ``lo``, ``hi``: the smallest and largest
+    value of each feature seen so far (``range``; None before the first window) and
+    ``range_n`` the windows they span.
     """
 
-    __slots__ = ("ring", "count", "raw", "recent", "n_recent", "ew", "params", "params_at")
+    __slots__ = (
+        "ring", "count", "raw", "recent", "n_recent", "ew", "params", "params_at", "lo", "hi",
+        "range_n",
+    )
 
     def __init__(self, cap: int, k: int, context: int) -> None:
         self.ring = np.zeros(cap, dtype=np.float32)
@@ -192,6 +218,9 @@ class _KeyState:
         self.ew = math.nan
         self.params: Any = None  # estimate made when count was params_at
         self.params_at = -1
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+        self.range_n = 0
 
     def chrono(self, n: int) -> np.ndarray:
         """The last ``n`` learned errors, oldest first, as float64."""
@@ -253,6 +282,12 @@ _COMMON: dict[str, _Param] = {
         "what anomalous windows add to the history: their error "
         "(all), nothing (normal), or the threshold (clip)",
     ),
+    "range": _Param(
+        float,
+        0.0,
+        "a window whose newest values leave the key's range so far by more than this "
+        "fraction of it is anomalous (0: off)",
+    ),
 }
 
 
@@ -272,12 +307,15 @@ class _Stateful:
         self.every = int(p["every"])
         self.suppress = int(p["suppress"])
         self.learn = str(p["learn"])
+        self.range = float(p["range"])
+        self.wants_extremes = self.range > 0
         if (
             self.history < 8
             or self.every < 1
             or self.suppress < 0
             or int(p["warmup"]) < 0
             or self.learn not in ("all", "normal", "clip")
+            or not 0 <= self.range < math.inf
         ):
             raise ValueError(f"{self.name}: bad parameters {p}")
         # statistics need some history: the static rule decides until the first estimate
@@ -311,9 +349,18 @@ class _Stateful:
         """After a key's chunk is decided."""
 
     # -- protocol ------------------------------------------------------------------
-    def decide(self, keys: Sequence[str], scores: np.ndarray) -> Decision:
+    def decide(
+        self, keys: Sequence[str], scores: np.ndarray, extremes: Extremes | None = None
+    ) -> Decision:
         # float32 like the model's output and the ring: a restored key sees the same values
         x = np.asarray(scores, dtype=np.float32).astype(np.float64)
+        if not self.wants_extremes:
+            extremes = None
+        elif extremes is not None:  # float32 like the windows, whichever path computed them
+            extremes = (
+                np.asarray(extremes[0], np.float32).reshape(len(x), -1).astype(np.float64),
+                np.asarray(extremes[1], np.float32).reshape(len(x), -1).astype(np.float64),
+            )
         n = len(x)
         thr = np.empty(n)
         a = np.empty(n)
@@ -332,11 +379,14 @@ class _Stateful:
             st = self._state.get(key)
             if st is None:
                 st = self._state[key] = _KeyState(self.cap, self.suppress, self.context)
-            t_k, a_k, f_k = self._run(key, st, x[idx])
+            ext = None if extremes is None else (extremes[0][idx], extremes[1][idx])
+            t_k, a_k, f_k = self._run(key, st, x[idx], ext)
             thr[idx], a[idx], flag[idx] = t_k, a_k, f_k
         return thr, a, flag
 
-    def _run(self, key: str, st: _KeyState, xs: np.ndarray) -> Decision:
+    def _run(
+        self, key: str, st: _KeyState, xs: np.ndarray, ext: Extremes | None = None
+    ) -> Decision:
         self._start(st, xs)
         m = len(xs)
         ctx = len(st.raw)
@@ -403,6 +453,14 @@ class _Stateful:
             out = a
             need_a = np.full(m, 0.5)
         flag = out > 0.5
+        if ext is not None:
+            ready = np.zeros(m, dtype=bool)  # past the warm-up: decided by the statistics
+            for j0, j1, params in blocks:
+                ready[j0:j1] = params is not None
+            hit = self._out_of_range(st, ext[0], ext[1]) & ready
+            if hit.any():
+                out = np.where(hit, 1.0, out)
+                flag |= hit
         # threshold: the error at which the window's score would have reached `need_a`
         u_need = _u_of(need_a, ustar)
         thr = np.empty(m)
@@ -415,6 +473,37 @@ class _Stateful:
             st.raw = raw[-self.context :].copy()
         self._after(st, xs)
         return thr, out, flag
+
+    def _out_of_range(self, st: _KeyState, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per window: does any feature leave the range of everything before it by more
+        than ``range`` times that range? Extends the key's range by the windows' values.
+        A range spanning fewer windows than the warm-up checks nothing yet."""
+        if st.lo is None or st.hi is None or st.lo.shape[0] != lo.shape[1]:
+            st.lo, st.hi, st.range_n = lo[0].copy(), hi[0].copy(), 0
+        m = len(lo)
+        if m <= 8 and lo.shape[1] == 1:  # the online case: plain floats beat tiny arrays
+            r_lo, r_hi = float(st.lo[0]), float(st.hi[0])
+            hits = []
+            for j, (x_lo, x_hi) in enumerate(zip(lo[:, 0].tolist(), hi[:, 0].tolist())):
+                tol = (r_hi - r_lo) * self.range
+                hits.append(
+                    r_hi > r_lo
+                    and (x_hi > r_hi + tol or x_lo < r_lo - tol)
+                    and st.range_n + j >= self.first_estimate
+                )
+                r_lo, r_hi = min(r_lo, x_lo), max(r_hi, x_hi)
+            st.lo[0], st.hi[0] = r_lo, r_hi
+            st.range_n += m
+            return np.array(hits, dtype=bool)
+        run_lo = np.minimum.accumulate(np.vstack([st.lo[None], lo]), axis=0)
+        run_hi = np.maximum.accumulate(np.vstack([st.hi[None], hi]), axis=0)
+        b_lo, b_hi = run_lo[:-1], run_hi[:-1]  # the range before each window
+        tol = (b_hi - b_lo) * self.range
+        out = (b_hi > b_lo) & ((hi > b_hi + tol) | (lo < b_lo - tol))
+        spans = st.range_n + np.arange(m) >= self.first_estimate
+        st.lo, st.hi = run_lo[-1].copy(), run_hi[-1].copy()
+        st.range_n += m
+        return np.asarray(out.any(axis=1) & spans)
 
     def _recent_max(self, st: _KeyState, a: np.ndarray) -> np.ndarray:
         """For each score of ``a``, the largest of the ``suppress`` scores before it (0 if none)."""
@@ -441,7 +530,14 @@ class _Stateful:
         recent = st.recent[: st.n_recent].astype(np.float64)
         raw = st.raw.astype(np.float32)
         head = _HEADER.pack(_MAGIC, self.code, st.count, len(ring), len(recent), len(raw), st.ew)
-        return head + ring.tobytes() + recent.tobytes() + raw.tobytes()
+        body = head + ring.tobytes() + recent.tobytes() + raw.tobytes()
+        if st.lo is not None and st.hi is not None:  # the range, if kept: windows, lo, hi
+            body += (
+                struct.pack("<Q", st.range_n)
+                + st.lo.astype(np.float64).tobytes()
+                + st.hi.astype(np.float64).tobytes()
+            )
+        return body
 
     def restore(self, key: str, raw: bytes) -> None:
         if len(raw) < _HEADER.size:
@@ -449,12 +545,16 @@ class _Stateful:
         magic, code, count, n_ring, n_recent, n_raw, ew = _HEADER.unpack_from(raw)
         if magic != _MAGIC or code != self.code:
             raise ValueError(f"decision state of {key!r} is not {self.name} state")
-        if len(raw) != _HEADER.size + 4 * n_ring + 8 * n_recent + 4 * n_raw:
+        end = _HEADER.size + 4 * n_ring + 8 * n_recent + 4 * n_raw
+        # after `end`, if a range is kept: its window count (8 B), then 16 B per feature
+        rest = len(raw) - end
+        if rest < 0 or (rest and (rest < 24 or (rest - 8) % 16)):
             raise ValueError(f"decision state of {key!r}: wrong length {len(raw)}")
         off = _HEADER.size
         ring = np.frombuffer(raw, np.float32, n_ring, off)
         recent = np.frombuffer(raw, np.float64, n_recent, off + 4 * n_ring)
         ctx = np.frombuffer(raw, np.float32, n_raw, off + 4 * n_ring + 8 * n_recent)
+        n_feat = (rest - 8) // 16 if rest else 0
         st = _KeyState(self.cap, self.suppress, self.context)
         ring = ring[-self.cap :]
         st.count = count - len(ring)
@@ -462,11 +562,16 @@ class _Stateful:
         st.push_recent(recent)
         st.raw = ctx[-self.context :].astype(np.float64) if self.context else st.raw
         st.ew = ew
+        if n_feat:  # a state written without a range (or with range 0) starts a fresh one
+            (st.range_n,) = struct.unpack_from("<Q", raw, end)
+            st.lo = np.frombuffer(raw, np.float64, n_feat, end + 8).copy()
+            st.hi = np.frombuffer(raw, np.float64, n_feat, end + 8 + 8 * n_feat).copy()
         self._state[key] = st
 
-    def state_bytes(self) -> int:
+    def state_bytes(self, n_features: int = 1) -> int:
         """Upper bound of one key's exported state, in bytes."""
-        return _HEADER.size + 4 * self.cap + 8 * self.suppress + 4 * self.context
+        rng = 8 + 16 * n_features if self.wants_extremes else 0
+        return _HEADER.size + 4 * self.cap + 8 * self.suppress + 4 * self.context + rng
 
 
 class PeaksOverThreshold(_Stateful):
@@ -478,6 +583,7 @@ class PeaksOverThreshold(_Stateful):
         "tail": _Param(float, 0.98, "quantile of the history above which the GPD is fitted"),
         "risk": _Param(float, 1e-4, "tail probability at the decision boundary"),
         "shape_min": _Param(float, -0.25, "lower bound of the fitted GPD shape (< 0: bounded)"),
+        "range": dataclasses.replace(_COMMON["range"], default=0.05),
     }
 
     def __init__(self, thresholds: Thresholds, **params: Any) -> None:
@@ -793,6 +899,7 @@ __all__ = [
     "DEFAULT_DECISION",
     "Decider",
     "Decision",
+    "Extremes",
     "DynamicThreshold",
     "Likelihood",
     "Normalized",

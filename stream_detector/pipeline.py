@@ -595,7 +595,11 @@ class Detector:
         n = len(batch)
         m.inference_seconds.observe(seconds)
         m.inference_batch_size.observe(n)
-        thr, a_scores, flags = self.decider.decide(keys, scores)
+        ext = None
+        if self.decider.wants_extremes:  # the values new to each window: its last hop points
+            newest = batch.windows[:, -min(self.hop, batch.windows.shape[1]):, :]
+            ext = (newest.min(axis=1), newest.max(axis=1))
+        thr, a_scores, flags = self.decider.decide(keys, scores, ext)
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
         observe_many(m.reconstruction_error, scores)

@@ -17,7 +17,7 @@ import numpy as np
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
-from stream_detector.decision import Decider, make_decider
+from stream_detector.decision import Decider, Extremes, make_decider
 from stream_detector.errors import InputError
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.threshold import Thresholds
@@ -87,15 +87,30 @@ def window_scores(
     return scores, series_idx, end_idx
 
 
+def newest_extremes(values: np.ndarray, end_idx: np.ndarray, new_points: int) -> Extremes:
+    """Per window ending at row ``end_idx[i]``: the smallest and largest value of each
+    feature among its newest ``new_points`` rows (``values``: rows x features)."""
+    v = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
+    end_idx = np.asarray(end_idx, dtype=np.int64)
+    if new_points <= 1:
+        return v[end_idx], v[end_idx]
+    # (rows - k + 1, features, k) view: the k rows ending at each row
+    view = np.lib.stride_tricks.sliding_window_view(v, new_points, axis=0)
+    rows = view[end_idx - new_points + 1]
+    return rows.min(axis=2), rows.max(axis=2)
+
+
 def decide_series(
     decider: Decider, thresholds: Thresholds, s: Series, scores: np.ndarray,
-    end_idx: np.ndarray,
+    end_idx: np.ndarray, new_points: int = 1,
 ) -> ScoredSeries:
     """Run one series' window ``scores`` (ending at rows ``end_idx``) through ``decider``.
 
     The windows go through ``decide`` in stream order, as the service would see them;
     each row carries the result of the latest window ending at or before it (rows before
     the first window carry the key's static threshold, no score and no flag).
+    ``new_points``: how many of a window's rows are new to it (``min(hop, window)``);
+    their values go to deciders that check them (``Decider.wants_extremes``).
     """
     n = len(s)
     wscore = np.full(n, np.nan)
@@ -103,7 +118,10 @@ def decide_series(
     wa = np.full(n, np.nan)
     wflag = np.zeros(n, dtype=bool)
     if len(scores):
-        thr, a, flag = decider.decide([s.key] * len(scores), np.asarray(scores, np.float64))
+        ext = newest_extremes(s.values, end_idx, new_points) if decider.wants_extremes else None
+        thr, a, flag = decider.decide(
+            [s.key] * len(scores), np.asarray(scores, np.float64), ext
+        )
         wscore[end_idx] = scores
         wthr[end_idx] = thr
         wa[end_idx] = a
@@ -137,7 +155,8 @@ def score_dataset(
     out = []
     for i, s in enumerate(dataset.series):
         sel = series_idx == i
-        out.append(decide_series(decider, art.thresholds, s, scores[sel], end_idx[sel]))
+        out.append(decide_series(decider, art.thresholds, s, scores[sel], end_idx[sel],
+                                 min(art.hop, art.window)))
         decider.forget(s.key)  # keys are unique per dataset; keep memory flat
     return out
 

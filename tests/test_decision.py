@@ -251,3 +251,84 @@ def test_dynamic_default_margin_ignores_a_small_level_shift_but_not_a_large_one(
     assert flags(small) == 0
     assert flags(small, prune=0.13) > 0
     assert flags(large) > 0
+
+
+# -- range: values the key has never shown ------------------------------------------------
+
+RANGE = {"method": "pot", "history": 200, "warmup": 40}  # pot's default range 0.05
+
+
+def _extremes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    col = np.asarray(v, dtype=np.float32).reshape(-1, 1)
+    return col, col
+
+
+def test_range_flags_a_level_never_reached_whatever_the_error() -> None:
+    rng = np.random.default_rng(5)
+    n = 400
+    v = rng.uniform(0.0, 1.0, n)  # the key's values stay in [0, 1] ...
+    v[300] = 1.2  # ... but one leaves it by 13 % of the range
+    v[350] = 1.06  # and one by 4 %: inside the 5 % tolerance
+    v[20] = -0.5  # and one during the warm-up: it only widens the range (to 1.5)
+    x = np.full(n, 0.3)  # an error that never stands out
+    thr, a, f = make_decider(THR, RANGE).decide(["a"] * n, x, _extremes(v))
+    assert np.flatnonzero(f).tolist() == [300]
+    assert a[300] == 1.0 and thr[300] == thr[299]  # the error's threshold is unchanged
+    # the same errors without the values, or with range 0: nothing
+    assert not make_decider(THR, RANGE).decide(["a"] * n, x)[2].any()
+    off = make_decider(THR, {**RANGE, "range": 0})
+    assert not off.wants_extremes
+    assert not off.decide(["a"] * n, x, _extremes(v))[2].any()
+    # other methods keep it off unless asked
+    assert method_params("pot")["range"] == 0.05
+    assert all(method_params(m)["range"] == 0.0 for m in DECIDERS if m not in ("static", "pot"))
+
+
+def test_range_is_per_feature_and_per_key() -> None:
+    n = 200
+    rng = np.random.default_rng(6)
+    lo = rng.uniform(0, 1, (n, 2))
+    lo[:, 1] *= 100  # the second feature spans 0..100
+    lo[:4] = [[0, 0], [0, 0], [1, 100], [1, 100]]  # both keys see both ends first
+    hi = lo + 0.01
+    lo[150, 1] = -10  # 10 % below the second feature's range: flagged
+    hi[160, 0] = 1.02  # 2 % above the first's: not
+    keys = ["a" if i % 2 else "b" for i in range(n)]
+    _, _, f = make_decider(THR, {**RANGE, "warmup": 10}).decide(keys, np.full(n, 0.3), (lo, hi))
+    assert np.flatnonzero(f).tolist() == [150]
+
+
+def test_range_decisions_survive_batch_cuts_and_restarts() -> None:
+    rng = np.random.default_rng(7)
+    n = 900
+    v = np.cumsum(rng.normal(0, 1, n))  # a random walk: new extremes now and then
+    x = errors(n, seed=8)
+    whole = make_decider(THR, RANGE).decide(["a"] * n, x, _extremes(v))
+    assert whole[2].sum() > 2 and (whole[1] == 1.0).sum() > 2
+    d = make_decider(THR, RANGE)
+    parts = []
+    for lo, hi in [(0, 7), (7, 333), (333, 334), (334, 610), (610, n)]:
+        parts.append(d.decide(["a"] * (hi - lo), x[lo:hi], _extremes(v[lo:hi])))
+        raw = d.export("a")
+        assert raw is not None
+        d = make_decider(THR, RANGE)  # a restart after every batch
+        d.restore("a", raw)
+        assert d.export("a") == raw
+    for w, g in zip(whole, (np.concatenate(p) for p in zip(*parts))):
+        np.testing.assert_array_equal(w, g)
+
+
+def test_state_written_without_a_range_restores_and_starts_one() -> None:
+    x = errors(300, seed=9)
+    old = make_decider(THR, {**RANGE, "range": 0})
+    old.decide(["a"] * 300, x)
+    raw = old.export("a")
+    assert raw is not None
+    d = make_decider(THR, RANGE)
+    d.restore("a", raw)  # e.g. the state of a service that ran before range existed
+    # the new range checks once it spans the warm-up: a climb is news only after that
+    v = np.r_[np.linspace(0, 1, 50), 1.5]
+    _, a, f = d.decide(["a"] * 51, np.full(51, 0.3), _extremes(v))
+    assert f[-1] and a[-1] == 1.0 and not f[:-1].any()
+    with pytest.raises(ValueError, match="wrong length"):
+        make_decider(THR, RANGE).restore("a", (d.export("a") or b"") + b"\0" * 8)

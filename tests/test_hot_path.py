@@ -132,3 +132,58 @@ def test_handle_many_equals_handling_one_message_at_a_time(
     assert sum(vectorised) > len(msgs) / 3
     assert sum(x[0] == "dlq" for x in seen_one) > 50  # bad messages of every kind
     assert _counters(one) == _counters(many)
+
+
+def test_run_decides_like_score_with_a_range_check(model: Path, tmp_path: Path) -> None:
+    """``run`` passes each window's newest values to the decider as ``score`` does, so a
+    key that leaves its range is flagged alike, window for window, whatever the batches."""
+    from service_helpers import wave, write_long
+
+    from stream_detector.datasets import read_dataset
+    from stream_detector.scoring import score_dataset
+
+    n = 260
+    series = {f"k{i}": wave(n, seed=i).astype(np.float64) for i in range(3)}
+    series["k1"][200:] += 6.0  # a level the key has never shown (its range is about 4)
+    series["k2"][230] -= 9.0  # one point far below
+    series = {k: np.round(v, 5) for k, v in series.items()}  # as the CSV holds them
+    path = write_long(tmp_path / "data.csv", series, start=T0)
+    params = ["--decision", "pot", "--decision-param", "warmup=60", "--decision-param",
+              "history=100"]
+    det, _ = _detector(model, "--state", "none", "--max-batch", "13", *params)
+    del det.submit_batch  # score for real (the producer only queues: no broker needed)
+    got: dict[str, list[tuple[float, bool]]] = {k: [] for k in series}
+    decide = det.decider.decide
+
+    def recording(keys: list[str], scores: np.ndarray, ext: Any = None) -> Any:
+        thr, a, f = decide(keys, scores, ext)
+        for k, ai, fi in zip(keys, a.tolist(), f.tolist()):
+            got[k].append((ai, fi))
+        return thr, a, f
+
+    det.decider.decide = recording  # type: ignore[method-assign]
+    msgs = [Message(topic="in", partition=0, offset=i, key=k.encode(),
+                    value=orjson.dumps({"key": k, "ts": T0 + 60 * (i // 3), "value": float(v)}),
+                    timestamp=(1, T0 * 1000))
+            for i, (k, v) in enumerate((k, series[k][j]) for j in range(n) for k in series)]
+    for i in range(0, len(msgs), 50):
+        det.handle_many(msgs[i:i + 50], 1.0)
+        det.complete_ready()
+    det.score_batch()
+
+    art = load_artifact(model)
+    spec = {"method": "pot", "warmup": 60, "history": 100}
+    want = {r.series.key: r for r in score_dataset(art, read_dataset([path], "long"), 1024,
+                                                   decision=spec)}
+    for k in series:
+        r = want[k]
+        ends = np.flatnonzero(~np.isnan(r.window_score))
+        a = np.array([x[0] for x in got[k]])
+        f = np.array([x[1] for x in got[k]])
+        assert len(a) == len(ends) == n - WINDOW + 1
+        np.testing.assert_array_equal(a, r.anomaly_score[ends])
+        assert (f == r.is_anomaly[ends]).all()
+    # the range check fired where the values left the range, with the certain score
+    assert got["k1"][200 - WINDOW + 1] == (1.0, True)
+    assert got["k2"][230 - WINDOW + 1] == (1.0, True)
+    assert all(a < 1.0 for a, _ in got["k0"])  # a key that stays in its range: never

@@ -398,23 +398,30 @@ def decider_cost(
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Microseconds per window of each decider, offline (one call per key) and online
-    (batches of ``batch`` windows interleaved across ``keys`` keys), and state bytes per key."""
+    (batches of ``batch`` windows interleaved across ``keys`` keys), and state bytes per key.
+    Deciders that check values (``range``) get each window's newest value too (a random
+    walk per key, one feature, hop 1)."""
     rng = np.random.default_rng(seed)
     errs = rng.lognormal(-1.0, 0.4, size=(keys, per_key))
+    vals = np.cumsum(rng.normal(size=(keys, per_key)), axis=1).astype(np.float32)
     names = [f"k{i}" for i in range(keys)]
     order_keys = [names[i] for _ in range(per_key) for i in range(keys)]
     order_scores = errs.T.reshape(-1)
+    order_vals = vals.T.reshape(-1, 1)
     out = {}
     for label, spec in decisions.items():
         d = make_decider(Thresholds(1.0), spec)
         t0 = time.perf_counter()
         for i, k in enumerate(names):
-            d.decide([k] * per_key, errs[i])
+            v = vals[i].reshape(-1, 1) if d.wants_extremes else None
+            d.decide([k] * per_key, errs[i], None if v is None else (v, v))
         offline = time.perf_counter() - t0
         d = make_decider(Thresholds(1.0), spec)
         t0 = time.perf_counter()
         for s in range(0, len(order_scores), batch):
-            d.decide(order_keys[s : s + batch], order_scores[s : s + batch])
+            v = order_vals[s : s + batch] if d.wants_extremes else None
+            d.decide(order_keys[s : s + batch], order_scores[s : s + batch],
+                     None if v is None else (v, v))
         online = time.perf_counter() - t0
         state = max((len(d.export(k) or b"") for k in names), default=0)
         n = keys * per_key
