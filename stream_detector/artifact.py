@@ -76,6 +76,12 @@ class Artifact:
         return list(self.metadata["features"])
 
     @property
+    def value_ranges(self) -> dict[str, tuple[list[float], list[float]]]:
+        """Each trained key's smallest and largest value per feature (empty for artifacts
+        written before they were kept)."""
+        return {k: (v[0], v[1]) for k, v in self.metadata.get("value_range", {}).items()}
+
+    @property
     def record_mode(self) -> bool:
         return bool(self.metadata.get("record_mode", False))
 

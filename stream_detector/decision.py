@@ -41,11 +41,12 @@ Every stateful method shares:
 - ``suppress`` (windows, 0 = off): a window is news only if its anomaly score beats every
   score of the key's previous ``suppress`` windows; other windows have their score halved,
   so one excursion raises one alert at its onset and again only if it grows;
-- ``range`` (a fraction, 0 = off; ``pot``'s default 0.05): a window whose newest points
+- ``range`` (a fraction, 0 = off; default 0.05): a window whose newest points
   leave the range of every value the key has shown so far by more than ``range`` times
   that range is anomalous whatever its error (anomaly score 1), once the key is past its
   warm-up. The callers pass each window's newest points as ``extremes``: the smallest and
-  largest value of each feature among them. It is HTM's spatial anomaly check (NAB's
+  largest value of each feature among them. A key the model was trained on starts from
+  its training range (``make_decider(..., ranges=...)``), others from their first window. It is HTM's spatial anomaly check (NAB's
   numenta detector, tolerance 0.05): a reconstruction error rises for a new shape, but a
   level the key has never reached can look like a shape it knows.
 
@@ -58,7 +59,6 @@ error at which the window would have been flagged.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +73,8 @@ Decision = tuple[np.ndarray, np.ndarray, np.ndarray]  # threshold, anomaly_score
 # per window, the smallest and the largest value of each feature among its newest points:
 # two (n, features) arrays
 Extremes = tuple[np.ndarray, np.ndarray]
+# per key, the smallest and the largest value of each feature in its training data
+Ranges = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
 
 class Decider(Protocol):
@@ -284,7 +286,7 @@ _COMMON: dict[str, _Param] = {
     ),
     "range": _Param(
         float,
-        0.0,
+        0.05,
         "a window whose newest values leave the key's range so far by more than this "
         "fraction of it is anomalous (0: off)",
     ),
@@ -298,8 +300,11 @@ class _Stateful:
     code = 0
     PARAMS: dict[str, _Param] = {}
 
-    def __init__(self, thresholds: Thresholds, **params: Any) -> None:
+    def __init__(
+        self, thresholds: Thresholds, ranges: Ranges | None = None, **params: Any
+    ) -> None:
         self.thresholds = thresholds
+        self.ranges = ranges or {}
         p = {n: d.default for n, d in {**_COMMON, **self.PARAMS}.items()}
         p.update(params)
         self.params = p
@@ -457,7 +462,7 @@ class _Stateful:
             ready = np.zeros(m, dtype=bool)  # past the warm-up: decided by the statistics
             for j0, j1, params in blocks:
                 ready[j0:j1] = params is not None
-            hit = self._out_of_range(st, ext[0], ext[1]) & ready
+            hit = self._out_of_range(key, st, ext[0], ext[1]) & ready
             if hit.any():
                 out = np.where(hit, 1.0, out)
                 flag |= hit
@@ -474,12 +479,21 @@ class _Stateful:
         self._after(st, xs)
         return thr, out, flag
 
-    def _out_of_range(self, st: _KeyState, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    def _out_of_range(
+        self, key: str, st: _KeyState, lo: np.ndarray, hi: np.ndarray
+    ) -> np.ndarray:
         """Per window: does any feature leave the range of everything before it by more
         than ``range`` times that range? Extends the key's range by the windows' values.
-        A range spanning fewer windows than the warm-up checks nothing yet."""
+        A range spanning fewer windows than the warm-up checks nothing yet; a trained
+        key's range starts as its training range, which spans it."""
         if st.lo is None or st.hi is None or st.lo.shape[0] != lo.shape[1]:
-            st.lo, st.hi, st.range_n = lo[0].copy(), hi[0].copy(), 0
+            known = self.ranges.get(key)
+            if known is not None and len(known[0]) == lo.shape[1]:
+                st.lo = np.array(known[0], dtype=np.float32).astype(np.float64)
+                st.hi = np.array(known[1], dtype=np.float32).astype(np.float64)
+                st.range_n = self.first_estimate
+            else:
+                st.lo, st.hi, st.range_n = lo[0].copy(), hi[0].copy(), 0
         m = len(lo)
         if m <= 8 and lo.shape[1] == 1:  # the online case: plain floats beat tiny arrays
             r_lo, r_hi = float(st.lo[0]), float(st.hi[0])
@@ -583,7 +597,6 @@ class PeaksOverThreshold(_Stateful):
         "tail": _Param(float, 0.98, "quantile of the history above which the GPD is fitted"),
         "risk": _Param(float, 1e-4, "tail probability at the decision boundary"),
         "shape_min": _Param(float, -0.25, "lower bound of the fitted GPD shape (< 0: bounded)"),
-        "range": dataclasses.replace(_COMMON["range"], default=0.05),
     }
 
     def __init__(self, thresholds: Thresholds, **params: Any) -> None:
@@ -878,8 +891,13 @@ def resolve_spec(
     return decision_spec(method, params)
 
 
-def make_decider(thresholds: Thresholds, spec: Mapping[str, Any] | None = None) -> Decider:
-    """Build the decider named by ``spec["method"]`` (default: the artifact's, else static)."""
+def make_decider(
+    thresholds: Thresholds, spec: Mapping[str, Any] | None = None, ranges: Ranges | None = None
+) -> Decider:
+    """Build the decider named by ``spec["method"]`` (default: the artifact's, else static).
+
+    ``ranges``: each trained key's value range (``Artifact.value_ranges``), where the
+    ``range`` check of a key starts."""
     spec = dict(spec or {})
     method = spec.pop("method", "static")
     if method == "static":
@@ -891,7 +909,7 @@ def make_decider(thresholds: Thresholds, spec: Mapping[str, Any] | None = None) 
     unknown = sorted(set(spec) - set(known))
     if unknown:
         raise ValueError(f"decision method {method!r} has no parameter(s) {', '.join(unknown)}")
-    return cls(thresholds, **{k: known[k].type(v) for k, v in spec.items()})
+    return cls(thresholds, ranges=ranges, **{k: known[k].type(v) for k, v in spec.items()})
 
 
 __all__ = [
@@ -900,6 +918,7 @@ __all__ = [
     "Decider",
     "Decision",
     "Extremes",
+    "Ranges",
     "DynamicThreshold",
     "Likelihood",
     "Normalized",

@@ -286,7 +286,7 @@ class Detector:
         try:
             spec = resolve_spec(art.metadata.get("decision"), self.cfg.decision,
                                 self.cfg.decision_params)
-            return make_decider(art.thresholds, spec)
+            return make_decider(art.thresholds, spec, art.value_ranges)
         except ValueError as exc:
             raise InputError(f"--decision: {exc}") from None
 

@@ -151,7 +151,7 @@ def score_dataset(
     """
     scores, series_idx, end_idx = window_scores(art, dataset, max_batch, fine_tune)
     spec = decision if decision is not None else art.metadata.get("decision")
-    decider = make_decider(art.thresholds, spec)
+    decider = make_decider(art.thresholds, spec, art.value_ranges)
     out = []
     for i, s in enumerate(dataset.series):
         sel = series_idx == i

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from stream_detector.artifact import Artifact, save_artifact
-from stream_detector.datasets import Dataset
+from stream_detector.datasets import Dataset, Series
 from stream_detector.decision import decision_spec
 from stream_detector.errors import InputError
 from stream_detector.scaling import ScalerSet, fit_scaler
@@ -64,6 +64,15 @@ def training_windows(
         chunks.append(w)
         keys.append(np.full(len(w), s.key, dtype=object))
     return np.concatenate(chunks), np.concatenate(keys)
+
+
+def value_ranges(parts: list[Series]) -> dict[str, list[list[float]]]:
+    """Each series' smallest and largest value per feature: ``{key: [lo, hi]}``."""
+    return {
+        p.key: [p.values.min(axis=0).tolist(), p.values.max(axis=0).tolist()]
+        for p in parts
+        if len(p)
+    }
 
 
 def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
@@ -136,6 +145,8 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
         "features": list(dataset.feature_names),
         "record_mode": record_mode,
         "decision": decision,
+        # where each key's range check starts (decision.py, `range`); time series only
+        "value_range": {} if record_mode else value_ranges(parts),
         "training": {
             "files": [str(Path(f)) for f in dataset.files],
             "format": dataset.fmt,

@@ -315,3 +315,13 @@ def test_score_missing_model_dir(series_csv: Path, tmp_path: Path) -> None:
     d = tmp_path / "no-model"
     proc = cli("score", "--model", d, "--input", series_csv, "--output", tmp_path / "o.csv")
     assert_input_error(proc, str(d), "does not exist")
+
+
+def test_train_keeps_each_keys_value_range(model_dir: Path, series_csv: Path) -> None:
+    """The artifact holds every key's training range: the `range` check starts there."""
+    values: dict[str, list[float]] = {}
+    with series_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            values.setdefault(row["key"], []).append(float(np.float32(row["value"])))
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["value_range"] == {k: [[min(v)], [max(v)]] for k, v in values.items()}

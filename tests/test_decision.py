@@ -279,9 +279,9 @@ def test_range_flags_a_level_never_reached_whatever_the_error() -> None:
     off = make_decider(THR, {**RANGE, "range": 0})
     assert not off.wants_extremes
     assert not off.decide(["a"] * n, x, _extremes(v))[2].any()
-    # other methods keep it off unless asked
-    assert method_params("pot")["range"] == 0.05
-    assert all(method_params(m)["range"] == 0.0 for m in DECIDERS if m not in ("static", "pot"))
+    # every stateful method checks by default; the seed's static rule does not
+    assert all(method_params(m)["range"] == 0.05 for m in DECIDERS if m != "static")
+    assert not make_decider(THR, {"method": "static"}).wants_extremes
 
 
 def test_range_is_per_feature_and_per_key() -> None:
@@ -332,3 +332,16 @@ def test_state_written_without_a_range_restores_and_starts_one() -> None:
     assert f[-1] and a[-1] == 1.0 and not f[:-1].any()
     with pytest.raises(ValueError, match="wrong length"):
         make_decider(THR, RANGE).restore("a", (d.export("a") or b"") + b"\0" * 8)
+
+
+def test_a_trained_key_starts_from_its_training_range() -> None:
+    v = np.r_[np.linspace(0.4, 0.6, 60), 0.75, 1.2]  # 0.75: past the stream's own range
+    x = np.full(len(v), 0.3)
+    fresh = make_decider(THR, RANGE).decide(["a"] * len(v), x, _extremes(v))[2]
+    assert np.flatnonzero(fresh).tolist() == [60, 61]
+    # trained on values in [0, 1]: 0.75 is old news, 1.2 is not
+    trained = make_decider(THR, RANGE, {"a": ([0.0], [1.0])})
+    assert np.flatnonzero(trained.decide(["a"] * len(v), x, _extremes(v))[2]).tolist() == [61]
+    # a range of another shape (features) is ignored
+    other = make_decider(THR, RANGE, {"a": ([0.0, 0.0], [1.0, 1.0])})
+    assert np.flatnonzero(other.decide(["a"] * len(v), x, _extremes(v))[2]).tolist() == [60, 61]

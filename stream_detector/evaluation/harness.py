@@ -42,7 +42,7 @@ from stream_detector.evaluation.loaders import (
 from stream_detector.finetune import FineTuneOptions
 from stream_detector.scoring import decide_series, window_scores
 from stream_detector.threshold import Thresholds
-from stream_detector.training import TrainOptions, train
+from stream_detector.training import TrainOptions, train, value_ranges
 
 Log = Callable[[str], None]
 
@@ -199,9 +199,13 @@ def run_nab(
         model_s += t2 - t1
         n_windows += len(scores)
         series = ds.series[0]
+        # the training range (train's `value_range`), from the rows it was fitted on
+        ranges = value_ranges([series.head(train_fraction)])
         for label, spec in decisions.items():
             t3 = time.perf_counter()
-            r = decide_series(make_decider(thresholds, spec), thresholds, series, scores, end_idx)
+            r = decide_series(
+                make_decider(thresholds, spec, ranges), thresholds, series, scores, end_idx
+            )
             decide_s[label] += time.perf_counter() - t3
             a = np.nan_to_num(r.anomaly_score, nan=0.0)
             results[label][name] = a
@@ -365,7 +369,8 @@ def run_smap(
         events = {}
         for label, spec in decisions.items():
             r = decide_series(
-                make_decider(art.thresholds, spec), art.thresholds, test.series[0], scores, end_idx
+                make_decider(art.thresholds, spec, art.value_ranges), art.thresholds,
+                test.series[0], scores, end_idx,
             )
             flagged = np.zeros(len(r.is_anomaly), dtype=bool)
             flagged[end_idx] = r.is_anomaly[end_idx]
