@@ -386,6 +386,21 @@ def _mean(m: dict[str, float], histogram: str, scale: float = 1.0) -> float | No
 
 
 # -- 3. memory ----------------------------------------------------------------------------
+def _checkpointed(det: Any, records: int) -> None:
+    """Wait until ``records`` state records are written and the checkpoint that wrote them
+    has completed: it completes once the broker confirmed its records, then the heap is
+    trimmed. (It may have completed already: an idle detector completes no more, so after
+    5 s without one it is taken as done.)"""
+    det.wait_value("stream_detector_state_records_written_total", records, 120)
+    done = det.value("stream_detector_checkpoint_seconds_count")
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        if det.value("stream_detector_checkpoint_seconds_count") > done:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+
+
 def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
     from service_helpers import DetectorProcess, train_wave_model
 
@@ -405,10 +420,10 @@ def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
         base_keys = max(1000, n_series // 10)
         _produce(bs, tag, base_keys, 1)
         det.wait_value("stream_detector_messages_consumed_total", base_keys)
-        # measured once a checkpoint has written every key's state (its transient buffers
+        # measured once a checkpoint has written every key's state and the broker has
+        # confirmed it (then its transient buffers are freed and the heap trimmed: they
         # are part of the peak, not of the steady state)
-        det.wait_value("stream_detector_state_records_written_total", base_keys)
-        time.sleep(1)
+        _checkpointed(det, base_keys)
         rss0 = _rss_mb(det.proc.pid)
         from confluent_kafka import Producer
 
@@ -424,8 +439,7 @@ def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
                     p.poll(0.01)
         p.flush(60)
         det.wait_value("stream_detector_messages_consumed_total", base_keys + n_series, 600)
-        det.wait_value("stream_detector_state_records_written_total", base_keys + n_series, 120)
-        time.sleep(1)
+        _checkpointed(det, base_keys + n_series)
         rss1 = _rss_mb(det.proc.pid)
         peak = _rss_mb(det.proc.pid, "VmHWM")
         active = det.value("stream_detector_active_series")
