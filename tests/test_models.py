@@ -216,3 +216,17 @@ def test_checked_batch_shapes_make_a_windows_score_independent_of_its_batch(kind
     for n in range(1, 129):  # every batch size, so every kept shape, at every row position
         off = (n * 37) % (129 - n)
         np.testing.assert_array_equal(m.score_batch(x[off:off + n]), ref[off:off + n])
+
+
+def test_recurrent_kinds_score_through_the_written_out_loop_up_to_its_step_cap() -> None:
+    """lstm, bilstm and cnn-lstm score through the fused loop (equal to Keras' within the
+    tolerances above); past MAX_FUSED_STEPS steps, or for other kinds, Keras' own call."""
+    from stream_detector.models.lstm import MAX_FUSED_STEPS
+
+    for kind in ("lstm", "bilstm", "cnn-lstm"):
+        assert models.build(kind, WINDOW, 1, TINY[kind]).scorer.forward is not None, kind
+    assert models.build("lstm", MAX_FUSED_STEPS + 1, 1, {"units": 4}).scorer.forward is None
+    assert models.build("conv1d", WINDOW, 1, TINY["conv1d"]).scorer.forward is None
+    x = np.random.default_rng(3).normal(size=(5, MAX_FUSED_STEPS + 1, 1)).astype(np.float32)
+    long = models.build("lstm", MAX_FUSED_STEPS + 1, 1, {"units": 4})
+    np.testing.assert_allclose(long.score_batch(x), direct_errors(long.model, x), rtol=1e-5)

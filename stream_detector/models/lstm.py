@@ -83,15 +83,24 @@ def _run_lstm(layer: layers.LSTM, seq: Any) -> Any:
     return h
 
 
+# XLA's compile time grows with the steps written out (7-9 s for 64 here, per batch shape):
+# longer sequences keep Keras' loop
+MAX_FUSED_STEPS = 128
+
+
 def fused_forward(kind: str, model: keras.Model) -> Callable[[Any], Any] | None:
     """Inference for the recurrent kinds with the LSTM loop written out
     (:func:`_run_lstm`): the same reconstruction as ``model(x)`` to float32 rounding, about
     1.7-1.9x faster under XLA here than Keras' loop (``scripts/bench.py``). None when the
-    model is not one of this module's recurrent autoencoders with plain LSTMs."""
+    model is not one of this module's recurrent autoencoders with plain LSTMs, or its LSTM
+    runs over more than ``MAX_FUSED_STEPS`` steps."""
     try:
         enc = model.get_layer("encoder")
         head = (model.get_layer("decoder"), model.get_layer("reconstruction"))
-    except ValueError:
+        steps = enc.input.shape[1]
+    except (ValueError, AttributeError):
+        return None
+    if steps is None or steps > MAX_FUSED_STEPS:
         return None
     if kind == "bilstm":
         if not (isinstance(enc, layers.Bidirectional) and enc.merge_mode == "concat"
