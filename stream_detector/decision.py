@@ -41,14 +41,15 @@ Every stateful method shares:
 - ``suppress`` (windows, 0 = off): a window is news only if its anomaly score beats every
   score of the key's previous ``suppress`` windows; other windows have their score halved,
   so one excursion raises one alert at its onset and again only if it grows;
-- ``range`` (a fraction, 0 = off; default 0.05): a window whose newest points
-  leave the range of every value the key has shown so far by more than ``range`` times
-  that range is anomalous whatever its error (anomaly score 1), once the key is past its
-  warm-up. The callers pass each window's newest points as ``extremes``: the smallest and
-  largest value of each feature among them. A key the model was trained on starts from
-  its training range (``make_decider(..., ranges=...)``), others from their first window. It is HTM's spatial anomaly check (NAB's
-  numenta detector, tolerance 0.05): a reconstruction error rises for a new shape, but a
-  level the key has never reached can look like a shape it knows.
+- ``range`` (a fraction, 0 = off; default 0.05): a window whose newest points leave the
+  range of every value the key has shown so far by more than ``range`` times that range
+  is anomalous whatever its error (anomaly score 1), once the key is past its warm-up.
+  The callers pass each window's newest points as ``extremes``: the smallest and largest
+  value of each feature among them. A key the model was trained on starts from its
+  training range (``make_decider(..., ranges=...)``), others from their first window. It
+  is HTM's spatial anomaly check (NAB's numenta detector, tolerance 0.05): a
+  reconstruction error rises for a new shape, but a level the key has never reached can
+  look like a shape it knows.
 
 The anomaly score is ``u / (u + u*)`` of the method's level ``u`` (``-log10`` of the tail
 probability, the z-score, or the smoothed error) and its boundary ``u*``: in [0, 1],
