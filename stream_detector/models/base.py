@@ -278,26 +278,25 @@ class KerasAutoencoder:
         """
         size = int(size)
         scorer = self._new_scorer((size,))
-        if scorer.forward is None:
-            shapes = candidate_shapes(size)
-        else:  # the fused loop compiles in ~7 s a shape: a few coarse ones, errors only
+        fused = scorer.forward is not None
+        if fused:  # ~7 s of compilation a shape: a few coarse ones, errors only
             shapes = [b for b in (size // 4, 3 * size // 8, size // 2, 3 * size // 4) if b]
-        scorer.buckets = (*shapes, size)
+        else:
+            shapes = candidate_shapes(size)
         rng = np.random.default_rng(20260)
         probe = max(probe, size)
         x = rng.standard_normal((probe, self.window, self.n_features)).astype(np.float32)
         x *= rng.lognormal(0.0, 1.0, (probe, 1, 1)).astype(np.float32)
-        check_r = scorer.forward is None  # the service needs the errors only
-        if not check_r:  # compile the shapes side by side: one XLA compilation is one core
+        if fused:  # compile the shapes side by side: one XLA compilation is one core
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max(1, min(len(shapes) + 1, available_cpus()))) as pool:
                 list(pool.map(lambda b: scorer(x[:b], shape=b), (*shapes, size)))
-        want_r = scorer.reconstruct(x, shape=size) if check_r else None
+        want_r = None if fused else scorer.reconstruct(x, shape=size)
         want_e = scorer(x, shape=size)
         keep = [b for b in sorted(set(shapes))
                 if np.array_equal(scorer(x, shape=b), want_e)
-                and (not check_r or np.array_equal(scorer.reconstruct(x, shape=b), want_r))]
+                and (fused or np.array_equal(scorer.reconstruct(x, shape=b), want_r))]
         scorer.buckets = (*keep, size)
         self._scorer = scorer
         return scorer.buckets
