@@ -82,6 +82,12 @@ class Artifact:
         return {k: (v[0], v[1]) for k, v in self.metadata.get("value_range", {}).items()}
 
     @property
+    def periods(self) -> dict[str, int]:
+        """Each trained key's period, for the keys that have one (``season.detect_period``;
+        empty for artifacts written before periods were kept)."""
+        return {k: int(v) for k, v in self.metadata.get("period", {}).items()}
+
+    @property
     def record_mode(self) -> bool:
         return bool(self.metadata.get("record_mode", False))
 

@@ -44,12 +44,23 @@ Every stateful method shares:
 - ``range`` (a fraction, 0 = off; default 0.05): a window whose newest points leave the
   range of every value the key has shown so far by more than ``range`` times that range
   is anomalous whatever its error (anomaly score 1), once the key is past its warm-up.
-  The callers pass each window's newest points as ``extremes``: the smallest and largest
-  value of each feature among them. A key the model was trained on starts from its
+  The callers pass each window's newest points (``newest``); the check takes the smallest
+  and largest value of each feature among them. A key the model was trained on starts from its
   training range (``make_decider(..., ranges=...)``), others from their first window. It
   is HTM's spatial anomaly check (NAB's numenta detector, tolerance 0.05): a
   reconstruction error rises for a new shape, but a level the key has never reached can
   look like a shape it knows.
+- ``season`` (default ``trained``): the seasonal check. ``trained``: each key the model was
+  trained on with a period (``train`` finds it, ``season.detect_period``, and keeps it
+  in ``metadata.json`` ``"period"``); a number N: every key, period N. Each new value is
+  compared with the value one period before it (per feature, as a fraction of the key's
+  training range), a window's seasonal residual is the mean of that difference over its
+  last ``season_span`` values, and a ``pot`` of the key's own (``risk``, ``tail`` and the
+  common parameters as above) ranks the residuals. The window's anomaly score is the
+  larger of the two, and it is flagged if either is. A reconstruction error judges a
+  window's shape; a day that skips its rise, or stays flat where it usually swings, has
+  a plausible shape at the wrong time. It keeps ``period + season_span`` values and a
+  second error history per key.
 
 The anomaly score is ``u / (u + u*)`` of the method's level ``u`` (``-log10`` of the tail
 probability, the z-score, or the smoothed error) and its boundary ``u*``: in [0, 1],
@@ -71,9 +82,10 @@ import numpy as np
 from stream_detector.threshold import Thresholds, anomaly_score
 
 Decision = tuple[np.ndarray, np.ndarray, np.ndarray]  # threshold, anomaly_score, is_anomaly
-# per window, the smallest and the largest value of each feature among its newest points:
-# two (n, features) arrays
-Extremes = tuple[np.ndarray, np.ndarray]
+# per window, its newest points (those no earlier window ended with): (n, points, features)
+Newest = np.ndarray
+# per key, its period in values (0: none)
+Periods = Mapping[str, int]
 # per key, the smallest and the largest value of each feature in its training data
 Ranges = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
@@ -81,15 +93,16 @@ Ranges = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 class Decider(Protocol):
     """Decides on scored windows; ``keys[i]`` owns ``scores[i]``, in stream order.
 
-    ``wants_extremes``: whether ``decide`` uses the windows' newest values (``extremes``);
-    callers compute them only then.
+    ``wants_values``: whether ``decide`` uses the windows' newest values (``newest``,
+    ``(n, points, features)``: the points new to each window, ``min(hop, window)`` of
+    them); callers pass them only then.
     """
 
     name: str
-    wants_extremes: bool
+    wants_values: bool
 
     def decide(
-        self, keys: Sequence[str], scores: np.ndarray, extremes: Extremes | None = None
+        self, keys: Sequence[str], scores: np.ndarray, newest: Newest | None = None
     ) -> Decision: ...
 
     def forget(self, key: str) -> None: ...
@@ -103,13 +116,13 @@ class StaticThreshold:
     """The seed's rule: a fixed calibrated threshold per key (no state)."""
 
     name = "static"
-    wants_extremes = False
+    wants_values = False
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
 
     def decide(
-        self, keys: Sequence[str], scores: np.ndarray, extremes: Extremes | None = None
+        self, keys: Sequence[str], scores: np.ndarray, newest: Newest | None = None
     ) -> Decision:
         return self.thresholds.decide(keys, scores)
 
@@ -194,6 +207,10 @@ def _u_of(a: np.ndarray | float, ustar: np.ndarray | float) -> np.ndarray:
 _MAGIC = b"SDD2"
 # magic, method code, errors learned, ring values, recent scores, raw context values, ew
 _HEADER = struct.Struct("<4sBQIIId")
+# appended when the seasonal check keeps values: values seen, period, value rows, features,
+# bytes of the residuals' own state, magic
+_SEASON = struct.Struct("<QIIII4s")
+_SEASON_MAGIC = b"SDS1"
 
 
 class _KeyState:
@@ -204,12 +221,14 @@ class _KeyState:
     likelihood's short mean); ``recent``: the last ``k`` anomaly scores (suppression);
     ``ew``: the running smoothed error (dynamic); ``lo``, ``hi``: the smallest and largest
     value of each feature seen so far (``range``; None before the first window) and
-    ``range_n`` the windows they span.
+    ``range_n`` the windows they span; ``sv``: the last ``period + season_span`` values
+    (``season``; None before the first window), ``sn`` the values seen in all, ``sp`` the
+    period they are kept for.
     """
 
     __slots__ = (
         "ring", "count", "raw", "recent", "n_recent", "ew", "params", "params_at", "lo", "hi",
-        "range_n",
+        "range_n", "sv", "sn", "sp",
     )
 
     def __init__(self, cap: int, k: int, context: int) -> None:
@@ -224,6 +243,9 @@ class _KeyState:
         self.lo: np.ndarray | None = None
         self.hi: np.ndarray | None = None
         self.range_n = 0
+        self.sv: np.ndarray | None = None
+        self.sn = 0
+        self.sp = 0
 
     def chrono(self, n: int) -> np.ndarray:
         """The last ``n`` learned errors, oldest first, as float64."""
@@ -291,6 +313,12 @@ _COMMON: dict[str, _Param] = {
         "a window whose newest values leave the key's range so far by more than this "
         "fraction of it is anomalous (0: off)",
     ),
+    "season": _Param(
+        str,
+        "trained",
+        "seasonal check: off, trained (each key's period found by train) or a period N",
+    ),
+    "season_span": _Param(int, 64, "values per window in the seasonal residual"),
 }
 
 
@@ -302,10 +330,15 @@ class _Stateful:
     PARAMS: dict[str, _Param] = {}
 
     def __init__(
-        self, thresholds: Thresholds, ranges: Ranges | None = None, **params: Any
+        self,
+        thresholds: Thresholds,
+        ranges: Ranges | None = None,
+        periods: Periods | None = None,
+        **params: Any,
     ) -> None:
         self.thresholds = thresholds
         self.ranges = ranges or {}
+        self.periods = periods or {}
         p = {n: d.default for n, d in {**_COMMON, **self.PARAMS}.items()}
         p.update(params)
         self.params = p
@@ -314,7 +347,9 @@ class _Stateful:
         self.suppress = int(p["suppress"])
         self.learn = str(p["learn"])
         self.range = float(p["range"])
-        self.wants_extremes = self.range > 0
+        self.season = str(p["season"])
+        self.season_span = int(p["season_span"])
+        self.fixed_period = int(self.season) if self.season.isdigit() else 0
         if (
             self.history < 8
             or self.every < 1
@@ -322,8 +357,20 @@ class _Stateful:
             or int(p["warmup"]) < 0
             or self.learn not in ("all", "normal", "clip")
             or not 0 <= self.range < math.inf
+            or not (self.season in ("off", "trained") or self.fixed_period >= 1)
+            or self.season_span < 1
         ):
             raise ValueError(f"{self.name}: bad parameters {p}")
+        # the seasonal residuals' own statistics: a pot on them, whose static rule (its
+        # warm-up) flags nothing; none (and no values wanted) when no key has a period
+        self._seasonal: PeaksOverThreshold | None = None
+        if self.fixed_period or (self.season == "trained" and any(self.periods.values())):
+            own = {k: p[k] for k in ("history", "every", "warmup", "suppress", "learn")}
+            tail = {k: p[k] for k in PeaksOverThreshold.PARAMS if k in p}
+            self._seasonal = PeaksOverThreshold(
+                Thresholds(math.inf), **own, **tail, range=0.0, season="off"
+            )
+        self.wants_values = self.range > 0 or self._seasonal is not None
         # statistics need some history: the static rule decides until the first estimate
         self.first_estimate = self.every * math.ceil(max(int(p["warmup"]), 8) / self.every)
         self.cap = self.history + self.every
@@ -356,17 +403,16 @@ class _Stateful:
 
     # -- protocol ------------------------------------------------------------------
     def decide(
-        self, keys: Sequence[str], scores: np.ndarray, extremes: Extremes | None = None
+        self, keys: Sequence[str], scores: np.ndarray, newest: Newest | None = None
     ) -> Decision:
         # float32 like the model's output and the ring: a restored key sees the same values
         x = np.asarray(scores, dtype=np.float32).astype(np.float64)
-        if not self.wants_extremes:
-            extremes = None
-        elif extremes is not None:  # float32 like the windows, whichever path computed them
-            extremes = (
-                np.asarray(extremes[0], np.float32).reshape(len(x), -1).astype(np.float64),
-                np.asarray(extremes[1], np.float32).reshape(len(x), -1).astype(np.float64),
-            )
+        values = None
+        if self.wants_values and newest is not None:
+            # float32 like the windows, whichever path computed them
+            values = np.asarray(newest, np.float32)
+            if values.ndim < 3:  # one point per window: (n,) or (n, features)
+                values = values.reshape(len(x), 1, -1)
         n = len(x)
         thr = np.empty(n)
         a = np.empty(n)
@@ -385,13 +431,12 @@ class _Stateful:
             st = self._state.get(key)
             if st is None:
                 st = self._state[key] = _KeyState(self.cap, self.suppress, self.context)
-            ext = None if extremes is None else (extremes[0][idx], extremes[1][idx])
-            t_k, a_k, f_k = self._run(key, st, x[idx], ext)
+            t_k, a_k, f_k = self._run(key, st, x[idx], None if values is None else values[idx])
             thr[idx], a[idx], flag[idx] = t_k, a_k, f_k
         return thr, a, flag
 
     def _run(
-        self, key: str, st: _KeyState, xs: np.ndarray, ext: Extremes | None = None
+        self, key: str, st: _KeyState, xs: np.ndarray, values: np.ndarray | None = None
     ) -> Decision:
         self._start(st, xs)
         m = len(xs)
@@ -459,14 +504,20 @@ class _Stateful:
             out = a
             need_a = np.full(m, 0.5)
         flag = out > 0.5
-        if ext is not None:
+        if values is not None and self.range > 0:
             ready = np.zeros(m, dtype=bool)  # past the warm-up: decided by the statistics
             for j0, j1, params in blocks:
                 ready[j0:j1] = params is not None
-            hit = self._out_of_range(key, st, ext[0], ext[1]) & ready
+            v_lo, v_hi = values.min(axis=1), values.max(axis=1)
+            hit = self._out_of_range(key, st, v_lo.astype(np.float64), v_hi.astype(np.float64))
+            hit &= ready
             if hit.any():
                 out = np.where(hit, 1.0, out)
                 flag |= hit
+        if values is not None and self._seasonal is not None:
+            s_a, s_flag = self._season_check(key, st, values)
+            out = np.maximum(out, s_a)
+            flag |= s_flag
         # threshold: the error at which the window's score would have reached `need_a`
         u_need = _u_of(need_a, ustar)
         thr = np.empty(m)
@@ -520,6 +571,55 @@ class _Stateful:
         st.range_n += m
         return np.asarray(out.any(axis=1) & spans)
 
+    def _period(self, key: str) -> int:
+        if self.fixed_period:
+            return self.fixed_period
+        return int(self.periods.get(key, 0))
+
+    def _season_check(
+        self, key: str, st: _KeyState, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per window: the seasonal check's anomaly score and flag (0 and False for a key
+        without a period, or before ``period + season_span`` values are seen)."""
+        m, p, f = values.shape
+        a = np.zeros(m)
+        flag = np.zeros(m, dtype=bool)
+        period = self._period(key)
+        if period <= 0:
+            return a, flag
+        span = self.season_span
+        keep = period + span
+        if st.sv is None or st.sv.shape[1] != f or st.sp != period:
+            st.sv, st.sn, st.sp = np.zeros((0, f), np.float32), 0, period
+        known = self.ranges.get(key)
+        scale = np.ones(f)
+        if known is not None and len(known[0]) == f:
+            width = np.asarray(known[1], np.float64) - np.asarray(known[0], np.float64)
+            scale = np.where(width > 0, width, 1.0)
+        held = len(st.sv)
+        seq = np.concatenate([st.sv, values.reshape(m * p, f)]).astype(np.float64)
+        ends = held + p * np.arange(1, m + 1) - 1  # each window's last value in `seq`
+        valid = ends - span + 1 >= period
+        if valid.any():
+            # each value against the one a period before it, as a fraction of the key's
+            # range, from the first one a valid window needs
+            lo = int(ends[valid][0]) - span + 1
+            step = np.abs(seq[lo:] - seq[lo - period : len(seq) - period]) / scale
+            diff = step[:, 0] if f == 1 else step.mean(axis=1)
+            # each window's last `span` of them (gathered, so every path sums alike)
+            rows = ends[valid, None] - lo - np.arange(span - 1, -1, -1)
+            resid = diff[rows].sum(axis=1) / span
+            inner = self._seasonal
+            assert inner is not None
+            ist = inner._state.get(key)
+            if ist is None:
+                ist = inner._state[key] = _KeyState(inner.cap, inner.suppress, inner.context)
+            _, s_a, s_flag = inner._run(key, ist, resid.astype(np.float32).astype(np.float64))
+            a[valid], flag[valid] = s_a, s_flag
+        st.sv = seq[-keep:].astype(np.float32)
+        st.sn += m * p
+        return a, flag
+
     def _recent_max(self, st: _KeyState, a: np.ndarray) -> np.ndarray:
         """For each score of ``a``, the largest of the ``suppress`` scores before it (0 if none)."""
         k = self.suppress
@@ -536,6 +636,8 @@ class _Stateful:
 
     def forget(self, key: str) -> None:
         self._state.pop(key, None)
+        if self._seasonal is not None:
+            self._seasonal.forget(key)
 
     def export(self, key: str) -> bytes | None:
         st = self._state.get(key)
@@ -552,9 +654,26 @@ class _Stateful:
                 + st.lo.astype(np.float64).tobytes()
                 + st.hi.astype(np.float64).tobytes()
             )
+        if st.sv is not None:  # the seasonal check's values and statistics, with a trailer
+            inner = (self._seasonal.export(key) if self._seasonal else None) or b""
+            sv = st.sv.astype(np.float32)
+            body += sv.tobytes() + inner + _SEASON.pack(
+                st.sn, st.sp, sv.shape[0], sv.shape[1], len(inner), _SEASON_MAGIC
+            )
         return body
 
     def restore(self, key: str, raw: bytes) -> None:
+        season = None
+        if len(raw) >= _HEADER.size + _SEASON.size and raw.endswith(_SEASON_MAGIC):
+            sn, sp, rows, cols, n_inner, _ = _SEASON.unpack_from(raw, len(raw) - _SEASON.size)
+            size = 4 * rows * cols + n_inner + _SEASON.size
+            if size > len(raw) - _HEADER.size:
+                raise ValueError(f"decision state of {key!r}: wrong length {len(raw)}")
+            cut = len(raw) - size
+            sv = np.frombuffer(raw, np.float32, rows * cols, cut).reshape(rows, cols).copy()
+            inner = raw[cut + 4 * rows * cols : cut + 4 * rows * cols + n_inner]
+            season = (sn, sp, sv, inner)
+            raw = raw[:cut]
         if len(raw) < _HEADER.size:
             raise ValueError(f"decision state of {key!r}: {len(raw)} bytes, too short")
         magic, code, count, n_ring, n_recent, n_raw, ew = _HEADER.unpack_from(raw)
@@ -581,12 +700,21 @@ class _Stateful:
             (st.range_n,) = struct.unpack_from("<Q", raw, end)
             st.lo = np.frombuffer(raw, np.float64, n_feat, end + 8).copy()
             st.hi = np.frombuffer(raw, np.float64, n_feat, end + 8 + 8 * n_feat).copy()
+        if season is not None and self._seasonal is not None:
+            st.sn, st.sp, st.sv, inner = season
+            if inner:
+                self._seasonal.restore(key, inner)
         self._state[key] = st
 
-    def state_bytes(self, n_features: int = 1) -> int:
-        """Upper bound of one key's exported state, in bytes."""
-        rng = 8 + 16 * n_features if self.wants_extremes else 0
-        return _HEADER.size + 4 * self.cap + 8 * self.suppress + 4 * self.context + rng
+    def state_bytes(self, n_features: int = 1, period: int = 0) -> int:
+        """Upper bound of one key's exported state, in bytes (``period``: the key's, for
+        the seasonal check)."""
+        rng = 8 + 16 * n_features if self.range > 0 else 0
+        own = _HEADER.size + 4 * self.cap + 8 * self.suppress + 4 * self.context + rng
+        if self._seasonal is None or not (self.fixed_period or period):
+            return own
+        values = 4 * n_features * ((self.fixed_period or period) + self.season_span)
+        return own + values + self._seasonal.state_bytes() + _SEASON.size
 
 
 class PeaksOverThreshold(_Stateful):
@@ -893,12 +1021,16 @@ def resolve_spec(
 
 
 def make_decider(
-    thresholds: Thresholds, spec: Mapping[str, Any] | None = None, ranges: Ranges | None = None
+    thresholds: Thresholds,
+    spec: Mapping[str, Any] | None = None,
+    ranges: Ranges | None = None,
+    periods: Periods | None = None,
 ) -> Decider:
     """Build the decider named by ``spec["method"]`` (default: the artifact's, else static).
 
     ``ranges``: each trained key's value range (``Artifact.value_ranges``), where the
-    ``range`` check of a key starts."""
+    ``range`` check of a key starts; ``periods``: each trained key's period
+    (``Artifact.periods``), for ``season=trained``."""
     spec = dict(spec or {})
     method = spec.pop("method", "static")
     if method == "static":
@@ -910,7 +1042,10 @@ def make_decider(
     unknown = sorted(set(spec) - set(known))
     if unknown:
         raise ValueError(f"decision method {method!r} has no parameter(s) {', '.join(unknown)}")
-    return cls(thresholds, ranges=ranges, **{k: known[k].type(v) for k, v in spec.items()})
+    return cls(
+        thresholds, ranges=ranges, periods=periods,
+        **{k: known[k].type(v) for k, v in spec.items()},
+    )
 
 
 __all__ = [
@@ -918,7 +1053,8 @@ __all__ = [
     "DEFAULT_DECISION",
     "Decider",
     "Decision",
-    "Extremes",
+    "Newest",
+    "Periods",
     "Ranges",
     "DynamicThreshold",
     "Likelihood",

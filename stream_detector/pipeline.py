@@ -286,7 +286,7 @@ class Detector:
         try:
             spec = resolve_spec(art.metadata.get("decision"), self.cfg.decision,
                                 self.cfg.decision_params)
-            return make_decider(art.thresholds, spec, art.value_ranges)
+            return make_decider(art.thresholds, spec, art.value_ranges, art.periods)
         except ValueError as exc:
             raise InputError(f"--decision: {exc}") from None
 
@@ -595,11 +595,10 @@ class Detector:
         n = len(batch)
         m.inference_seconds.observe(seconds)
         m.inference_batch_size.observe(n)
-        ext = None
-        if self.decider.wants_extremes:  # the values new to each window: its last hop points
+        newest = None
+        if self.decider.wants_values:  # the values new to each window: its last hop points
             newest = batch.windows[:, -min(self.hop, batch.windows.shape[1]):, :]
-            ext = (newest.min(axis=1), newest.max(axis=1))
-        thr, a_scores, flags = self.decider.decide(keys, scores, ext)
+        thr, a_scores, flags = self.decider.decide(keys, scores, newest)
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
         observe_many(m.reconstruction_error, scores)

@@ -17,7 +17,7 @@ import numpy as np
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
-from stream_detector.decision import Decider, Extremes, make_decider
+from stream_detector.decision import Decider, Newest, make_decider
 from stream_detector.errors import InputError
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.threshold import Thresholds
@@ -87,17 +87,15 @@ def window_scores(
     return scores, series_idx, end_idx
 
 
-def newest_extremes(values: np.ndarray, end_idx: np.ndarray, new_points: int) -> Extremes:
-    """Per window ending at row ``end_idx[i]``: the smallest and largest value of each
-    feature among its newest ``new_points`` rows (``values``: rows x features)."""
+def newest_values(values: np.ndarray, end_idx: np.ndarray, new_points: int) -> Newest:
+    """Per window ending at row ``end_idx[i]``: its newest ``new_points`` rows, as
+    ``(windows, new_points, features)`` (``values``: rows x features)."""
     v = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
     end_idx = np.asarray(end_idx, dtype=np.int64)
-    if new_points <= 1:
-        return v[end_idx], v[end_idx]
+    k = max(new_points, 1)
     # (rows - k + 1, features, k) view: the k rows ending at each row
-    view = np.lib.stride_tricks.sliding_window_view(v, new_points, axis=0)
-    rows = view[end_idx - new_points + 1]
-    return rows.min(axis=2), rows.max(axis=2)
+    view = np.lib.stride_tricks.sliding_window_view(v, k, axis=0)
+    return np.ascontiguousarray(view[end_idx - k + 1].transpose(0, 2, 1))
 
 
 def decide_series(
@@ -110,7 +108,7 @@ def decide_series(
     each row carries the result of the latest window ending at or before it (rows before
     the first window carry the key's static threshold, no score and no flag).
     ``new_points``: how many of a window's rows are new to it (``min(hop, window)``);
-    their values go to deciders that check them (``Decider.wants_extremes``).
+    their values go to deciders that check them (``Decider.wants_values``).
     """
     n = len(s)
     wscore = np.full(n, np.nan)
@@ -118,9 +116,9 @@ def decide_series(
     wa = np.full(n, np.nan)
     wflag = np.zeros(n, dtype=bool)
     if len(scores):
-        ext = newest_extremes(s.values, end_idx, new_points) if decider.wants_extremes else None
+        newest = newest_values(s.values, end_idx, new_points) if decider.wants_values else None
         thr, a, flag = decider.decide(
-            [s.key] * len(scores), np.asarray(scores, np.float64), ext
+            [s.key] * len(scores), np.asarray(scores, np.float64), newest
         )
         wscore[end_idx] = scores
         wthr[end_idx] = thr
@@ -151,7 +149,7 @@ def score_dataset(
     """
     scores, series_idx, end_idx = window_scores(art, dataset, max_batch, fine_tune)
     spec = decision if decision is not None else art.metadata.get("decision")
-    decider = make_decider(art.thresholds, spec, art.value_ranges)
+    decider = make_decider(art.thresholds, spec, art.value_ranges, art.periods)
     out = []
     for i, s in enumerate(dataset.series):
         sel = series_idx == i

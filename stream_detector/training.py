@@ -14,6 +14,7 @@ from stream_detector.datasets import Dataset, Series
 from stream_detector.decision import decision_spec
 from stream_detector.errors import InputError
 from stream_detector.scaling import ScalerSet, fit_scaler
+from stream_detector.season import detect_period
 from stream_detector.threshold import calibrate
 from stream_detector.window import WindowBuffer
 
@@ -73,6 +74,12 @@ def value_ranges(parts: list[Series]) -> dict[str, list[list[float]]]:
         for p in parts
         if len(p)
     }
+
+
+def find_periods(parts: list[Series]) -> dict[str, int]:
+    """Each series' period (``season.detect_period``), for the series that have one."""
+    found = {p.key: detect_period(p.values) for p in parts if len(p)}
+    return {k: v for k, v in found.items() if v}
 
 
 def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
@@ -147,6 +154,8 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
         "decision": decision,
         # where each key's range check starts (decision.py, `range`); time series only
         "value_range": {} if record_mode else value_ranges(parts),
+        # each key's period, for the seasonal check (decision.py, `season`); keys with one
+        "period": {} if record_mode else find_periods(parts),
         "training": {
             "files": [str(Path(f)) for f in dataset.files],
             "format": dataset.fmt,

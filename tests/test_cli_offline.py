@@ -325,3 +325,25 @@ def test_train_keeps_each_keys_value_range(model_dir: Path, series_csv: Path) ->
             values.setdefault(row["key"], []).append(float(np.float32(row["value"])))
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["value_range"] == {k: [[min(v)], [max(v)]] for k, v in values.items()}
+
+
+def test_train_keeps_each_keys_period(tmp_path: Path) -> None:
+    """A key that repeats itself gets its period in the artifact (the seasonal check's);
+    one that does not gets none."""
+    rng = np.random.default_rng(11)
+    n = 480
+    daily = 5.0 + np.sin(2 * np.pi * np.arange(n) / 24) + rng.normal(0, 0.05, n)
+    walk = np.cumsum(rng.normal(0, 1, n))
+    path = tmp_path / "seasons.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "key", "value"])
+        for i in range(n):
+            w.writerow([1_767_225_600 + 3600 * i, "daily", f"{daily[i]:.5f}"])
+            w.writerow([1_767_225_600 + 3600 * i, "walk", f"{walk[i]:.5f}"])
+    out = tmp_path / "model"
+    proc = cli("train", "--model", "conv1d", "--input", path, "--format", "long", "--window",
+               WINDOW, "--epochs", 1, "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["period"] == {"daily": 24}

@@ -19,6 +19,7 @@ from stream_detector.decision import (
     normal_tail_quantile,
     resolve_spec,
 )
+from stream_detector.season import detect_period
 from stream_detector.threshold import Thresholds
 
 THR = Thresholds(global_=1.0, per_key={"a": 0.8})
@@ -258,9 +259,9 @@ def test_dynamic_default_margin_ignores_a_small_level_shift_but_not_a_large_one(
 RANGE = {"method": "pot", "history": 200, "warmup": 40}  # pot's default range 0.05
 
 
-def _extremes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    col = np.asarray(v, dtype=np.float32).reshape(-1, 1)
-    return col, col
+def _newest(v: np.ndarray) -> np.ndarray:
+    """Each window's newest point: one per window, one feature."""
+    return np.asarray(v, dtype=np.float32).reshape(-1, 1, 1)
 
 
 def test_range_flags_a_level_never_reached_whatever_the_error() -> None:
@@ -271,17 +272,17 @@ def test_range_flags_a_level_never_reached_whatever_the_error() -> None:
     v[350] = 1.06  # and one by 4 %: inside the 5 % tolerance
     v[20] = -0.5  # and one during the warm-up: it only widens the range (to 1.5)
     x = np.full(n, 0.3)  # an error that never stands out
-    thr, a, f = make_decider(THR, RANGE).decide(["a"] * n, x, _extremes(v))
+    thr, a, f = make_decider(THR, RANGE).decide(["a"] * n, x, _newest(v))
     assert np.flatnonzero(f).tolist() == [300]
     assert a[300] == 1.0 and thr[300] == thr[299]  # the error's threshold is unchanged
     # the same errors without the values, or with range 0: nothing
     assert not make_decider(THR, RANGE).decide(["a"] * n, x)[2].any()
     off = make_decider(THR, {**RANGE, "range": 0})
-    assert not off.wants_extremes
-    assert not off.decide(["a"] * n, x, _extremes(v))[2].any()
+    assert not off.wants_values
+    assert not off.decide(["a"] * n, x, _newest(v))[2].any()
     # every stateful method checks by default; the seed's static rule does not
     assert all(method_params(m)["range"] == 0.05 for m in DECIDERS if m != "static")
-    assert not make_decider(THR, {"method": "static"}).wants_extremes
+    assert not make_decider(THR, {"method": "static"}).wants_values
 
 
 def test_range_is_per_feature_and_per_key() -> None:
@@ -294,7 +295,8 @@ def test_range_is_per_feature_and_per_key() -> None:
     lo[150, 1] = -10  # 10 % below the second feature's range: flagged
     hi[160, 0] = 1.02  # 2 % above the first's: not
     keys = ["a" if i % 2 else "b" for i in range(n)]
-    _, _, f = make_decider(THR, {**RANGE, "warmup": 10}).decide(keys, np.full(n, 0.3), (lo, hi))
+    newest = np.stack([lo, hi], axis=1)  # two new points per window: (n, 2, features)
+    _, _, f = make_decider(THR, {**RANGE, "warmup": 10}).decide(keys, np.full(n, 0.3), newest)
     assert np.flatnonzero(f).tolist() == [150]
 
 
@@ -303,12 +305,12 @@ def test_range_decisions_survive_batch_cuts_and_restarts() -> None:
     n = 900
     v = np.cumsum(rng.normal(0, 1, n))  # a random walk: new extremes now and then
     x = errors(n, seed=8)
-    whole = make_decider(THR, RANGE).decide(["a"] * n, x, _extremes(v))
+    whole = make_decider(THR, RANGE).decide(["a"] * n, x, _newest(v))
     assert whole[2].sum() > 2 and (whole[1] == 1.0).sum() > 2
     d = make_decider(THR, RANGE)
     parts = []
     for lo, hi in [(0, 7), (7, 333), (333, 334), (334, 610), (610, n)]:
-        parts.append(d.decide(["a"] * (hi - lo), x[lo:hi], _extremes(v[lo:hi])))
+        parts.append(d.decide(["a"] * (hi - lo), x[lo:hi], _newest(v[lo:hi])))
         raw = d.export("a")
         assert raw is not None
         d = make_decider(THR, RANGE)  # a restart after every batch
@@ -328,7 +330,7 @@ def test_state_written_without_a_range_restores_and_starts_one() -> None:
     d.restore("a", raw)  # e.g. the state of a service that ran before range existed
     # the new range checks once it spans the warm-up: a climb is news only after that
     v = np.r_[np.linspace(0, 1, 50), 1.5]
-    _, a, f = d.decide(["a"] * 51, np.full(51, 0.3), _extremes(v))
+    _, a, f = d.decide(["a"] * 51, np.full(51, 0.3), _newest(v))
     assert f[-1] and a[-1] == 1.0 and not f[:-1].any()
     with pytest.raises(ValueError, match="wrong length"):
         make_decider(THR, RANGE).restore("a", (d.export("a") or b"") + b"\0" * 8)
@@ -337,11 +339,108 @@ def test_state_written_without_a_range_restores_and_starts_one() -> None:
 def test_a_trained_key_starts_from_its_training_range() -> None:
     v = np.r_[np.linspace(0.4, 0.6, 60), 0.75, 1.2]  # 0.75: past the stream's own range
     x = np.full(len(v), 0.3)
-    fresh = make_decider(THR, RANGE).decide(["a"] * len(v), x, _extremes(v))[2]
+    fresh = make_decider(THR, RANGE).decide(["a"] * len(v), x, _newest(v))[2]
     assert np.flatnonzero(fresh).tolist() == [60, 61]
     # trained on values in [0, 1]: 0.75 is old news, 1.2 is not
     trained = make_decider(THR, RANGE, {"a": ([0.0], [1.0])})
-    assert np.flatnonzero(trained.decide(["a"] * len(v), x, _extremes(v))[2]).tolist() == [61]
+    assert np.flatnonzero(trained.decide(["a"] * len(v), x, _newest(v))[2]).tolist() == [61]
     # a range of another shape (features) is ignored
     other = make_decider(THR, RANGE, {"a": ([0.0, 0.0], [1.0, 1.0])})
-    assert np.flatnonzero(other.decide(["a"] * len(v), x, _extremes(v))[2]).tolist() == [60, 61]
+    assert np.flatnonzero(other.decide(["a"] * len(v), x, _newest(v))[2]).tolist() == [60, 61]
+
+
+# -- season: a cycle that breaks its period -------------------------------------------------
+
+PERIOD = 24
+SEASON = {"method": "pot", "history": 300, "warmup": 50, "range": 0, "season_span": 12}
+
+
+def _cycles(n: int, seed: int = 0, period: int = PERIOD) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sin(2 * np.pi * np.arange(n) / period) + rng.normal(0, 0.05, n)
+
+
+def test_detect_period_finds_a_season_and_none_in_noise() -> None:
+    rng = np.random.default_rng(1)
+    for period in (12, 24, 50):
+        assert detect_period(_cycles(40 * period, seed=period, period=period)) == period
+    # two features on the same season (rows x features), one of them flat
+    both = np.c_[_cycles(600), np.full(600, 3.0)]
+    assert detect_period(both) == PERIOD
+    assert detect_period(rng.normal(0, 1, 2000)) == 0  # white noise
+    assert detect_period(np.cumsum(rng.normal(0, 1, 2000))) == 0  # a random walk
+    assert detect_period(np.full(500, 7.0)) == 0
+    assert detect_period(_cycles(40)) == 0  # not two full periods... nearly; too short
+    assert detect_period(np.r_[_cycles(300), np.nan]) == PERIOD  # gaps are dropped
+
+
+def test_season_flags_a_cycle_that_skips_its_swing() -> None:
+    """The errors say nothing (the same noise throughout); the values go flat for one
+    period where they usually swing. Only the seasonal check sees it."""
+    n = 1500
+    v = _cycles(n)
+    v[1000 : 1000 + PERIOD] = 0.0  # a day without its rise and fall
+    x = errors(n, seed=3)
+    d = make_decider(THR, SEASON, periods={"a": PERIOD})
+    assert d.wants_values
+    _, a, f = d.decide(["a"] * n, x, _newest(v))
+    blind = make_decider(THR, {**SEASON, "season": "off"}).decide(["a"] * n, x, _newest(v))
+    hits = np.flatnonzero(f & ~blind[2])
+    during = hits[(hits >= 1000) & (hits < 1000 + PERIOD + SEASON["season_span"])]
+    assert during.size and during[0] < 1000 + PERIOD // 4  # found as it starts
+    assert a[during[0]] > 0.5
+    assert len(hits) - len(during) <= 3  # the noise of 1500 windows: a rare false alarm
+    # a key without a period (or another key) is not checked; `off` checks nothing
+    other = make_decider(THR, SEASON, periods={"b": PERIOD})
+    np.testing.assert_array_equal(other.decide(["a"] * n, x, _newest(v))[2], blind[2])
+    assert not make_decider(THR, {**SEASON, "season": "off"}, periods={"a": PERIOD}).wants_values
+    # a fixed period applies to every key
+    fixed = make_decider(THR, {**SEASON, "season": str(PERIOD)})
+    np.testing.assert_array_equal(fixed.decide(["a"] * n, x, _newest(v))[2], f)
+    with pytest.raises(ValueError, match="bad parameters"):
+        make_decider(THR, {**SEASON, "season": "weekly"})
+
+
+def test_season_decisions_survive_batch_cuts_and_restarts() -> None:
+    n = 900
+    v = _cycles(n, seed=4)
+    v[600:640] = 0.0
+    x = errors(n, seed=5)
+    periods = {"a": PERIOD}
+    whole = make_decider(THR, SEASON, periods=periods).decide(["a"] * n, x, _newest(v))
+    assert whole[2][600:].any()
+    d = make_decider(THR, SEASON, periods=periods)
+    parts = []
+    for lo, hi in [(0, 5), (5, 30), (30, 31), (31, 400), (400, 401), (401, 650), (650, n)]:
+        parts.append(d.decide(["a"] * (hi - lo), x[lo:hi], _newest(v[lo:hi])))
+        raw = d.export("a")
+        assert raw is not None
+        d = make_decider(THR, SEASON, periods=periods)  # a restart after every batch
+        d.restore("a", raw)
+        assert d.export("a") == raw
+    for w, g in zip(whole, (np.concatenate(p) for p in zip(*parts))):
+        np.testing.assert_array_equal(w, g)
+    # several new points per window (hop 3): the same values, cut differently
+    hop = make_decider(THR, SEASON, periods=periods)
+    got = hop.decide(["a"] * (n // 3), x[2::3], v[: n // 3 * 3].reshape(-1, 3, 1))
+    assert got[2].any()
+
+
+def test_state_without_a_season_restores_and_starts_one() -> None:
+    n = 700
+    v = _cycles(n, seed=6)
+    x = errors(n, seed=7)
+    old = make_decider(THR, {**SEASON, "season": "off"})
+    old.decide(["a"] * 400, x[:400], _newest(v[:400]))
+    raw = old.export("a")
+    assert raw is not None
+    d = make_decider(THR, SEASON, periods={"a": PERIOD})
+    d.restore("a", raw)  # e.g. the state of a service that ran before seasons existed
+    d.decide(["a"] * 300, x[400:], _newest(v[400:]))
+    grown = d.export("a")
+    assert grown is not None and len(grown) > len(raw)
+    again = make_decider(THR, SEASON, periods={"a": PERIOD})
+    again.restore("a", grown)
+    assert again.export("a") == grown
+    with pytest.raises(ValueError, match="wrong length"):
+        make_decider(THR, SEASON, periods={"a": PERIOD}).restore("a", grown[:20] + grown[-28:])

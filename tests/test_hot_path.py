@@ -134,22 +134,27 @@ def test_handle_many_equals_handling_one_message_at_a_time(
     assert _counters(one) == _counters(many)
 
 
-def test_run_decides_like_score_with_a_range_check(model: Path, tmp_path: Path) -> None:
+def test_run_decides_like_score_with_range_and_season_checks(
+    model: Path, tmp_path: Path
+) -> None:
     """``run`` passes each window's newest values to the decider as ``score`` does, so a
-    key that leaves its range is flagged alike, window for window, whatever the batches."""
+    key that leaves its range, or skips a cycle, is flagged alike, window for window,
+    whatever the batches."""
     from service_helpers import wave, write_long
 
     from stream_detector.datasets import read_dataset
     from stream_detector.scoring import score_dataset
 
     n = 260
-    series = {f"k{i}": wave(n, seed=i).astype(np.float64) for i in range(3)}
+    series = {f"k{i}": wave(n, seed=i).astype(np.float64) for i in range(4)}
     series["k1"][200:] += 6.0  # a level the key has never shown (its range is about 4)
     series["k2"][230] -= 9.0  # one point far below
+    series["k3"][200:220] = 10.0  # one period (20) without its swing, at its usual level
     series = {k: np.round(v, 5) for k, v in series.items()}  # as the CSV holds them
     path = write_long(tmp_path / "data.csv", series, start=T0)
     params = ["--decision", "pot", "--decision-param", "warmup=60", "--decision-param",
-              "history=100"]
+              "history=100", "--decision-param", "season=20", "--decision-param",
+              "season_span=8"]
     det, _ = _detector(model, "--state", "none", "--max-batch", "13", *params)
     del det.submit_batch  # score for real (the producer only queues: no broker needed)
     got: dict[str, list[tuple[float, bool]]] = {k: [] for k in series}
@@ -166,13 +171,14 @@ def test_run_decides_like_score_with_a_range_check(model: Path, tmp_path: Path) 
                     value=orjson.dumps({"key": k, "ts": T0 + 60 * (i // 3), "value": float(v)}),
                     timestamp=(1, T0 * 1000))
             for i, (k, v) in enumerate((k, series[k][j]) for j in range(n) for k in series)]
+    assert len({m.key() for m in msgs}) == 4
     for i in range(0, len(msgs), 50):
         det.handle_many(msgs[i:i + 50], 1.0)
         det.complete_ready()
     det.score_batch()
 
     art = load_artifact(model)
-    spec = {"method": "pot", "warmup": 60, "history": 100}
+    spec = {"method": "pot", "warmup": 60, "history": 100, "season": "20", "season_span": 8}
     want = {r.series.key: r for r in score_dataset(art, read_dataset([path], "long"), 1024,
                                                    decision=spec)}
     for k in series:
@@ -187,3 +193,6 @@ def test_run_decides_like_score_with_a_range_check(model: Path, tmp_path: Path) 
     assert got["k1"][200 - WINDOW + 1] == (1.0, True)
     assert got["k2"][230 - WINDOW + 1] == (1.0, True)
     assert all(a < 1.0 for a, _ in got["k0"])  # a key that stays in its range: never
+    # the skipped cycle: flagged while it lasts, though its values stay in range
+    assert any(f for _, f in got["k3"][200 - WINDOW + 1 : 220 - WINDOW + 1])
+    assert all(a < 1.0 for a, _ in got["k3"])

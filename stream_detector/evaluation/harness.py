@@ -42,7 +42,7 @@ from stream_detector.evaluation.loaders import (
 from stream_detector.finetune import FineTuneOptions
 from stream_detector.scoring import decide_series, window_scores
 from stream_detector.threshold import Thresholds
-from stream_detector.training import TrainOptions, train, value_ranges
+from stream_detector.training import TrainOptions, find_periods, train, value_ranges
 
 Log = Callable[[str], None]
 
@@ -201,10 +201,12 @@ def run_nab(
         series = ds.series[0]
         # the training range (train's `value_range`), from the rows it was fitted on
         ranges = value_ranges([series.head(train_fraction)])
+        periods = find_periods([series.head(train_fraction)])  # and its `period`
         for label, spec in decisions.items():
             t3 = time.perf_counter()
             r = decide_series(
-                make_decider(thresholds, spec, ranges), thresholds, series, scores, end_idx
+                make_decider(thresholds, spec, ranges, periods), thresholds, series, scores,
+                end_idx,
             )
             decide_s[label] += time.perf_counter() - t3
             a = np.nan_to_num(r.anomaly_score, nan=0.0)
@@ -369,7 +371,7 @@ def run_smap(
         events = {}
         for label, spec in decisions.items():
             r = decide_series(
-                make_decider(art.thresholds, spec, art.value_ranges), art.thresholds,
+                make_decider(art.thresholds, spec, art.value_ranges, art.periods), art.thresholds,
                 test.series[0], scores, end_idx,
             )
             flagged = np.zeros(len(r.is_anomaly), dtype=bool)
@@ -418,15 +420,14 @@ def decider_cost(
         d = make_decider(Thresholds(1.0), spec)
         t0 = time.perf_counter()
         for i, k in enumerate(names):
-            v = vals[i].reshape(-1, 1) if d.wants_extremes else None
-            d.decide([k] * per_key, errs[i], None if v is None else (v, v))
+            v = vals[i].reshape(-1, 1, 1) if d.wants_values else None
+            d.decide([k] * per_key, errs[i], v)
         offline = time.perf_counter() - t0
         d = make_decider(Thresholds(1.0), spec)
         t0 = time.perf_counter()
         for s in range(0, len(order_scores), batch):
-            v = order_vals[s : s + batch] if d.wants_extremes else None
-            d.decide(order_keys[s : s + batch], order_scores[s : s + batch],
-                     None if v is None else (v, v))
+            v = order_vals[s : s + batch].reshape(-1, 1, 1) if d.wants_values else None
+            d.decide(order_keys[s : s + batch], order_scores[s : s + batch], v)
         online = time.perf_counter() - t0
         state = max((len(d.export(k) or b"") for k in names), default=0)
         n = keys * per_key
