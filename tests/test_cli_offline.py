@@ -327,23 +327,46 @@ def test_train_keeps_each_keys_value_range(model_dir: Path, series_csv: Path) ->
     assert meta["value_range"] == {k: [[min(v)], [max(v)]] for k, v in values.items()}
 
 
-def test_train_keeps_each_keys_period(tmp_path: Path) -> None:
-    """A key that repeats itself gets its period in the artifact (the seasonal check's);
-    one that does not gets none."""
+def _seasons_csv(path: Path, n: int, skip: tuple[int, int] | None = None) -> Path:
+    """Key "daily" repeats every 24 rows (one flat day at ``skip``); "walk" never does."""
     rng = np.random.default_rng(11)
-    n = 480
     daily = 5.0 + np.sin(2 * np.pi * np.arange(n) / 24) + rng.normal(0, 0.05, n)
+    if skip:
+        daily[skip[0] : skip[1]] = 5.0
     walk = np.cumsum(rng.normal(0, 1, n))
-    path = tmp_path / "seasons.csv"
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["timestamp", "key", "value"])
         for i in range(n):
             w.writerow([1_767_225_600 + 3600 * i, "daily", f"{daily[i]:.5f}"])
             w.writerow([1_767_225_600 + 3600 * i, "walk", f"{walk[i]:.5f}"])
+    return path
+
+
+def test_train_keeps_each_keys_period_and_score_checks_it(tmp_path: Path) -> None:
+    """A key that repeats itself gets its period in the artifact (the seasonal check's);
+    one that does not gets none. ``score`` then checks the periodic key's seasons."""
     out = tmp_path / "model"
-    proc = cli("train", "--model", "conv1d", "--input", path, "--format", "long", "--window",
-               WINDOW, "--epochs", 1, "--out", out, "--quiet")
+    proc = cli("train", "--model", "conv1d", "--input", _seasons_csv(tmp_path / "t.csv", 480),
+               "--format", "long", "--window", WINDOW, "--epochs", 1, "--out", out, "--quiet")
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["period"] == {"daily": 24}
+
+    data = _seasons_csv(tmp_path / "s.csv", 1200, skip=(1000, 1024))
+    got = {}
+    for season in ("trained", "off"):
+        dest = tmp_path / f"{season}.csv"
+        proc = cli("score", "--model", out, "--input", data, "--format", "long", "--output",
+                   dest, "--decision", "pot", "--decision-param", f"season={season}",
+                   "--decision-param", "range=0")
+        assert proc.returncode == 0, proc.stderr
+        with dest.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        got[season] = {k: [float(r["anomaly_score"] or 0) for r in rows if r["key"] == k]
+                       for k in ("daily", "walk")}
+    assert got["trained"]["walk"] == got["off"]["walk"]  # no period: no check
+    seasonal = np.array(got["trained"]["daily"])
+    plain = np.array(got["off"]["daily"])
+    assert (seasonal >= plain).all()  # the larger of the two scores
+    assert seasonal[1000:1024].max() > 0.5 >= plain[1000:1024].max()  # the flat day
