@@ -20,7 +20,7 @@ MIN_DIP = 0.2
 # periods shorter than this are smoothness rather than seasons
 MIN_PERIOD = 4
 # the seasonal check keeps period + span values per key: cap what one key may cost
-MAX_PERIOD = 10_000
+MAX_PERIOD = 10_080  # a week of one-minute values
 
 
 def autocorrelation(values: np.ndarray, max_lag: int) -> np.ndarray:
