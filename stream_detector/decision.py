@@ -207,9 +207,9 @@ def _u_of(a: np.ndarray | float, ustar: np.ndarray | float) -> np.ndarray:
 _MAGIC = b"SDD2"
 # magic, method code, errors learned, ring values, recent scores, raw context values, ew
 _HEADER = struct.Struct("<4sBQIIId")
-# appended when the seasonal check keeps values: values seen, period, value rows, features,
-# bytes of the residuals' own state, magic
-_SEASON = struct.Struct("<QIIII4s")
+# appended when the seasonal check keeps values: period, value rows, features, bytes of
+# the residuals' own state, magic
+_SEASON = struct.Struct("<IIII4s")
 _SEASON_MAGIC = b"SDS1"
 
 
@@ -222,13 +222,12 @@ class _KeyState:
     ``ew``: the running smoothed error (dynamic); ``lo``, ``hi``: the smallest and largest
     value of each feature seen so far (``range``; None before the first window) and
     ``range_n`` the windows they span; ``sv``: the last ``period + season_span`` values
-    (``season``; None before the first window), ``sn`` the values seen in all, ``sp`` the
-    period they are kept for.
+    (``season``; None before the first window) and ``sp`` the period they are kept for.
     """
 
     __slots__ = (
         "ring", "count", "raw", "recent", "n_recent", "ew", "params", "params_at", "lo", "hi",
-        "range_n", "sv", "sn", "sp",
+        "range_n", "sv", "sp",
     )
 
     def __init__(self, cap: int, k: int, context: int) -> None:
@@ -244,7 +243,6 @@ class _KeyState:
         self.hi: np.ndarray | None = None
         self.range_n = 0
         self.sv: np.ndarray | None = None
-        self.sn = 0
         self.sp = 0
 
     def chrono(self, n: int) -> np.ndarray:
@@ -590,7 +588,7 @@ class _Stateful:
         span = self.season_span
         keep = period + span
         if st.sv is None or st.sv.shape[1] != f or st.sp != period:
-            st.sv, st.sn, st.sp = np.zeros((0, f), np.float32), 0, period
+            st.sv, st.sp = np.zeros((0, f), np.float32), period
         known = self.ranges.get(key)
         scale = np.ones(f)
         if known is not None and len(known[0]) == f:
@@ -617,7 +615,6 @@ class _Stateful:
             _, s_a, s_flag = inner._run(key, ist, resid.astype(np.float32).astype(np.float64))
             a[valid], flag[valid] = s_a, s_flag
         st.sv = seq[-keep:].astype(np.float32)
-        st.sn += m * p
         return a, flag
 
     def _recent_max(self, st: _KeyState, a: np.ndarray) -> np.ndarray:
@@ -658,21 +655,21 @@ class _Stateful:
             inner = (self._seasonal.export(key) if self._seasonal else None) or b""
             sv = st.sv.astype(np.float32)
             body += sv.tobytes() + inner + _SEASON.pack(
-                st.sn, st.sp, sv.shape[0], sv.shape[1], len(inner), _SEASON_MAGIC
+                st.sp, sv.shape[0], sv.shape[1], len(inner), _SEASON_MAGIC
             )
         return body
 
     def restore(self, key: str, raw: bytes) -> None:
         season = None
         if len(raw) >= _HEADER.size + _SEASON.size and raw.endswith(_SEASON_MAGIC):
-            sn, sp, rows, cols, n_inner, _ = _SEASON.unpack_from(raw, len(raw) - _SEASON.size)
+            sp, rows, cols, n_inner, _ = _SEASON.unpack_from(raw, len(raw) - _SEASON.size)
             size = 4 * rows * cols + n_inner + _SEASON.size
             if size > len(raw) - _HEADER.size:
                 raise ValueError(f"decision state of {key!r}: wrong length {len(raw)}")
             cut = len(raw) - size
             sv = np.frombuffer(raw, np.float32, rows * cols, cut).reshape(rows, cols).copy()
             inner = raw[cut + 4 * rows * cols : cut + 4 * rows * cols + n_inner]
-            season = (sn, sp, sv, inner)
+            season = (sp, sv, inner)
             raw = raw[:cut]
         if len(raw) < _HEADER.size:
             raise ValueError(f"decision state of {key!r}: {len(raw)} bytes, too short")
@@ -701,7 +698,7 @@ class _Stateful:
             st.lo = np.frombuffer(raw, np.float64, n_feat, end + 8).copy()
             st.hi = np.frombuffer(raw, np.float64, n_feat, end + 8 + 8 * n_feat).copy()
         if season is not None and self._seasonal is not None:
-            st.sn, st.sp, st.sv, inner = season
+            st.sp, st.sv, inner = season
             if inner:
                 self._seasonal.restore(key, inner)
         self._state[key] = st

@@ -443,4 +443,4 @@ def test_state_without_a_season_restores_and_starts_one() -> None:
     again.restore("a", grown)
     assert again.export("a") == grown
     with pytest.raises(ValueError, match="wrong length"):
-        make_decider(THR, SEASON, periods={"a": PERIOD}).restore("a", grown[:20] + grown[-28:])
+        make_decider(THR, SEASON, periods={"a": PERIOD}).restore("a", grown[:20] + grown[-20:])
