@@ -87,6 +87,12 @@ class Artifact:
         empty for artifacts written before periods were kept)."""
         return {k: int(v) for k, v in self.metadata.get("period", {}).items()}
 
+    def periods_at(self, hop: int) -> dict[str, int]:
+        """:attr:`periods` for a decider fed windows every ``hop`` points: none when
+        ``hop`` exceeds the window (periods count values, and the values between windows
+        are never seen)."""
+        return self.periods if hop <= self.window else {}
+
     @property
     def record_mode(self) -> bool:
         return bool(self.metadata.get("record_mode", False))

@@ -286,9 +286,8 @@ class Detector:
         try:
             spec = resolve_spec(art.metadata.get("decision"), self.cfg.decision,
                                 self.cfg.decision_params)
-            # periods count values: with a hop past the window some are never seen
-            periods = art.periods if (self.cfg.hop or art.hop) <= art.window else {}
-            return make_decider(art.thresholds, spec, art.value_ranges, periods)
+            return make_decider(art.thresholds, spec, art.value_ranges,
+                                art.periods_at(self.cfg.hop or art.hop))
         except ValueError as exc:
             raise InputError(f"--decision: {exc}") from None
 

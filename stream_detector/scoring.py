@@ -149,9 +149,7 @@ def score_dataset(
     """
     scores, series_idx, end_idx = window_scores(art, dataset, max_batch, fine_tune)
     spec = decision if decision is not None else art.metadata.get("decision")
-    # periods count values: with a hop past the window some are never seen
-    periods = art.periods if art.hop <= art.window else {}
-    decider = make_decider(art.thresholds, spec, art.value_ranges, periods)
+    decider = make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(art.hop))
     out = []
     for i, s in enumerate(dataset.series):
         sel = series_idx == i

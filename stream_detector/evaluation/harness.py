@@ -199,9 +199,10 @@ def run_nab(
         model_s += t2 - t1
         n_windows += len(scores)
         series = ds.series[0]
-        # the training range (train's `value_range`), from the rows it was fitted on
-        ranges = value_ranges([series.head(train_fraction)])
-        periods = find_periods([series.head(train_fraction)])  # and its `period`
+        # the training range and period (train's `value_range`, `period`), from the rows
+        # it was fitted on
+        fitted = [series.head(train_fraction)]
+        ranges, periods = value_ranges(fitted), find_periods(fitted)
         for label, spec in decisions.items():
             t3 = time.perf_counter()
             r = decide_series(
@@ -371,7 +372,8 @@ def run_smap(
         events = {}
         for label, spec in decisions.items():
             r = decide_series(
-                make_decider(art.thresholds, spec, art.value_ranges, art.periods), art.thresholds,
+                make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(art.hop)),
+                art.thresholds,
                 test.series[0], scores, end_idx,
             )
             flagged = np.zeros(len(r.is_anomaly), dtype=bool)
