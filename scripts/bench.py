@@ -182,14 +182,6 @@ def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0
     return n
 
 
-def _rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident set (or, with ``VmHWM``, its peak so far) of a process, MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 # the service's own checkpoint cadence (the test helper's default is a faster 200 ms)
 SERVICE_ARGS = ["--state", "none", "--commit-interval-ms", "1000"]
 
@@ -426,7 +418,7 @@ def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
         # confirmed it (then its transient buffers are freed and the heap trimmed: they
         # are part of the peak, not of the steady state)
         _checkpointed(det, base_keys)
-        rss0 = _rss_mb(det.proc.pid)
+        rss0 = det.rss_mb()
         from confluent_kafka import Producer
 
         p = Producer({"bootstrap.servers": bs, "linger.ms": 20})
@@ -442,8 +434,8 @@ def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
         p.flush(60)
         det.wait_value("stream_detector_messages_consumed_total", base_keys + n_series, 600)
         _checkpointed(det, base_keys + n_series)
-        rss1 = _rss_mb(det.proc.pid)
-        peak = _rss_mb(det.proc.pid, "VmHWM")
+        rss1 = det.rss_mb()
+        peak = det.rss_mb("VmHWM")
         active = det.value("stream_detector_active_series")
     finally:
         det.terminate()

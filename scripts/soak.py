@@ -31,13 +31,6 @@ from service_helpers import DetectorProcess, train_wave_model  # noqa: E402
 from stream_detector.broker import EmbeddedBroker, ensure_topics  # noqa: E402
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -108,7 +101,7 @@ def main() -> int:
             now = time.monotonic()
             c = m.get("stream_detector_messages_consumed_total", 0.0)
             w = m.get("stream_detector_windows_scored_total", 0.0)
-            rss = rss_mb(det.proc.pid)
+            rss = det.rss_mb()
             samples.append(rss)
             print(f"{now - t0:6.0f} {rss:8.1f} {(c - last_c) / (now - last_t):8.0f} "
                   f"{(w - last_w) / (now - last_t):9.0f} {produced[0] - c:8.0f} "

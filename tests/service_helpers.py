@@ -144,6 +144,18 @@ class DetectorProcess:
         code = self.proc.wait(timeout)
         return code, time.monotonic() - t0
 
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """The process' resident set (or, with ``VmHWM``, its peak so far), MB; nan once
+        it has exited."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return float("nan")
+        for line in status.splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -7,7 +7,6 @@ import random
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import orjson
 import pytest
@@ -239,12 +238,6 @@ def test_cardinality_attack_keeps_rss_bounded(broker_bootstrap, topic_factory, g
     det.wait_ready()
     p = Producer({"bootstrap.servers": broker_bootstrap, "linger.ms": 50})
 
-    def rss_mb() -> float:
-        for line in Path(f"/proc/{det.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
     samples = []
     try:
         for i in range(n_keys):
@@ -261,10 +254,10 @@ def test_cardinality_attack_keeps_rss_bounded(broker_bootstrap, topic_factory, g
             if i in (200_000, 600_000):
                 assert p.flush(60) == 0
                 det.wait_value("stream_detector_messages_consumed_total", i, timeout=180)
-                samples.append(rss_mb())
+                samples.append(det.rss_mb())
         assert p.flush(60) == 0
         det.wait_value("stream_detector_messages_consumed_total", n_keys, timeout=300)
-        samples.append(rss_mb())
+        samples.append(det.rss_mb())
         m = det.metrics()
     finally:
         det.terminate()
