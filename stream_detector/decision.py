@@ -374,6 +374,7 @@ class _Stateful:
         self.cap = self.history + self.every
         self.context = 0  # raw errors a method needs before each window (likelihood)
         self._state: dict[str, _KeyState] = {}
+        self._scales: dict[str, np.ndarray] = {}  # the seasonal check's, per key
 
     # -- method hooks --------------------------------------------------------------
     def _estimate(self, hist: np.ndarray) -> Any:
@@ -589,11 +590,7 @@ class _Stateful:
         keep = period + span
         if st.sv is None or st.sv.shape[1] != f or st.sp != period:
             st.sv, st.sp = np.zeros((0, f), np.float32), period
-        known = self.ranges.get(key)
-        scale = np.ones(f)
-        if known is not None and len(known[0]) == f:
-            width = np.asarray(known[1], np.float64) - np.asarray(known[0], np.float64)
-            scale = np.where(width > 0, width, 1.0)
+        scale = self._season_scale(key, f)
         held = len(st.sv)
         seq = np.concatenate([st.sv, values.reshape(m * p, f)]).astype(np.float64)
         ends = held + p * np.arange(1, m + 1) - 1  # each window's last value in `seq`
@@ -617,6 +614,18 @@ class _Stateful:
         st.sv = seq[-keep:].astype(np.float32)
         return a, flag
 
+    def _season_scale(self, key: str, f: int) -> np.ndarray:
+        """Per feature, the width of the key's training range (1 where it has none)."""
+        scale = self._scales.get(key)
+        if scale is None or len(scale) != f:
+            scale = np.ones(f)
+            known = self.ranges.get(key)
+            if known is not None and len(known[0]) == f:
+                width = np.asarray(known[1], np.float64) - np.asarray(known[0], np.float64)
+                scale = np.where(width > 0, width, 1.0)
+            self._scales[key] = scale
+        return scale
+
     def _recent_max(self, st: _KeyState, a: np.ndarray) -> np.ndarray:
         """For each score of ``a``, the largest of the ``suppress`` scores before it (0 if none)."""
         k = self.suppress
@@ -633,6 +642,7 @@ class _Stateful:
 
     def forget(self, key: str) -> None:
         self._state.pop(key, None)
+        self._scales.pop(key, None)
         if self._seasonal is not None:
             self._seasonal.forget(key)
 
