@@ -97,7 +97,8 @@ def model_parallel(kind: str, batches: list[int], seconds: float) -> dict[str, A
     if proc.returncode != 0:
         raise RuntimeError(f"parallel model-only part failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["batched"] = {int(b): v for b, v in out["batched"].items()}  # JSON made them str
+    for field in ("batched", "cpu_us_per_window"):  # JSON made the batch sizes str
+        out[field] = {int(b): v for b, v in out[field].items()}
     return out
 
 
@@ -110,12 +111,13 @@ def _parallel_child(kind: str, seconds: float, batches: list[int]) -> dict[str, 
 
     m = build(kind, WINDOW, 1)
     rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"workers": workers, "threads": threads, "batched": {}}
+    out: dict[str, Any] = {"workers": workers, "threads": threads, "batched": {},
+                           "cpu_us_per_window": {}}
     for b in batches:
         x = rng.standard_normal((b, WINDOW, 1)).astype(np.float32)
         m.score_batch(x)
         calls = [0] * workers
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
 
         def loop(i: int, x: np.ndarray = x, t0: float = t0, calls: list[int] = calls) -> None:
             while time.perf_counter() - t0 < seconds or calls[i] < 3:
@@ -128,6 +130,8 @@ def _parallel_child(kind: str, seconds: float, batches: list[int]) -> dict[str, 
         for t in ths:
             t.join()
         out["batched"][b] = sum(calls) * b / (time.perf_counter() - t0)
+        # CPU time of all the process' threads per window: what the model itself costs
+        out["cpu_us_per_window"][b] = (time.process_time() - c0) / (sum(calls) * b) * 1e6
     return out
 
 
@@ -187,8 +191,9 @@ SERVICE_ARGS = ["--state", "none", "--commit-interval-ms", "1000"]
 
 
 def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key: int,
-              max_batch: int) -> dict[str, Any]:
-    """Consume a pre-filled topic: input events/s and windows/s through the whole service."""
+              max_batch: int, broker_pid: int | None) -> dict[str, Any]:
+    """Consume a pre-filled topic: input events/s and windows/s through the whole service,
+    and the cores the detector and the broker use in the steady state."""
     from service_helpers import DetectorProcess, wait_until
 
     from stream_detector.broker import ensure_topics
@@ -207,10 +212,14 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
         c0, t0 = det.value("stream_detector_messages_consumed_total"), time.perf_counter()
         # steady state: windows scored between 10% and 90% of the total (past the first
         # WINDOW-1 points of each key, where messages make no window yet)
+        pids = {"detector": det.proc.pid, "broker": broker_pid}
         w0 = det.wait_value("stream_detector_windows_scored_total", 0.1 * windows, 1800)
+        cpu0 = {k: _cpu_seconds(p) for k, p in pids.items()}
         tw0 = time.perf_counter()
         w1 = det.wait_value("stream_detector_windows_scored_total", 0.9 * windows, 1800)
         tw1 = time.perf_counter()
+        cores = {f"steady_cores_{k}": (_cpu_seconds(p) - cpu0[k]) / (tw1 - tw0)
+                 for k, p in pids.items()}
         det.wait_value("stream_detector_windows_scored_total", windows, timeout=1800)
         t1 = time.perf_counter()
         rate_s = (n - c0) / (t1 - t0)
@@ -220,12 +229,13 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
     return {"kind": kind, "messages": n, "keys": n_keys, "windows": windows,
             "max_batch": max_batch,
             "sustained_msgs_s": rate_s, "sustained_windows_s": (w1 - w0) / (tw1 - tw0),
-            "mean_batch": _mean(m, "stream_detector_inference_batch_size")}
+            "mean_batch": _mean(m, "stream_detector_inference_batch_size"), **cores}
 
 
 class _Receiver(threading.Thread):
-    """Reads a topic live (assigned, from the start) and notes each message's arrival time:
-    what a downstream consumer of the events sees."""
+    """Reads a topic live (assigned, from the start) and keeps each event with its Kafka
+    timestamp and its arrival time: what a downstream consumer of the events sees. Once
+    halted it reads what is left (arrival None: not received live)."""
 
     def __init__(self, bs: str, topic: str) -> None:
         super().__init__(daemon=True)
@@ -238,20 +248,25 @@ class _Receiver(threading.Thread):
                                   # only costs it more idle polls (0.09 cores against 0.05)
                                   "fetch.wait.max.ms": 20})
         self.consumer.assign([TopicPartition(topic, 0, 0)])
-        self.arrived: dict[str, float] = {}  # event_id -> wall-clock arrival
+        # (event, its Kafka timestamp s, wall-clock arrival s or None), in topic order
+        self.events: list[tuple[dict[str, Any], float, float | None]] = []
         self.halt = threading.Event()
+
+    def _take(self, first: Any, live: bool) -> None:
+        # poll() returns at the first message; consume(n, timeout) would wait out its
+        # timeout for n of them
+        for msg in [first, *self.consumer.consume(num_messages=500, timeout=0)]:
+            if msg.error() is None:
+                self.events.append((orjson.loads(msg.value()), msg.timestamp()[1] / 1000.0,
+                                    time.time() if live else None))
 
     def run(self) -> None:
         while not self.halt.is_set():
-            # poll() returns at the first message; consume(n, timeout) would wait out its
-            # timeout for n of them
             first = self.consumer.poll(0.05)
-            if first is None:
-                continue
-            for msg in [first, *self.consumer.consume(num_messages=500, timeout=0)]:
-                if msg.error() is None:
-                    ev = orjson.loads(msg.value())
-                    self.arrived.setdefault(ev["event_id"], time.time())
+            if first is not None:
+                self._take(first, live=True)
+        while (first := self.consumer.poll(5.0)) is not None:  # the rest, until 5 s idle
+            self._take(first, live=False)
         self.consumer.close()
 
 
@@ -317,17 +332,16 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
     finally:
         det.terminate()
         rx.halt.set()
-        rx.join(10)
-    from kafka_helpers import consume_all
-
-    events = [{**e["value"], "_created": e["timestamp"] / 1000.0}
-              for e in consume_all(bs, out, timeout=60, idle=5)
-              if e["value"]["type"] == "opened"]
+        rx.join(60)
+    # each incident's first event (the receiver's first copy, should one be redelivered)
+    events: dict[str, tuple[dict[str, Any], float, float | None]] = {}
+    for ev, created, arrived in rx.events:
+        if ev["type"] == "opened":
+            events.setdefault(ev["event_id"], (ev, created, arrived))
     pipe_l, spike_l, false_alarms, missing, timeline = [], [], 0, 0, []
     in_det, to_rx = [], []  # the split: input produce -> event produced -> event arrived
     first = min((t for ts in spikes.values() for t in ts), default=0.0)
-    for e in events:
-        arrived = rx.arrived.get(e["event_id"])
+    for e, created, arrived in events.values():
         if arrived is None:
             missing += 1
             continue
@@ -338,8 +352,8 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
             continue
         pipe_l.append(arrived - end)
         spike_l.append(arrived - before[-1])
-        in_det.append(e["_created"] - end)
-        to_rx.append(arrived - e["_created"])
+        in_det.append(created - end)
+        to_rx.append(arrived - created)
         timeline.append((round(before[-1] - first, 3), round(pipe_l[-1] * 1000, 1),
                          round(spike_l[-1] * 1000, 1)))
     pipe, spike = np.array(pipe_l) * 1000, np.array(spike_l) * 1000
@@ -518,7 +532,8 @@ def main() -> int:
                 model = train_wave_model(work / f"{k}-model", window=WINDOW, kind=k, epochs=5)
                 row: dict[str, Any] = {"kind": k}
                 if "e2e" in parts:
-                    row.update(sustained(k, bs, work, model, n_keys, per_key, args.max_batch))
+                    row.update(sustained(k, bs, work, model, n_keys, per_key, args.max_batch,
+                                         broker.pid))
                 if "latency" in parts:
                     # half the steady-state rate: there every message makes a window
                     r = args.latency_rate or row["sustained_windows_s"] / 2
@@ -552,8 +567,19 @@ def _e2e_share(e: dict[str, Any], model_only: list[dict[str, Any]]) -> dict[str,
     one = mo["batched"][b]
     ref = max(one, mo.get("parallel", {}).get("batched", {}).get(b, 0.0))
     w = e["sustained_windows_s"]
-    return {"model_only_batch": b, "model_only_ref_windows_s": ref,
-            "e2e_share_of_model_only": w / ref, "e2e_share_of_one_call": w / one}
+    out = {"model_only_batch": b, "model_only_ref_windows_s": ref,
+           "e2e_share_of_model_only": w / ref, "e2e_share_of_one_call": w / one}
+    model_cpu = mo.get("parallel", {}).get("cpu_us_per_window", {}).get(b)
+    if model_cpu and e.get("steady_cores_detector"):
+        # what the streaming costs on top of the model, and the rate the machine's cores
+        # allow at the detector's CPU per window if none of them ever idled
+        cpu = e["steady_cores_detector"] / w * 1e6
+        cores = os.cpu_count() or 1
+        out.update({"model_cpu_us_per_window": model_cpu,
+                    "streaming_cpu_us_per_window": cpu - model_cpu,
+                    "cpu_bound_windows_s": cores / cpu * 1e6,
+                    "cpu_bound_share_of_model_only": cores / cpu * 1e6 / ref})
+    return out
 
 
 def report(r: dict[str, Any]) -> None:
@@ -575,8 +601,10 @@ def report(r: dict[str, Any]) -> None:
                   f"{par['threads']} TensorFlow thread(s) each:")
             for b, v in par["batched"].items():
                 gf = v * m["flops_per_window"] / 1e9
+                cpu = par.get("cpu_us_per_window", {}).get(b)
                 print(f"  {'':<7} batched, batch {b:>5}: {v:14.1f}  ({v / seed:7.0f}x seed, "
-                      f"{gf:6.1f} GFLOP/s = {gf / r['matmul_gflops']:5.1%} of matmul)")
+                      f"{gf:6.1f} GFLOP/s = {gf / r['matmul_gflops']:5.1%} of matmul"
+                      + ("" if cpu is None else f", {cpu:.1f} us of CPU per window") + ")")
     for e in r.get("end_to_end", []):
         print(f"\n2. end to end, {e['kind']}, hop 1")
         if "sustained_msgs_s" in e:
@@ -590,6 +618,17 @@ def report(r: dict[str, Any]) -> None:
                   f"{e['sustained_msgs_s']:.0f} input events/s over the whole topic; steady "
                   f"state {e['sustained_windows_s']:.0f} input events/s = windows/s (mean batch "
                   f"{e['mean_batch']:.0f}); {share}")
+            if e.get("steady_cores_detector") is not None:
+                per = e["steady_cores_detector"] / e["sustained_windows_s"] * 1e6
+                print(f"  cores in the steady state: detector {e['steady_cores_detector']:.2f} "
+                      f"({per:.1f} us of CPU per window), broker "
+                      f"{e['steady_cores_broker']:.2f}, of {os.cpu_count()}")
+            if "streaming_cpu_us_per_window" in e:
+                print(f"  of the detector's CPU per window, the model's own (two calls at "
+                      f"once, batch {e['model_only_batch']}) {e['model_cpu_us_per_window']:.1f}"
+                      f" us, the streaming {e['streaming_cpu_us_per_window']:.1f} us: with "
+                      f"no core ever idle, {e['cpu_bound_windows_s']:.0f} windows/s = "
+                      f"{e['cpu_bound_share_of_model_only']:.1%} of the model's best")
         if "latency_p50_ms" in e:
             if e["latency_p50_ms"] is None:
                 print(f"  latency at {e['latency_rate_msgs_s']:.0f} msg/s: no incident opened")

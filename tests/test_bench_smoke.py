@@ -23,6 +23,10 @@ def test_bench_quick_runs_and_writes_every_model_figure(tmp_path):
     for m in kinds.values():
         assert m["seed_predict_windows_s"] > 0 and all(v > 0 for v in m["batched"].values())
         assert m["traces"] == 1, "the batched path never retraces"
+        # the service's way, with the model's own CPU per window (read from the process)
+        par = m["parallel"]
+        assert set(par["cpu_us_per_window"]) == set(par["batched"]) == set(m["batched"])
+        assert all(v > 0 for v in par["cpu_us_per_window"].values())
     assert "of matmul" in proc.stdout
 
 
@@ -37,6 +41,7 @@ def test_bench_quick_end_to_end_latency_and_memory_parts_run(tmp_path):
     res = json.loads(out.read_text())
     (e,) = res["end_to_end"]
     assert e["sustained_windows_s"] > 0 and e["messages"] >= e["keys"]
+    assert e["steady_cores_detector"] > 0 and e["steady_cores_broker"] >= 0
     # the injected spikes open incidents, each seen live by the bench's own consumer
     assert e["latency_events"] > 0 and e["latency_not_received_live"] == 0
     assert 0 < e["latency_p50_ms"] <= e["latency_p99_ms"] <= e["latency_max_ms"]
