@@ -230,3 +230,30 @@ def test_recurrent_kinds_score_through_the_written_out_loop_up_to_its_step_cap()
     x = np.random.default_rng(3).normal(size=(5, MAX_FUSED_STEPS + 1, 1)).astype(np.float32)
     long = models.build("lstm", MAX_FUSED_STEPS + 1, 1, {"units": 4})
     np.testing.assert_allclose(long.score_batch(x), direct_errors(long.model, x), rtol=1e-5)
+
+
+def test_tensorflows_import_notices_are_dropped_and_other_stderr_kept(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPUs where oneDNN's custom operations are on, TensorFlow's native libraries
+    print a notice on import that TF_CPP_MIN_LOG_LEVEL does not silence; a command's
+    error must stay one line, and nothing else written meanwhile may be lost."""
+    import os
+
+    from stream_detector.models.base import _without_import_notices
+
+    notices = (
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to "
+        b"STDERR\nI0000 00:00:1795968796.466115   22016 port.cc:153] oneDNN custom operations"
+        b" are on. You may see slightly different numerical results due to floating-point "
+        b"round-off errors from different computation orders.\n"
+    )
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _without_import_notices():
+        os.write(2, notices + b"something else the import said\n")
+    assert capfd.readouterr().err == "something else the import said\n"
+    # INFO logs asked for: everything passes
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    with _without_import_notices():
+        os.write(2, notices)
+    assert capfd.readouterr().err == notices.decode()

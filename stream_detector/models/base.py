@@ -10,16 +10,60 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
+# what TensorFlow's native libraries print on import on CPUs where oneDNN's custom
+# operations are on: an INFO notice, logged through absl before its logging is set up,
+# which TF_CPP_MIN_LOG_LEVEL does not silence (tensorflow/tensorflow#79029)
+_IMPORT_NOTICES = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|\] oneDNN custom operations are on\."
+)
+
+
+@contextmanager
+def _without_import_notices() -> Iterator[None]:
+    """Drop TensorFlow's import notices from stderr (fd 2) unless INFO logs are wanted
+    (``TF_CPP_MIN_LOG_LEVEL`` 0), so that a command's error stays one line. Whatever else
+    the import writes there is passed on once it is done."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to guard
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if not _IMPORT_NOTICES.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+with _without_import_notices():
+    import keras
+    import tensorflow as tf
+
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 DEFAULT_BUCKETS = tuple(2**i for i in range(13))  # 1, 2, 4, ... 4096
 # kinds scored through XLA: it fuses a recurrent layer's per-step ops (the LSTM scores
