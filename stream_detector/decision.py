@@ -374,7 +374,13 @@ class _Stateful:
         self.cap = self.history + self.every
         self.context = 0  # raw errors a method needs before each window (likelihood)
         self._state: dict[str, _KeyState] = {}
-        self._scales: dict[str, np.ndarray] = {}  # the seasonal check's, per key
+        # the seasonal check's scale: each trained key's training range width per feature
+        # (1 where it has none); other keys get 1
+        self._widths: dict[str, np.ndarray] = {}
+        if self._seasonal is not None:
+            for key, (lo, hi) in self.ranges.items():
+                width = np.asarray(hi, np.float64) - np.asarray(lo, np.float64)
+                self._widths[key] = np.where(width > 0, width, 1.0)
 
     # -- method hooks --------------------------------------------------------------
     def _estimate(self, hist: np.ndarray) -> Any:
@@ -590,7 +596,9 @@ class _Stateful:
         keep = period + span
         if st.sv is None or st.sv.shape[1] != f or st.sp != period:
             st.sv, st.sp = np.zeros((0, f), np.float32), period
-        scale = self._season_scale(key, f)
+        scale = self._widths.get(key)
+        if scale is None or len(scale) != f:
+            scale = np.ones(f)
         held = len(st.sv)
         seq = np.concatenate([st.sv, values.reshape(m * p, f)]).astype(np.float64)
         ends = held + p * np.arange(1, m + 1) - 1  # each window's last value in `seq`
@@ -614,18 +622,6 @@ class _Stateful:
         st.sv = seq[-keep:].astype(np.float32)
         return a, flag
 
-    def _season_scale(self, key: str, f: int) -> np.ndarray:
-        """Per feature, the width of the key's training range (1 where it has none)."""
-        scale = self._scales.get(key)
-        if scale is None or len(scale) != f:
-            scale = np.ones(f)
-            known = self.ranges.get(key)
-            if known is not None and len(known[0]) == f:
-                width = np.asarray(known[1], np.float64) - np.asarray(known[0], np.float64)
-                scale = np.where(width > 0, width, 1.0)
-            self._scales[key] = scale
-        return scale
-
     def _recent_max(self, st: _KeyState, a: np.ndarray) -> np.ndarray:
         """For each score of ``a``, the largest of the ``suppress`` scores before it (0 if none)."""
         k = self.suppress
@@ -642,7 +638,6 @@ class _Stateful:
 
     def forget(self, key: str) -> None:
         self._state.pop(key, None)
-        self._scales.pop(key, None)
         if self._seasonal is not None:
             self._seasonal.forget(key)
 
