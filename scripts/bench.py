@@ -212,24 +212,24 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
         c0, t0 = det.value("stream_detector_messages_consumed_total"), time.perf_counter()
         # steady state: windows scored between 10% and 90% of the total (past the first
         # WINDOW-1 points of each key, where messages make no window yet)
-        pids = {"detector": det.proc.pid, "broker": broker_pid}
         w0 = det.wait_value("stream_detector_windows_scored_total", 0.1 * windows, 1800)
-        cpu0 = {k: _cpu_seconds(p) for k, p in pids.items()}
+        clock = _Cores({"detector": det.proc.pid, "broker": broker_pid})
         tw0 = time.perf_counter()
         w1 = det.wait_value("stream_detector_windows_scored_total", 0.9 * windows, 1800)
         tw1 = time.perf_counter()
-        cores = {f"steady_cores_{k}": (_cpu_seconds(p) - cpu0[k]) / (tw1 - tw0)
-                 for k, p in pids.items()}
+        cores = clock.since("steady_cores_")
         det.wait_value("stream_detector_windows_scored_total", windows, timeout=1800)
         t1 = time.perf_counter()
         rate_s = (n - c0) / (t1 - t0)
         m = det.metrics()
     finally:
         det.terminate()
+    windows_s = (w1 - w0) / (tw1 - tw0)
     return {"kind": kind, "messages": n, "keys": n_keys, "windows": windows,
-            "max_batch": max_batch,
-            "sustained_msgs_s": rate_s, "sustained_windows_s": (w1 - w0) / (tw1 - tw0),
-            "mean_batch": _mean(m, "stream_detector_inference_batch_size"), **cores}
+            "max_batch": max_batch, "sustained_msgs_s": rate_s, "sustained_windows_s": windows_s,
+            "mean_batch": _mean(m, "stream_detector_inference_batch_size"), **cores,
+            "steady_detector_cpu_us_per_window":
+                cores["steady_cores_detector"] / windows_s * 1e6}
 
 
 class _Receiver(threading.Thread):
@@ -279,6 +279,24 @@ def _cpu_seconds(pid: int | None) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _Cores:
+    """The cores each of some processes (name -> pid) uses from :meth:`start` on."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self.start()
+
+    def start(self) -> None:
+        self.cpu0 = {k: _cpu_seconds(p) for k, p in self.pids.items()}
+        self.t0 = time.perf_counter()
+
+    def since(self, prefix: str) -> dict[str, float]:
+        """``{prefix + name: CPU seconds / wall seconds}`` since :meth:`start`."""
+        wall = time.perf_counter() - self.t0
+        return {prefix + k: (_cpu_seconds(p) - self.cpu0[k]) / wall
+                for k, p in self.pids.items()}
+
+
 def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: float,
             seconds: float, max_batch: int, broker_pid: int | None = None,
             linger_ms: int = 20) -> dict[str, Any]:
@@ -311,20 +329,11 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
         # who uses the machine's cores while windows are scored (all on this one machine;
         # from the first point that completes a window, as the keys' first points only fill
         # their buffers)
-        pids = {"detector": det.proc.pid, "broker": broker_pid, "bench": os.getpid()}
-        cpu0: dict[str, float] = {}
-        t0 = 0.0
-
-        def start_clock() -> None:
-            nonlocal t0
-            cpu0.update({k: _cpu_seconds(p) for k, p in pids.items()})
-            t0 = time.perf_counter()
-
+        clock = _Cores({"detector": det.proc.pid, "broker": broker_pid, "bench": os.getpid()})
         n = _produce(bs, src, n_keys, per_key, rate_s=rate_s, wallclock_ts=True,
                      spike_every=max(1, int(rate_s * 0.2)), linger_ms=linger_ms, spikes=spikes,
-                     at_first_window=start_clock)
-        cores = {f"cores_{k}": (_cpu_seconds(p) - cpu0[k]) / (time.perf_counter() - t0)
-                 for k, p in pids.items()}
+                     at_first_window=clock.start)
+        cores = clock.since("cores_")
         expected = n_keys * (per_key - WINDOW + 1)
         det.wait_value("stream_detector_windows_scored_total", expected, timeout=600)
         time.sleep(2)
@@ -570,10 +579,10 @@ def _e2e_share(e: dict[str, Any], model_only: list[dict[str, Any]]) -> dict[str,
     out = {"model_only_batch": b, "model_only_ref_windows_s": ref,
            "e2e_share_of_model_only": w / ref, "e2e_share_of_one_call": w / one}
     model_cpu = mo.get("parallel", {}).get("cpu_us_per_window", {}).get(b)
-    if model_cpu and e.get("steady_cores_detector"):
+    cpu = e.get("steady_detector_cpu_us_per_window")
+    if model_cpu and cpu:
         # what the streaming costs on top of the model, and the rate the machine's cores
         # allow at the detector's CPU per window if none of them ever idled
-        cpu = e["steady_cores_detector"] / w * 1e6
         cores = os.cpu_count() or 1
         out.update({"model_cpu_us_per_window": model_cpu,
                     "streaming_cpu_us_per_window": cpu - model_cpu,
@@ -619,9 +628,9 @@ def report(r: dict[str, Any]) -> None:
                   f"state {e['sustained_windows_s']:.0f} input events/s = windows/s (mean batch "
                   f"{e['mean_batch']:.0f}); {share}")
             if e.get("steady_cores_detector") is not None:
-                per = e["steady_cores_detector"] / e["sustained_windows_s"] * 1e6
                 print(f"  cores in the steady state: detector {e['steady_cores_detector']:.2f} "
-                      f"({per:.1f} us of CPU per window), broker "
+                      f"({e['steady_detector_cpu_us_per_window']:.1f} us of CPU per window), "
+                      f"broker "
                       f"{e['steady_cores_broker']:.2f}, of {os.cpu_count()}")
             if "streaming_cpu_us_per_window" in e:
                 print(f"  of the detector's CPU per window, the model's own (two calls at "

@@ -42,6 +42,7 @@ def test_bench_quick_end_to_end_latency_and_memory_parts_run(tmp_path):
     (e,) = res["end_to_end"]
     assert e["sustained_windows_s"] > 0 and e["messages"] >= e["keys"]
     assert e["steady_cores_detector"] > 0 and e["steady_cores_broker"] >= 0
+    assert e["steady_detector_cpu_us_per_window"] > 0
     # the injected spikes open incidents, each seen live by the bench's own consumer
     assert e["latency_events"] > 0 and e["latency_not_received_live"] == 0
     assert 0 < e["latency_p50_ms"] <= e["latency_p99_ms"] <= e["latency_max_ms"]
