@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from stream_detector.decision.base import reason_names
 from stream_detector.records import Source, WindowMeta, iso, stable_id
 
 
@@ -65,7 +66,7 @@ class IncidentTracker:
 
     def _event(
         self, kind: str, meta: WindowMeta, score: float, threshold: float, a_score: float,
-        incident_id: str,
+        incident_id: str, reason: int = 0,
     ) -> dict[str, Any]:
         src: Source = meta.source
         return {
@@ -80,15 +81,21 @@ class IncidentTracker:
             "score": round(float(score), 6),
             "threshold": round(float(threshold), 6),
             "anomaly_score": round(float(a_score), 6),
+            "reason": reason_names(reason),
             "model": self.model,
             "model_version": self.model_version,
             "source": {"topic": src.topic, "partition": src.partition, "offset": src.offset},
         }
 
     def observe(
-        self, meta: WindowMeta, score: float, threshold: float, a_score: float, anomalous: bool
+        self, meta: WindowMeta, score: float, threshold: float, a_score: float, anomalous: bool,
+        excursion: bool = False, reason: int = 0,
     ) -> list[dict[str, Any]]:
-        """Fold one scored window of ``meta.key`` in; return the events to publish."""
+        """Fold one scored window of ``meta.key`` in; return the events to publish.
+
+        ``anomalous``: the window raised an alarm; ``excursion``: it is anomalous though
+        its alarm was suppressed (it extends an open incident, opens none); ``reason``:
+        the bits of the checks that flagged it (``decision.REASONS``)."""
         key = meta.key
         src = meta.source
         if self.mode == "windows":
@@ -96,14 +103,14 @@ class IncidentTracker:
                 return []
             iid = stable_id(self.model_version, key, src.topic, src.partition, src.offset,
                             length=16)
-            return [self._event("window", meta, score, threshold, a_score, iid)]
+            return [self._event("window", meta, score, threshold, a_score, iid, reason)]
         cur = self._open.get(key)
-        if anomalous:
+        if anomalous or (excursion and cur is not None):
             if cur is None:
                 iid = stable_id(self.model_version, key, src.topic, src.partition, src.offset,
                                 length=16)
                 self._open[key] = _Open(iid, meta.end_ts, meta.end_ts, score, 1, 0)
-                return [self._event("opened", meta, score, threshold, a_score, iid)]
+                return [self._event("opened", meta, score, threshold, a_score, iid, reason)]
             cur.ended = meta.end_ts
             cur.peak_score = max(cur.peak_score, score)
             cur.windows += 1

@@ -599,7 +599,9 @@ class Detector:
         newest = None
         if self.decider.wants_values:  # the values new to each window: its last hop points
             newest = batch.windows[:, -min(self.hop, batch.windows.shape[1]):, :]
-        thr, a_scores, flags = self.decider.decide(keys, scores, newest)
+        decision = self.decider.decide(keys, scores, newest)
+        thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
+        excursion, reasons = decision.excursion, decision.reason
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
         observe_many(m.reconstruction_error, scores)
@@ -615,7 +617,8 @@ class Detector:
                 continue
             meta = _window_meta(batch.metas[i])
             for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
-                                      float(a_scores[i]), bool(flags[i])):
+                                      float(a_scores[i]), bool(flags[i]), bool(excursion[i]),
+                                      int(reasons[i])):
                 if ev["type"] == "opened":
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)

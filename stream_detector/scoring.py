@@ -17,13 +17,15 @@ import numpy as np
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
-from stream_detector.decision import Decider, Newest, make_decider
+from stream_detector.decision import Decider, Newest, make_decider, reason_names
 from stream_detector.errors import InputError
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.threshold import Thresholds
 from stream_detector.window import WindowBuffer
 
-OUTPUT_HEADER = ["timestamp", "key", "value", "score", "threshold", "anomaly_score", "is_anomaly"]
+OUTPUT_HEADER = [
+    "timestamp", "key", "value", "score", "threshold", "anomaly_score", "is_anomaly", "reason",
+]
 
 
 @dataclass
@@ -32,6 +34,8 @@ class ScoredSeries:
 
     Each point carries the result of the latest window ending at or before it.
     ``window_score`` holds the score of windows ending exactly at a point (NaN elsewhere).
+    ``excursion``: anomalous before alarm suppression (an incident stays open while it
+    holds); ``reason``: the bits of the checks that flagged it (``decision.REASONS``).
     """
 
     series: Series
@@ -40,6 +44,8 @@ class ScoredSeries:
     anomaly_score: np.ndarray
     is_anomaly: np.ndarray
     window_score: np.ndarray
+    excursion: np.ndarray
+    reason: np.ndarray
 
 
 def window_scores(
@@ -115,15 +121,17 @@ def decide_series(
     wthr = np.full(n, np.nan)
     wa = np.full(n, np.nan)
     wflag = np.zeros(n, dtype=bool)
+    wexc = np.zeros(n, dtype=bool)
+    wreason = np.zeros(n, dtype=np.uint8)
     if len(scores):
         newest = newest_values(s.values, end_idx, new_points) if decider.wants_values else None
-        thr, a, flag = decider.decide(
-            [s.key] * len(scores), np.asarray(scores, np.float64), newest
-        )
+        d = decider.decide([s.key] * len(scores), np.asarray(scores, np.float64), newest)
         wscore[end_idx] = scores
-        wthr[end_idx] = thr
-        wa[end_idx] = a
-        wflag[end_idx] = flag
+        wthr[end_idx] = d.threshold
+        wa[end_idx] = d.anomaly_score
+        wflag[end_idx] = d.is_anomaly
+        wexc[end_idx] = d.excursion
+        wreason[end_idx] = d.reason
     # carry each window's result forward to the points before the next window ends
     has = ~np.isnan(wscore)
     pos = np.where(has, np.arange(n), -1)
@@ -134,7 +142,9 @@ def decide_series(
     thr_row = np.where(started, wthr[at], thresholds.for_key(s.key))
     a_row = np.where(started, wa[at], np.nan)
     flag_row = started & wflag[at]
-    return ScoredSeries(s, score, thr_row, a_row, flag_row, wscore)
+    exc_row = started & wexc[at]
+    reason_row = np.where(started, wreason[at], 0).astype(np.uint8)
+    return ScoredSeries(s, score, thr_row, a_row, flag_row, wscore, exc_row, reason_row)
 
 
 def score_dataset(
@@ -173,7 +183,8 @@ def write_scores(results: list[ScoredSeries], path: str | Path) -> int:
             rows.append((
                 s.source, int(s.lines[i]), order, i,
                 [s.timestamps[i], key, f"{float(s.values[i, 0]):.6g}", _fmt(r.score[i]),
-                 _fmt(r.threshold[i]), _fmt(r.anomaly_score[i]), str(int(r.is_anomaly[i]))],
+                 _fmt(r.threshold[i]), _fmt(r.anomaly_score[i]), str(int(r.is_anomaly[i])),
+                 "+".join(reason_names(int(r.reason[i]))) if r.is_anomaly[i] else ""],
             ))
     rows.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
     out = Path(path)

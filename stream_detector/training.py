@@ -11,7 +11,7 @@ import numpy as np
 
 from stream_detector.artifact import Artifact, save_artifact
 from stream_detector.datasets import Dataset, Series
-from stream_detector.decision import decision_spec
+from stream_detector.decision import DEFAULT_DECISION, decision_spec
 from stream_detector.errors import InputError
 from stream_detector.scaling import ScalerSet, fit_scaler
 from stream_detector.season import detect_period
@@ -41,9 +41,8 @@ class TrainOptions:
     learning_rate: float = 1e-3
     max_windows: int = 100_000
     verbose: int = 0
-    # how errors become decisions (decision.py). The library keeps the seed's static rule;
-    # the `train` command defaults to DEFAULT_DECISION (see README, "Detection quality").
-    decision: str = "static"
+    # how errors become decisions (stream_detector/decision/)
+    decision: str = DEFAULT_DECISION
     decision_params: dict[str, Any] = field(default_factory=dict)
 
 

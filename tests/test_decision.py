@@ -61,7 +61,7 @@ def decide_in_chunks(decider, key, x, cuts, other=None):
                 at = int(rng.integers(0, len(keys) + 1))
                 keys.insert(at, "zz-other")
                 scores.insert(at, float(rng.lognormal(-1, 0.3)))
-        thr, a, f = decider.decide(keys, np.asarray(scores))
+        thr, a, f, *_ = decider.decide(keys, np.asarray(scores))
         mine = np.array([k == key for k in keys])
         outs.append((thr[mine], a[mine], f[mine]))
     return tuple(np.concatenate(parts) for parts in zip(*outs))
@@ -122,7 +122,7 @@ def test_score_range_monotone_and_one_half_at_the_threshold(name: str) -> None:
     def one(score: float) -> tuple[float, float, bool]:
         fresh = make_decider(THR, spec)
         fresh.restore("a", raw)
-        t, a, f = fresh.decide(["a"], np.array([score]))
+        t, a, f, *_ = fresh.decide(["a"], np.array([score]))
         return float(t[0]), float(a[0]), bool(f[0])
 
     grid = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 400)])
@@ -145,11 +145,11 @@ def test_score_range_monotone_and_one_half_at_the_threshold(name: str) -> None:
 def test_suppression_flags_the_onset_of_an_excursion_once() -> None:
     x = np.full(400, 0.3) + np.random.default_rng(0).normal(0, 0.01, 400)
     x[300:340] = 5.0  # one sustained excursion
-    _, a, f = make_decider(THR, {"method": "pot", "history": 200, "warmup": 40}).decide(
+    _, a, f, *_ = make_decider(THR, {"method": "pot", "history": 200, "warmup": 40}).decide(
         ["a"] * len(x), x
     )
     assert f[300] and f[300:340].sum() == 1
-    _, a0, f0 = make_decider(
+    _, a0, f0, *_ = make_decider(
         THR, {"method": "pot", "history": 200, "warmup": 40, "suppress": 0}
     ).decide(["a"] * len(x), x)
     assert f0[300:310].all() and f0[300:340].sum() > 1
@@ -159,8 +159,8 @@ def test_suppression_flags_the_onset_of_an_excursion_once() -> None:
 def test_warmup_uses_the_static_rule_then_statistics_take_over() -> None:
     x = errors(200, seed=9)
     spec = {"method": "pot", "history": 100, "warmup": 50, "suppress": 0}
-    thr, a, f = make_decider(THR, spec).decide(["a"] * len(x), x)
-    st_thr, st_a, st_f = StaticThreshold(THR).decide(["a"] * 50, x[:50])
+    thr, a, f, *_ = make_decider(THR, spec).decide(["a"] * len(x), x)
+    st_thr, st_a, st_f, *_ = StaticThreshold(THR).decide(["a"] * 50, x[:50])
     np.testing.assert_allclose(a[:50], st_a)
     np.testing.assert_allclose(thr[:50], st_thr)
     np.testing.assert_array_equal(f[:50], st_f)
@@ -168,7 +168,7 @@ def test_warmup_uses_the_static_rule_then_statistics_take_over() -> None:
 
 
 def test_a_key_unseen_in_training_uses_the_global_threshold_while_warming_up() -> None:
-    thr, _, _ = make_decider(THR, {"method": "pot"}).decide(["a", "b"], np.array([0.1, 0.1]))
+    thr, _, _, *_ = make_decider(THR, {"method": "pot"}).decide(["a", "b"], np.array([0.1, 0.1]))
     assert thr.tolist() == pytest.approx([0.8, 1.0])
 
 
@@ -272,7 +272,7 @@ def test_range_flags_a_level_never_reached_whatever_the_error() -> None:
     v[350] = 1.06  # and one by 4 %: inside the 5 % tolerance
     v[20] = -0.5  # and one during the warm-up: it only widens the range (to 1.5)
     x = np.full(n, 0.3)  # an error that never stands out
-    thr, a, f = make_decider(THR, RANGE).decide(["a"] * n, x, _newest(v))
+    thr, a, f, *_ = make_decider(THR, RANGE).decide(["a"] * n, x, _newest(v))
     assert np.flatnonzero(f).tolist() == [300]
     assert a[300] == 1.0 and thr[300] == thr[299]  # the error's threshold is unchanged
     # the same errors without the values, or with range 0: nothing
@@ -296,7 +296,7 @@ def test_range_is_per_feature_and_per_key() -> None:
     hi[160, 0] = 1.02  # 2 % above the first's: not
     keys = ["a" if i % 2 else "b" for i in range(n)]
     newest = np.stack([lo, hi], axis=1)  # two new points per window: (n, 2, features)
-    _, _, f = make_decider(THR, {**RANGE, "warmup": 10}).decide(keys, np.full(n, 0.3), newest)
+    _, _, f, *_ = make_decider(THR, {**RANGE, "warmup": 10}).decide(keys, np.full(n, 0.3), newest)
     assert np.flatnonzero(f).tolist() == [150]
 
 
@@ -330,7 +330,7 @@ def test_state_written_without_a_range_restores_and_starts_one() -> None:
     d.restore("a", raw)  # e.g. the state of a service that ran before range existed
     # the new range checks once it spans the warm-up: a climb is news only after that
     v = np.r_[np.linspace(0, 1, 50), 1.5]
-    _, a, f = d.decide(["a"] * 51, np.full(51, 0.3), _newest(v))
+    _, a, f, *_ = d.decide(["a"] * 51, np.full(51, 0.3), _newest(v))
     assert f[-1] and a[-1] == 1.0 and not f[:-1].any()
     with pytest.raises(ValueError, match="wrong length"):
         make_decider(THR, RANGE).restore("a", (d.export("a") or b"") + b"\0" * 8)
@@ -383,7 +383,7 @@ def test_season_flags_a_cycle_that_skips_its_swing() -> None:
     x = errors(n, seed=3)
     d = make_decider(THR, SEASON, periods={"a": PERIOD})
     assert d.wants_values
-    _, a, f = d.decide(["a"] * n, x, _newest(v))
+    _, a, f, *_ = d.decide(["a"] * n, x, _newest(v))
     blind = make_decider(THR, {**SEASON, "season": "off"}).decide(["a"] * n, x, _newest(v))
     hits = np.flatnonzero(f & ~blind[2])
     during = hits[(hits >= 1000) & (hits < 1000 + PERIOD + SEASON["season_span"])]

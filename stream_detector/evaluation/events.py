@@ -19,6 +19,31 @@ def incidents_from_flags(flags: np.ndarray, gap: int = 0) -> list[tuple[int, int
     return [(int(a), int(b)) for a, b in zip(starts, ends)]
 
 
+def incidents_from_decisions(
+    alarm: np.ndarray, excursion: np.ndarray | None = None, gap: int = 0
+) -> list[tuple[int, int]]:
+    """The service's incidents (``incidents.IncidentTracker``) from per-window decisions:
+    an incident opens at an alarm, stays open while windows are anomalous (an alarm, or
+    an ``excursion`` whose alarm was suppressed) with gaps of up to ``gap`` normal
+    windows, and ends at its last anomalous window -> [(start, end)]."""
+    alarm = np.asarray(alarm, dtype=bool)
+    busy = alarm if excursion is None else alarm | np.asarray(excursion, dtype=bool)
+    out: list[tuple[int, int]] = []
+    start = last = -1
+    for i in np.flatnonzero(busy).tolist():
+        if start >= 0 and i - last > gap + 1:
+            out.append((start, last))
+            start = -1
+        if start < 0:
+            if not alarm[i]:
+                continue
+            start = i
+        last = i
+    if start >= 0:
+        out.append((start, last))
+    return out
+
+
 @dataclass(frozen=True)
 class EventScore:
     tp: int

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from stream_detector.evaluation import nab
 from stream_detector.evaluation.events import (
     EventScore,
     event_score,
-    incidents_from_flags,
+    incidents_from_decisions,
     precision_at_n,
     roc_auc,
 )
@@ -348,6 +349,7 @@ def run_smap(
     seed: int = 0,
     model_params: Mapping[str, Any] | None = None,
     fine_tune: FineTuneOptions | None = None,
+    cache: Path | None = None,
     log: Log = _quiet,
 ) -> list[ChannelResult]:
     """Train on each channel's train array, score its test array, count labelled events.
@@ -366,23 +368,21 @@ def run_smap(
             kind=kind, window=window, epochs=epochs, seed=seed,
             model_params=dict(model_params or {}),
         )
-        art = train(channel_dataset(name, ch.train[:, cols]), opts)
         test = channel_dataset(name, ch.test[:, cols])
-        scores, _, end_idx = window_scores(art, test, fine_tune=fine_tune)
+        tag = f"smap-{kind}-w{window}-e{epochs}-s{seed}-{features}" + _params_tag(model_params) + (
+            _tune_tag(fine_tune) if fine_tune and fine_tune.enabled else ""
+        )
+        scored = _cached(cache, tag, name, functools.partial(
+            _fit_and_score, channel_dataset(name, ch.train[:, cols]), test, opts, fine_tune
+        ))
         events = {}
         for label, spec in decisions.items():
-            r = decide_series(
-                make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(art.hop)),
-                art.thresholds,
-                test.series[0], scores, end_idx,
+            r = decide_series(scored.decider(spec), scored.thresholds, test.series[0],
+                              scored.scores, scored.end_idx)
+            incidents = _incidents(r, scored.end_idx, window, gap=max(1, window // 2))
+            events[label] = event_score(
+                [(max(0, a - window + 1), b) for a, b in incidents], ch.anomalies
             )
-            flagged = np.zeros(len(r.is_anomaly), dtype=bool)
-            flagged[end_idx] = r.is_anomaly[end_idx]
-            incidents = [
-                (max(0, a - window + 1), b)
-                for a, b in incidents_from_flags(flagged, gap=max(1, window // 2))
-            ]
-            events[label] = event_score(incidents, ch.anomalies)
         res = ChannelResult(
             name, ch.spacecraft, len(ch.anomalies), events, time.perf_counter() - t0
         )
@@ -393,6 +393,160 @@ def run_smap(
         )
         out.append(res)
     return out
+
+
+def _incidents(
+    r: Any, end_idx: np.ndarray, window: int, gap: int
+) -> list[tuple[int, int]]:
+    """The service's incidents of one scored series, as row spans of window ends."""
+    alarm = np.zeros(len(r.is_anomaly), dtype=bool)
+    exc = np.zeros(len(r.is_anomaly), dtype=bool)
+    alarm[end_idx] = r.is_anomaly[end_idx]
+    exc[end_idx] = r.excursion[end_idx]
+    # window ends only: one step per window, so the gap counts windows (hop 1)
+    return incidents_from_decisions(alarm, exc, gap)
+
+
+@dataclass
+class Scored:
+    """One series' window scores and what its decider needs, from a trained artifact."""
+
+    scores: np.ndarray
+    end_idx: np.ndarray
+    thresholds: Thresholds
+    ranges: dict[str, tuple[list[float], list[float]]]
+    periods: dict[str, int]
+
+    def decider(self, spec: Mapping[str, Any]) -> Any:
+        return make_decider(self.thresholds, spec, self.ranges, self.periods)
+
+
+def _fit_and_score(
+    train_ds: Any, test_ds: Any, opts: TrainOptions, fine_tune: FineTuneOptions | None = None
+) -> Scored:
+    art = train(train_ds, opts)
+    scores, _, end_idx = window_scores(art, test_ds, fine_tune=fine_tune)
+    return Scored(scores, end_idx, art.thresholds, art.value_ranges, art.periods_at(art.hop))
+
+
+def _cached(cache: Path | None, tag: str, name: str, make: Callable[[], Scored]) -> Scored:
+    """``make()``, kept in ``cache/tag/name.npz`` and reused when there."""
+    path = cache / tag / (name.replace("/", "__") + ".npz") if cache else None
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            return Scored(
+                z["scores"], z["end_idx"], Thresholds.from_dict(meta["thresholds"]),
+                {k: (v[0], v[1]) for k, v in meta["ranges"].items()}, meta["periods"],
+            )
+    got = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"thresholds": got.thresholds.to_dict(), "ranges": got.ranges,
+                "periods": got.periods}
+        np.savez(path, scores=got.scores, end_idx=got.end_idx, meta=json.dumps(meta))
+    return got
+
+
+def _params_tag(params: Mapping[str, Any] | None) -> str:
+    return "".join(f"-{k}{v}" for k, v in sorted((params or {}).items()))
+
+
+# -- synthetic series: the quality test's and the demo's ----------------------------------
+
+
+@dataclass
+class SyntheticResult:
+    name: str
+    events: dict[str, EventScore]  # label -> TP/FP/FN
+    seconds: float
+
+
+def run_synthetic(
+    decisions: Mapping[str, Mapping[str, Any]],
+    *,
+    name: str = "synthetic",
+    kind: str = "conv1d",
+    n_series: int = 4,
+    length: int = 1500,
+    seed: int = 1,
+    anomalies_per_series: int = 4,
+    clean_keys: int = 0,
+    epochs: int = 30,
+    max_windows: int = 100_000,
+    score_prefix: bool = False,
+    cache: Path | None = None,
+    log: Log = _quiet,
+) -> SyntheticResult:
+    """Generated series with injected anomalies (``stream_detector.synthetic``): fit on
+    the clean prefix, score every series, fold the service's incidents (gap half a
+    window) and match them to the injected spans (tolerance one window).
+
+    The defaults are the quality test's (tests/test_quality.py); ``demo_options`` gives
+    the demo's. ``score_prefix``: count incidents in the clean prefix too (the demo
+    streams it; the quality test does not count it).
+    """
+    from stream_detector.synthetic import generate
+
+    t0 = time.perf_counter()
+    data = generate(n_series=n_series, length=length, seed=seed,
+                    anomalies_per_series=anomalies_per_series, clean_keys=clean_keys)
+    window = 64
+    full = _synthetic_dataset(data)
+    opts = TrainOptions(kind=kind, window=window, epochs=epochs, max_windows=max_windows,
+                        seed=seed, train_fraction=data.clean_prefix / length)
+    tag = f"{name}-{kind}-n{n_series}-l{length}-s{seed}-a{anomalies_per_series}-c{clean_keys}" \
+        f"-e{epochs}-m{max_windows}"
+    trained: dict[str, Scored] = {}
+
+    def fit(key: str) -> Scored:  # one model for every series, trained on first need
+        if not trained:
+            art = train(full, opts)
+            scores, series_idx, end_idx = window_scores(art, full)
+            for i, s in enumerate(full.series):
+                sel = series_idx == i
+                trained[s.key] = Scored(scores[sel], end_idx[sel], art.thresholds,
+                                        art.value_ranges, art.periods_at(art.hop))
+        return trained[key]
+
+    per_series = {
+        s.key: _cached(cache, tag, s.key, functools.partial(fit, s.key)) for s in full.series
+    }
+    events: dict[str, EventScore] = {}
+    for label, spec in decisions.items():
+        total = EventScore(0, 0, 0)
+        for s in full.series:
+            sc = per_series[s.key]
+            r = decide_series(sc.decider(spec), sc.thresholds, s, sc.scores, sc.end_idx)
+            inc = _incidents(r, sc.end_idx, window, gap=window // 2)
+            if not score_prefix:
+                inc = [(a, b) for a, b in inc if a >= data.clean_prefix]
+            truth = [(x.start, x.end) for x in data.anomalies if x.key == s.key]
+            total = total + event_score(inc, truth, tolerance=window)
+        events[label] = total
+    res = SyntheticResult(name, events, time.perf_counter() - t0)
+    log(f"  {name}: " + ", ".join(
+        f"{k} P {e.precision:.2f} R {e.recall:.2f}" for k, e in events.items()))
+    return res
+
+
+def demo_options() -> dict[str, Any]:
+    """``run_synthetic`` arguments that reproduce ``stream-detector demo`` at its defaults
+    (demo.py: 40 series of 1500 points, one anomaly in three of every four, 15 epochs)."""
+    return {"name": "demo", "n_series": 40, "length": 1500, "seed": 0,
+            "anomalies_per_series": 1, "clean_keys": 10, "epochs": 15,
+            "max_windows": 20_000, "score_prefix": True}
+
+
+def _synthetic_dataset(data: Any) -> Any:
+    """The generated series as ``read_dataset`` reads them from a long CSV."""
+    import tempfile
+
+    from stream_detector.datasets import read_dataset
+    from stream_detector.synthetic import write_long_csv
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_dataset([write_long_csv(data, Path(tmp) / "series.csv")], "long")
 
 
 # -- decider cost ------------------------------------------------------------------------
@@ -574,6 +728,46 @@ def cost_table(cost: Mapping[str, Mapping[str, float]]) -> str:
             f"| `{label}` | {c['offline_us']:.1f} | {c['online_us']:.1f} | "
             f"{int(c['state_bytes'])} |"
         )
+    return "\n".join(lines)
+
+
+def summary_table(
+    labels: Sequence[str],
+    default: str,
+    nab_rep: NabReport | None = None,
+    smap: Sequence[ChannelResult] | None = None,
+    demo: SyntheticResult | None = None,
+    synthetic: SyntheticResult | None = None,
+    cost: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """One row per decision method, one column per benchmark (blank where not run)."""
+    lines = [
+        "| decision | NAB standard | NAB low FP | NAB low FN | SMAP/MSL F1 | demo P / R "
+        "| synthetic P / R | µs/window online |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label in labels:
+        cells = []
+        if nab_rep is not None and label in nab_rep.scores:
+            sc = nab_rep.scores[label]
+            cells += [f"{sc[p]:.1f}" for p in
+                      ("standard", "reward_low_FP_rate", "reward_low_FN_rate")]
+        else:
+            cells += ["", "", ""]
+        if smap:
+            total = EventScore(0, 0, 0)
+            for r in smap:
+                total = total + r.events[label]
+            cells.append(f"{total.f1:.3f}")
+        else:
+            cells.append("")
+        for res in (demo, synthetic):
+            e = res.events.get(label) if res is not None else None
+            cells.append(f"{e.precision:.2f} / {e.recall:.2f}" if e is not None else "")
+        c = (cost or {}).get(label)
+        cells.append(f"{c['online_us']:.1f}" if c is not None else "")
+        name = f"**`{label}`** (default)" if label == default else f"`{label}`"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
