@@ -256,6 +256,7 @@ RUN_OPTS = (
     Opt("output_topic", str, None, "topic for anomaly events", required=True, metavar="T"),
     Opt("dlq_topic", str, None, "dead-letter topic for bad input (none: count and skip)",
         metavar="T"),
+    TIMESTAMP_POLICY_OPT,
     Opt("group_id", str, "stream-detector", "consumer group", metavar="G"),
     Opt("model", str, None, "model directory made by train", required=True, metavar="DIR"),
     Opt("metrics_port", int, 9400, "port for /metrics, /healthz, /readyz (0: off)", metavar="N"),
