@@ -6,11 +6,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream_detector import __version__
 from stream_detector.config import COMMAND_OPTS, add_options, resolve
 from stream_detector.errors import InputError, StreamDetectorError
+
+if TYPE_CHECKING:
+    from stream_detector.datasets import Dataset
 
 log = logging.getLogger("stream_detector")
 
@@ -38,10 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(cfg: dict[str, Any]) -> int:
-    from stream_detector.datasets import read_dataset
     from stream_detector.training import TrainOptions, train_and_save
 
-    ds = read_dataset(cfg["input"], cfg["format"])
+    ds = _read(cfg)
     quiet = cfg["quiet"]
     opts = TrainOptions(
         kind=cfg["model"], window=cfg["window"], hop=cfg["hop"], epochs=cfg["epochs"],
@@ -68,6 +70,19 @@ def cmd_train(cfg: dict[str, Any]) -> int:
     return 0
 
 
+def _read(cfg: dict[str, Any]) -> Dataset:
+    """The input files, with ``--timestamp-policy``; says how many points went back in time."""
+    from stream_detector.datasets import read_dataset
+
+    ds = read_dataset(cfg["input"], cfg["format"], cfg["timestamp_policy"])
+    if ds.timestamps_backwards:
+        done = "used in file order" if cfg["timestamp_policy"] == "accept" else "left out"
+        log.warning("%d point(s) whose timestamp goes back %s (--timestamp-policy %s); the "
+                    "first: %s", ds.timestamps_backwards, done, cfg["timestamp_policy"],
+                    ds.first_backwards)
+    return ds
+
+
 def _check_positive(cfg: dict[str, Any], *names: str) -> None:
     for n in names:
         if cfg.get(n) is not None and cfg[n] < 1:
@@ -76,7 +91,6 @@ def _check_positive(cfg: dict[str, Any], *names: str) -> None:
 
 def cmd_score(cfg: dict[str, Any]) -> int:
     from stream_detector.artifact import load_artifact
-    from stream_detector.datasets import read_dataset
     from stream_detector.decision import resolve_spec
     from stream_detector.scoring import score_dataset, write_scores
 
@@ -87,7 +101,7 @@ def cmd_score(cfg: dict[str, Any]) -> int:
                                 cfg["decision_param"])
     except ValueError as exc:
         raise InputError(f"--decision: {exc}") from None
-    ds = read_dataset(cfg["input"], cfg["format"])
+    ds = _read(cfg)
     if (ds.fmt == "records") != art.record_mode:
         kind = "records" if art.record_mode else "time series"
         raise InputError(f"{cfg['model']}: model was trained on {kind}; got --format {ds.fmt}")

@@ -21,6 +21,7 @@ import yaml
 
 from stream_detector.decision import DECIDERS, DEFAULT_DECISION
 from stream_detector.errors import ConfigError
+from stream_detector.window import TIMESTAMP_POLICIES
 
 ENV_PREFIX = "STREAM_DETECTOR_"
 KAFKA_ENV_PREFIX = "STREAM_DETECTOR_KAFKA_"
@@ -184,13 +185,24 @@ _COMMANDS = ("train", "score", "run", "replay", "broker", "demo")
 FORMAT_OPT = Opt("format", str, "long", "input CSV format", choices=("long", "nab", "wide", "records"))
 INPUT_OPT = Opt("input", _list, None, "input CSV file(s)", required=True)
 KAFKA_OPT = Opt("kafka", _pairs, {}, "librdkafka property, repeatable (SASL, SSL, timeouts)")
+TIMESTAMP_POLICY_OPT = Opt(
+    "timestamp_policy", str, "accept",
+    "a point whose timestamp is before its key's previous point's (a clock stepping back "
+    "at a daylight-saving change, a producer's clock corrected): accept = use it in arrival "
+    "order (file order for train and score, offset order for run); drop = skip it (score "
+    "writes no row for it); dlq = run sends it to --dlq-topic with reason "
+    "timestamp_backwards, train and score refuse the file naming its line (exit 2). Each "
+    "is counted (run: stream_detector_timestamps_backwards_total{action}). A point is judged "
+    "against the one before it only, not the latest time seen, so a far-future timestamp "
+    "costs drop and dlq the one point after it, not the key's later points",
+    choices=TIMESTAMP_POLICIES, metavar="{" + ",".join(TIMESTAMP_POLICIES) + "}")
 BOOTSTRAP_OPT = Opt("bootstrap_servers", str, None, "Kafka bootstrap servers host:port[,...]",
                     required=True, metavar="HOSTS")
 
 TRAIN_OPTS = (
     Opt("model", str, "conv1d", "model kind",
         choices=("lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm", "feedforward")),
-    INPUT_OPT, FORMAT_OPT,
+    INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT,
     Opt("window", int, None, "points per window (default 64; 1 for records)", metavar="N"),
     Opt("hop", int, 1, "score a window every N points (stored in the artifact)", metavar="N"),
     Opt("out", str, None, "output model directory", required=True, metavar="DIR"),
@@ -228,7 +240,7 @@ FINE_TUNE_OPTS = (
 
 SCORE_OPTS = (
     Opt("model", str, None, "model directory made by train", required=True, metavar="DIR"),
-    INPUT_OPT, FORMAT_OPT,
+    INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT,
     Opt("output", str, None, "output CSV", required=True, metavar="FILE"),
     Opt("plot", str, None, "also draw series, error and threshold to this PNG", metavar="FILE.png"),
     Opt("max_batch", int, 1024, "windows per batched model call", metavar="N"),
@@ -244,6 +256,7 @@ RUN_OPTS = (
     Opt("output_topic", str, None, "topic for anomaly events", required=True, metavar="T"),
     Opt("dlq_topic", str, None, "dead-letter topic for bad input (none: count and skip)",
         metavar="T"),
+    TIMESTAMP_POLICY_OPT,
     Opt("group_id", str, "stream-detector", "consumer group", metavar="G"),
     Opt("model", str, None, "model directory made by train", required=True, metavar="DIR"),
     Opt("metrics_port", int, 9400, "port for /metrics, /healthz, /readyz (0: off)", metavar="N"),

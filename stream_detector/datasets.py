@@ -2,6 +2,12 @@
 
 Every user mistake becomes an :class:`InputError` whose message names the file and,
 where it applies, the line and column, so the CLI can print one line and exit 2.
+
+A timestamp that goes back (before its key's previous point's, in file order: a clock
+stepping back at a daylight-saving change) is data, not a mistake: ``timestamp_policy``
+decides, as ``--timestamp-policy`` does for ``run``. ``accept`` keeps the point in file
+order, ``drop`` leaves it out, both count it; ``dlq`` (which has no dead-letter topic
+offline) refuses the file, naming the line.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_detector.errors import InputError
+from stream_detector.window import TIMESTAMP_POLICIES
 
 FORMATS = ("long", "nab", "wide", "records")
 
@@ -63,6 +70,10 @@ class Dataset:
     series: list[Series]
     feature_names: list[str]
     files: list[str] = field(default_factory=list)
+    # points whose timestamp goes back (kept with timestamp_policy accept, left out with
+    # drop), and where the first of them is, for the user
+    timestamps_backwards: int = 0
+    first_backwards: str | None = None
 
     @property
     def n_features(self) -> int:
@@ -147,7 +158,10 @@ def _cell(row: list[str], idx: int, path: Path, line: int, column: str) -> str:
     return row[idx].strip()
 
 
-def _read_timeseries(path: Path, fmt: str) -> tuple[list[Series], list[str]]:
+def _read_timeseries(path: Path, fmt: str, policy: str, backwards: list[tuple[int, str, int]]
+                     ) -> tuple[list[Series], list[str]]:
+    """The file's series; (line of the first, where it is, how many) is added to
+    ``backwards`` for every key with points whose timestamp goes back."""
     rows = _open_rows(path)
     required = ("timestamp", "key", "value") if fmt == "long" else ("timestamp", "value")
     header = _header(rows, path, required)
@@ -181,24 +195,37 @@ def _read_timeseries(path: Path, fmt: str) -> tuple[list[Series], list[str]]:
     series = []
     for key, (texts, tss, vals, lines, labels) in per_key.items():
         ts_arr = np.asarray(tss, dtype=np.float64)
-        back = np.nonzero(np.diff(ts_arr) < 0)[0]
+        # against the previous point only (not the latest so far): a step back at a
+        # daylight-saving change, or one far-future point, is one point, not all later ones
+        back = np.nonzero(np.diff(ts_arr) < 0)[0] + 1
+        line_arr = np.asarray(lines)
+        val_arr = np.asarray(vals, dtype=np.float32).reshape(len(vals), len(value_cols))
+        label_arr = np.asarray(labels, dtype=np.float32) if lidx is not None else None
         if back.size:
-            i = int(back[0]) + 1
-            raise InputError(
-                f"{path}: line {lines[i]}: timestamp {texts[i]!r} of key {key!r} goes backwards "
-                f"(previous {texts[i - 1]!r}); sort the file by time"
-            )
+            i = int(back[0])
+            where = (f"{path}: line {lines[i]}: timestamp {texts[i]!r} of key {key!r} goes "
+                     f"backwards (previous {texts[i - 1]!r})")
+            backwards.append((lines[i], where, int(back.size)))
+            if policy == "drop":
+                keep = np.ones(len(ts_arr), dtype=bool)
+                keep[back] = False
+                texts = [t for t, k in zip(texts, keep.tolist()) if k]
+                ts_arr, line_arr, val_arr = ts_arr[keep], line_arr[keep], val_arr[keep]
+                label_arr = None if label_arr is None else label_arr[keep]
         series.append(
             Series(
                 key=key,
                 timestamps=texts,
                 ts=ts_arr,
-                values=np.asarray(vals, dtype=np.float32).reshape(len(vals), len(value_cols)),
+                values=val_arr,
                 source=str(path),
-                lines=np.asarray(lines),
-                labels=np.asarray(labels, dtype=np.float32) if lidx is not None else None,
+                lines=line_arr,
+                labels=label_arr,
             )
         )
+    if backwards and policy == "dlq":
+        raise InputError(f"{min(backwards)[1]}; sort the file by time, or use "
+                         "--timestamp-policy accept (file order) or drop")
     return series, value_cols
 
 
@@ -277,18 +304,33 @@ def _read_records(path: Path) -> tuple[list[Series], list[str]]:
     ], numeric
 
 
-def read_dataset(paths: Sequence[str | Path], fmt: str) -> Dataset:
-    """Read every file of ``paths`` in format ``fmt`` into one :class:`Dataset`."""
+def read_dataset(paths: Sequence[str | Path], fmt: str,
+                 timestamp_policy: str = "accept") -> Dataset:
+    """Read every file of ``paths`` in format ``fmt`` into one :class:`Dataset`.
+
+    ``timestamp_policy``: what to do with a point whose timestamp is before its key's
+    previous point's (``long`` and ``nab``): ``accept`` keeps it in file order, ``drop``
+    leaves it out (both count it in ``Dataset.timestamps_backwards``), ``dlq`` refuses the
+    file with an :class:`InputError` naming the line.
+    """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if timestamp_policy not in TIMESTAMP_POLICIES:
+        raise InputError(f"unknown timestamp policy {timestamp_policy!r} "
+                         f"(choose from {', '.join(TIMESTAMP_POLICIES)})")
     if not paths:
         raise InputError("no input file given (--input PATH)")
     all_series: list[Series] = []
     names: list[str] | None = None
+    n_back, first_back = 0, None
     for raw in paths:
         path = Path(raw)
         if fmt in ("long", "nab"):
-            series, cols = _read_timeseries(path, fmt)
+            backwards: list[tuple[int, str, int]] = []
+            series, cols = _read_timeseries(path, fmt, timestamp_policy, backwards)
+            n_back += sum(n for _, _, n in backwards)
+            if backwards and first_back is None:
+                first_back = min(backwards)[1]
         elif fmt == "wide":
             prefix = "" if len(paths) == 1 else f"{path.stem}/"
             series, cols = _read_wide(path, prefix)
@@ -303,7 +345,8 @@ def read_dataset(paths: Sequence[str | Path], fmt: str) -> Dataset:
             )
         all_series.extend(series)
     ds = Dataset(fmt=fmt, series=all_series, feature_names=names or ["value"],
-                 files=[str(p) for p in paths])
+                 files=[str(p) for p in paths], timestamps_backwards=n_back,
+                 first_backwards=first_back)
     seen: dict[str, str] = {}
     for s in all_series:
         if s.key in seen and fmt != "records":

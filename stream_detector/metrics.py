@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stream_detector.window import TIMESTAMP_POLICIES
+
 PREFIX = "stream_detector"
 
 # Invalid-message reasons are a closed set, so the label stays bounded.
@@ -20,7 +22,7 @@ INVALID_REASONS = (
     "feature_count",
     "oversize",
     "bad_timestamp",
-    "timestamp_backwards",
+    "timestamp_backwards",  # with --timestamp-policy dlq only
 )
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -80,6 +82,7 @@ class Metrics:
     state_bytes_written: Counter
     checkpoint_seconds: Histogram
     messages_skipped: Counter
+    timestamps_backwards: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -224,6 +227,14 @@ class Metrics:
                 "Redelivered messages already contained in restored state (not applied twice).",
                 registry=reg,
             ),
+            timestamps_backwards=Counter(
+                f"{p}_timestamps_backwards",
+                "Points whose timestamp is before their key's previous point's (in offset "
+                "order), by what --timestamp-policy did: accept (used in arrival order), "
+                "drop, dlq.",
+                ["action"],
+                registry=reg,
+            ),
         )
         for reason in INVALID_REASONS:
             m.invalid_messages.labels(reason=reason)
@@ -233,4 +244,6 @@ class Metrics:
             m.series_evicted.labels(cause=cause)
         for result in ("loaded", "refused"):
             m.model_reloads.labels(result=result)
+        for action in TIMESTAMP_POLICIES:
+            m.timestamps_backwards.labels(action=action)
         return m

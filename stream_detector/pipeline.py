@@ -90,6 +90,7 @@ class ServiceConfig:
     inference_threads: int = 0  # TensorFlow threads per call (0: TensorFlow's default)
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
+    timestamp_policy: str = "accept"  # a point whose timestamp goes back: accept, drop, dlq
 
     @classmethod
     def from_options(cls, cfg: Mapping[str, Any]) -> ServiceConfig:
@@ -122,6 +123,7 @@ class ServiceConfig:
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
+            timestamp_policy=cfg.get("timestamp_policy") or "accept",
         )
 
     @property
@@ -215,7 +217,12 @@ class Detector:
         self.decoder = Decoder(art.n_features, cfg.fields, art.record_mode, art.features,
                                cfg.max_message_bytes)
         self.buffer = WindowBuffer(art.window, art.n_features, self.hop, cfg.max_series,
-                                   on_evict=self._on_evict)
+                                   on_evict=self._on_evict,
+                                   refuse_backwards=cfg.timestamp_policy != "accept")
+        self._dlq_backwards = cfg.timestamp_policy == "dlq"
+        self._backwards_counted = 0  # of buffer.backwards, already in the metric
+        self._backwards_metric = metrics.timestamps_backwards.labels(
+            action=cfg.timestamp_policy)
         self.batcher: MicroBatcher[MetaRow] = MicroBatcher(
             art.window, art.n_features, cfg.max_batch, cfg.max_batch_latency_s)
         gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
@@ -414,6 +421,15 @@ class Detector:
             self._reject(msg, exc.reason, exc.detail)
             return
         self._apply(msg, key, ts, values, now)
+        self._count_backwards()
+
+    def _count_backwards(self) -> None:
+        """Bring ``timestamps_backwards_total`` up to the buffer's count (once per call of
+        :meth:`handle` or :meth:`handle_many`, not per point)."""
+        n = self.buffer.backwards - self._backwards_counted
+        if n:
+            self._backwards_counted += n
+            self._backwards_metric.inc(n)
 
     def _apply(self, msg: Message, key: str, ts: float, values: Any, now: float) -> None:
         """A decoded point into its key's buffer, and its window (when due) into the batch."""
@@ -426,9 +442,8 @@ class Detector:
             # already in the restored window (applied before a crash, redelivered now)
             self.metrics.messages_skipped.inc()
             return
-        if slot == BACKWARDS:
-            self._reject(msg, "timestamp_backwards",
-                         f"ts {ts} before the key's last {self.buffer.last_ts(key)}")
+        if slot == BACKWARDS:  # refused by --timestamp-policy drop or dlq
+            self._backwards(msg, key, ts)
             return
         if slot == NO_WINDOW:
             return
@@ -467,6 +482,7 @@ class Detector:
             keys.add(p[0])
             rnd.append((msg, *p))
         self._apply_round(rnd, now)
+        self._count_backwards()
         return handled
 
     def _apply_round(self, rnd: list[tuple[Message, str, float, float]], now: float) -> None:
@@ -490,8 +506,7 @@ class Detector:
         if skipped:
             self.metrics.messages_skipped.inc(skipped)
         for i in np.flatnonzero(codes == BACKWARDS):
-            self._reject(msgs[i], "timestamp_backwards",
-                         f"ts {rnd[i][2]} before the key's last {self.buffer.last_ts(keys[i])}")
+            self._backwards(msgs[i], keys[i], rnd[i][2])
         due = np.flatnonzero(codes >= 0)
         if not due.size:
             return
@@ -503,6 +518,16 @@ class Detector:
             done += self.batcher.add_many(windows[done:], metas[done:])
             if self.batcher.full:
                 self.submit_batch()
+
+    def _backwards(self, msg: Message, key: str, ts: float) -> None:
+        """A point refused for its timestamp (counted by the buffer): to the DLQ with
+        ``--timestamp-policy dlq``, else dropped; its offset still commits."""
+        if self._dlq_backwards:
+            self._reject(msg, "timestamp_backwards", f"ts {ts} before the key's previous "
+                         f"point (last used {self.buffer.last_ts(key)})")
+        else:
+            log.debug("dropped at %s/%d@%d: ts %s before the key's previous point",
+                      msg.topic(), msg.partition(), msg.offset(), ts)
 
     def _reject(self, msg: Message, reason: str, detail: str) -> None:
         """Bad input: count it, send it to the DLQ with its reason; its offset still commits."""

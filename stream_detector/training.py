@@ -160,6 +160,8 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
             "format": dataset.fmt,
             "series": len(dataset.series),
             "points": int(sum(len(p) for p in parts)),
+            # in the files read: points whose timestamp goes back (--timestamp-policy)
+            "timestamps_backwards": dataset.timestamps_backwards,
             "train_fraction": opts.train_fraction,
             "windows": int(len(windows)),
             "epochs_run": len(history.get("loss", [])),

@@ -12,6 +12,14 @@ to a per-key float64 base, rebased every ~18 h of stream time) in a second slab.
 key's window is due every ``hop`` points once it holds ``window`` points. The least
 recently seen key is evicted when ``max_series`` is reached, and keys not seen for
 ``idle_ttl_s`` can be swept out.
+
+Order is the stream's, timestamps are data: a point whose timestamp is before the one of
+its key's previous point (a clock stepping back an hour at a daylight-saving change, a
+producer's clock fixed) is counted in ``backwards`` and, by default, used in arrival
+order; with ``refuse_backwards`` it is refused instead. Either way it is judged against
+the previous point only, not against the latest timestamp seen, so that one point far in
+the future does not make every later point "backwards". Redeliveries are told apart by
+offset, never by timestamp.
 """
 
 from __future__ import annotations
@@ -27,9 +35,12 @@ EvictHook = Callable[[str, str, int], None]  # (key, cause, tag)
 
 NO_WINDOW = -1  # push(): the point was added, no window is due
 SKIPPED = -2  # push(): the point's offset is already in the buffer (a redelivery)
-BACKWARDS = -3  # push(): the point's timestamp is before the key's last one
+# what --timestamp-policy does with a point whose timestamp goes back: use it in arrival
+# order, drop it, or send it to the dead-letter topic (the last two: refuse_backwards)
+TIMESTAMP_POLICIES = ("accept", "drop", "dlq")
+BACKWARDS = -3  # push(): refused, its timestamp is before its key's previous point's
 _REBASE_S = 65536.0
-_UNSET = -1  # _step_us: fewer than two points so far
+_UNSET = -(2**63)  # _step_us: fewer than two points so far (any real step may be negative)
 _NEVER = 2**62  # _touch of a free slot (never the least recently seen)
 
 
@@ -44,6 +55,8 @@ class WindowBuffer:
     max_series: cap on keys held; the least recently seen key is evicted beyond it.
     on_evict: called with (key, cause, tag) for every key dropped ("max_series", "idle",
         "revoked").
+    refuse_backwards: :meth:`push` refuses (``BACKWARDS``) a point whose timestamp is before
+        its key's previous point's instead of appending it in arrival order.
     """
 
     def __init__(
@@ -54,6 +67,7 @@ class WindowBuffer:
         max_series: int | None = None,
         on_evict: EvictHook | None = None,
         initial_capacity: int = 1024,
+        refuse_backwards: bool = False,
     ) -> None:
         if window < 1 or hop < 1 or n_features < 1:
             raise ValueError("window, hop and n_features must be >= 1")
@@ -62,9 +76,15 @@ class WindowBuffer:
         self.hop = hop
         self.max_series = max_series
         self._on_evict = on_evict
+        self.refuse_backwards = refuse_backwards
+        # points pushed whose timestamp is before their key's previous point's (appended or
+        # refused; redeliveries, skipped by offset, are not counted)
+        self.backwards = 0
         cap = max(1, min(initial_capacity, max_series or initial_capacity))
         self._values = np.zeros((cap, window, n_features), dtype=np.float32)
-        self._last_ts = array("d", bytes(8 * cap))
+        self._last_ts = array("d", bytes(8 * cap))  # of the last point appended
+        # of the key's previous point in arrival order: the last appended, or a later refused
+        self._prev_ts = array("d", bytes(8 * cap))
         self._step_us = array("q", [_UNSET]) * cap
         self._ts_row = array("i", [-1]) * cap  # row of _ts for an irregular key, else -1
         self._count = array("q", bytes(8 * cap))
@@ -113,7 +133,8 @@ class WindowBuffer:
         if row >= 0:
             idx = (c - held + self._order[:held]) % self.window
             return self._ts[row, idx].astype(np.float64) + self._base[row]
-        step = max(0, self._step_us[slot])
+        step = self._step_us[slot]
+        step = 0 if step == _UNSET else step
         last_us = round(self._last_ts[slot] * 1e6)
         return (last_us - step * np.arange(held - 1, -1, -1, dtype=np.int64)) / 1e6
 
@@ -148,6 +169,7 @@ class WindowBuffer:
         self._values = values
         extra = new - old
         self._last_ts.extend(array("d", bytes(8 * extra)))
+        self._prev_ts.extend(array("d", bytes(8 * extra)))
         self._step_us.extend(array("q", [_UNSET]) * extra)
         self._ts_row.extend(array("i", [-1]) * extra)
         self._count.extend(array("q", bytes(8 * extra)))
@@ -292,7 +314,7 @@ class WindowBuffer:
         """Timestamps of the slot's held points (oldest first): a rhythm, else a row."""
         ts = np.asarray(ts, dtype=np.float64)
         held = len(ts)
-        self._last_ts[slot] = float(ts[-1]) if held else 0.0
+        self._last_ts[slot] = self._prev_ts[slot] = float(ts[-1]) if held else 0.0
         steps = np.diff(np.round(ts * 1e6).astype(np.int64)) if held > 1 else np.zeros(0)
         row = self._ts_row[slot]
         if steps.size == 0 or (steps == steps[0]).all():
@@ -340,14 +362,19 @@ class WindowBuffer:
             elif step != known:
                 row = self._to_irregular(slot)  # off the rhythm: keep every timestamp
         if row >= 0:
-            rel = ts - self._base[row]
-            if rel > _REBASE_S or rel < -_REBASE_S:
-                self._ts[row] -= np.float32(rel)
+            base = self._base[row]
+            rel = ts - base
+            # Rebase once the stream has moved on: when this point and the previous one are
+            # both far from the base. One point far off (a wrong clock, far in the future)
+            # is stored coarsely itself rather than making the points around it coarse.
+            if (rel > _REBASE_S or rel < -_REBASE_S) and (
+                    abs(self._last_ts[slot] - base) > _REBASE_S):
+                self._ts[row] = (self._ts[row].astype(np.float64) - rel).astype(np.float32)
                 self._base[row] = ts
                 rel = 0.0
             self._ts[row, pos] = rel
         self._values[slot, pos] = value
-        self._last_ts[slot] = ts
+        self._last_ts[slot] = self._prev_ts[slot] = ts
         c += 1
         self._count[slot] = c
         if c >= self.window and (c - self.window) % self.hop == 0:
@@ -359,15 +386,20 @@ class WindowBuffer:
         """The service's hot path: one lookup, the checks, and the append.
 
         Returns the slot when a window is due, else ``NO_WINDOW``; ``SKIPPED`` when
-        ``skip_applied`` and ``offset`` is not after the key's last applied offset;
-        ``BACKWARDS`` when ``ts`` is before the key's last timestamp (nothing is written).
+        ``skip_applied`` and ``offset`` is not after the key's last applied offset (a
+        redelivery, nothing is written or counted); ``BACKWARDS`` when
+        ``refuse_backwards`` and ``ts`` is before the key's previous point's (nothing is
+        written, the point is counted and is the previous point for the next one).
         """
         slot = self._slots.get(key)
         if slot is not None:
             if skip_applied and offset <= self._offset[slot]:
                 return SKIPPED
-            if self._count[slot] and ts < self._last_ts[slot]:
-                return BACKWARDS
+            if ts < self._prev_ts[slot] and self._count[slot]:
+                self.backwards += 1
+                if self.refuse_backwards:
+                    self._prev_ts[slot] = ts
+                    return BACKWARDS
             self._clock += 1
             self._touch[slot] = self._clock
             self._tag[slot] = tag
@@ -409,11 +441,15 @@ class WindowBuffer:
             skip = np.flatnonzero(old)[offsets[old] <= np.frombuffer(self._offset, np.int64)[s_old]]
             codes[skip] = SKIPPED
             refused[skip] = True
+        prev_ts = np.frombuffer(self._prev_ts, np.float64)
         back = np.zeros(n, dtype=bool)
-        back[old] = (c_old > 0) & (ts[old] < last_ts[s_old])
+        back[old] = (c_old > 0) & (ts[old] < prev_ts[s_old])
         back &= ~refused
-        codes[back] = BACKWARDS
-        refused |= back
+        self.backwards += int(np.count_nonzero(back))
+        if self.refuse_backwards:
+            codes[back] = BACKWARDS
+            refused |= back
+            prev_ts[slots[back]] = ts[back]
         accepted = ~refused
         # the pushes that one by one would touch the keys, in order (LRU)
         touch = clock + np.cumsum(accepted)
@@ -437,6 +473,7 @@ class WindowBuffer:
             s_f, c_f = slots[f], count[slots[f]]
             self._values[s_f, c_f % self.window] = values[f]
             last_ts[s_f] = ts[f]
+            prev_ts[s_f] = ts[f]
             np.frombuffer(self._offset, np.int64)[s_f] = offsets[f]
             np.frombuffer(self._dirty, np.uint8)[s_f] = 1
             c_f = c_f + 1

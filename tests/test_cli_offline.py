@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import DATA_ROOT, needs
 
 from stream_detector.scoring import OUTPUT_HEADER
 from stream_detector.synthetic import generate, write_long_csv
@@ -371,3 +372,94 @@ def test_train_keeps_each_keys_period_and_score_checks_it(tmp_path: Path) -> Non
     # the larger of the two scores (suppression, off here, acts on that larger one)
     assert (seasonal >= plain).all()
     assert seasonal[1000:1024].max() > 0.5 >= plain[1000:1024].max()  # the flat day
+
+
+# -- timestamps that go back --------------------------------------------------------------
+
+# A real NAB file that steps back an hour at a daylight-saving change: line 10151 reads
+# 02:00 right after 02:55.
+NAB_DST = DATA_ROOT / "nab" / "data" / "realKnownCause" / "machine_temperature_system_failure.csv"
+NAB_DST_LINE = 10151
+
+
+@pytest.mark.slow
+@needs(NAB_DST)
+def test_train_and_score_a_nab_file_that_steps_back_an_hour(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    proc = cli("train", "--format", "nab", "--input", NAB_DST, "--out", out, "--epochs", 1,
+               "--window", 32, "--model-param", "filters=8", "--seed", 0, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert f"line {NAB_DST_LINE}" in proc.stderr and "1 point(s)" in proc.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["training"]["timestamps_backwards"] == 1
+    scores = tmp_path / "scores.csv"
+    proc = cli("score", "--format", "nab", "--input", NAB_DST, "--model", out,
+               "--output", scores)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_scores(scores)
+    with NAB_DST.open(newline="") as fh:
+        source = list(csv.DictReader(fh))
+    assert [r["timestamp"] for r in rows] == [r["timestamp"] for r in source]  # file order
+    step = NAB_DST_LINE - 2  # row index of the file's line
+    assert rows[step - 1]["timestamp"] > rows[step]["timestamp"]
+    assert all(r["score"] != "" for r in rows[31:]), "every point from the first full window"
+
+
+@needs(NAB_DST)
+def test_timestamp_policy_dlq_refuses_the_nab_file_naming_its_line(tmp_path: Path) -> None:
+    proc = cli("train", "--format", "nab", "--input", NAB_DST, "--out", tmp_path / "m",
+               "--timestamp-policy", "dlq", "--quiet")
+    assert_input_error(proc, str(NAB_DST), f"line {NAB_DST_LINE}", "goes backwards",
+                       "'2014-01-07 02:00:00'", "--timestamp-policy")
+    assert not (tmp_path / "m").exists()
+
+
+def _step_back_csv(path: Path, n: int = 60, at: int = 30) -> Path:
+    """Key a every 60 s; its point ``at`` (line at + 2) steps back an hour, and the
+    points after it go on from there."""
+    ts = [60 * i - (3600 if i >= at else 0) for i in range(n)]
+    values = np.sin(np.arange(n) / 3.0)
+    path.write_text("timestamp,key,value\n" + "".join(
+        f"{1_767_225_600 + t},a,{v:.5f}\n" for t, v in zip(ts, values)))
+    return path
+
+
+def test_score_accepts_or_drops_a_step_back_and_counts_it(model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    data = _step_back_csv(tmp_path / "dst.csv")
+    lines = data.read_text().splitlines()
+    got = {}
+    for policy in ("accept", "drop"):
+        dest = tmp_path / f"{policy}.csv"
+        args = ["score", "--model", model_dir, "--input", data, "--format", "long",
+                "--output", dest]
+        proc = cli(*args) if policy == "accept" else cli(*args, "--timestamp-policy", policy)
+        assert proc.returncode == 0, proc.stderr
+        assert "1 point(s)" in proc.stderr and "line 32" in proc.stderr, proc.stderr
+        got[policy] = read_scores(dest)
+    # accept: every point in file order, each scored once its window is full
+    assert [r["timestamp"] for r in got["accept"]] == [ln.split(",")[0] for ln in lines[1:]]
+    assert all(r["score"] != "" for r in got["accept"][WINDOW - 1:])
+    assert got["accept"][30]["score"] != got["accept"][29]["score"]  # a window ends there
+    # drop: the one point that steps back is left out, not the ones after it
+    dropped = [ln.split(",")[0] for i, ln in enumerate(lines[1:]) if i != 30]
+    assert [r["timestamp"] for r in got["drop"]] == dropped
+    assert all(r["score"] != "" for r in got["drop"][WINDOW - 1:])
+    # dlq: offline there is no dead-letter topic: the file is refused, naming the line
+    proc = cli("score", "--model", model_dir, "--input", data, "--format", "long",
+               "--output", tmp_path / "dlq.csv", "--timestamp-policy", "dlq")
+    assert_input_error(proc, str(data), "line 32", "key 'a' goes backwards")
+    assert not (tmp_path / "dlq.csv").exists()
+
+
+def test_timestamp_policy_comes_from_env_and_is_checked(model_dir: Path, tmp_path: Path) -> None:
+    data = _step_back_csv(tmp_path / "dst.csv")
+    env = {**os.environ, "STREAM_DETECTOR_TIMESTAMP_POLICY": "dlq"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream_detector", "score", "--model", str(model_dir),
+         "--input", str(data), "--output", str(tmp_path / "s.csv")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert_input_error(proc, "line 32")
+    proc = cli("score", "--model", model_dir, "--input", data, "--output", tmp_path / "s.csv",
+               "--timestamp-policy", "sort")
+    assert proc.returncode == 2 and "invalid choice: 'sort'" in proc.stderr

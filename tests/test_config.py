@@ -176,3 +176,16 @@ def test_inference_workers_follow_the_cpus_and_fine_tuning_keeps_one() -> None:
     assert plan_threads(1) == (1, cpus) and plan_threads(2, 5) == (2, 5)
     with pytest.raises(InputError, match="--inference-workers"):
         workers("--inference-workers", "-1")
+
+
+def test_timestamp_policy_is_one_option_shared_by_train_score_and_run(config_file: Path) -> None:
+    from stream_detector.config import TIMESTAMP_POLICY_OPT
+
+    for command in ("train", "score", "run"):
+        assert TIMESTAMP_POLICY_OPT in COMMAND_OPTS[command]
+    assert _resolve(TRAIN)["timestamp_policy"] == "accept"
+    assert _resolve(RUN, {"STREAM_DETECTOR_TIMESTAMP_POLICY": "dlq"})["timestamp_policy"] == "dlq"
+    cfg = _resolve(RUN + ["--timestamp-policy", "drop"], {"STREAM_DETECTOR_TIMESTAMP_POLICY": "dlq"})
+    assert cfg["timestamp_policy"] == "drop"
+    with pytest.raises(ConfigError, match="--timestamp-policy must be one of accept, drop, dlq"):
+        _resolve(TRAIN, {"STREAM_DETECTOR_TIMESTAMP_POLICY": "sort"})

@@ -145,11 +145,6 @@ def test_parse_timestamp_forms() -> None:
             "timestamp,key,value\nyesterday,a,1\n",
             r"line 2, column 'timestamp': cannot parse",
         ),
-        (
-            "long",
-            "timestamp,key,value\n60,a,1\n0,a,2\n",
-            r"line 3: timestamp '0' of key 'a' goes backwards",
-        ),
         ("long", "timestamp,key,value\n0,a\n", r"line 2: missing column 'value'"),
         ("wide", "1,2,3\n4,x,6\n", r"line 2, column '1': expected a number"),
         ("records", "key,label\nu,1\n", r"line 1: no feature column"),
@@ -165,6 +160,74 @@ def test_bad_input_names_file_line_and_column(
         read_dataset([p], fmt)
     msg = str(info.value)
     assert msg.startswith(str(p)) and "\n" not in msg
+
+
+# -- timestamps that go back -------------------------------------------------------------
+
+# key a steps back an hour at line 4 (as NAB files do at a daylight-saving change), then
+# goes on from there; key b has one far-future point at line 6
+STEP_BACK = (
+    "timestamp,key,value\n"
+    "2026-03-29T02:50:00,a,1\n"
+    "2026-03-29T02:55:00,a,2\n"
+    "2026-03-29T02:00:00,a,3\n"
+    "2026-03-29T02:05:00,a,4\n"
+    "2099-01-01T00:00:00,b,10\n"
+    "2026-03-29T02:10:00,a,5\n"
+    "2026-03-29T02:00:00,b,11\n"
+    "2026-03-29T02:05:00,b,12\n"
+)
+
+
+def test_timestamps_going_back_are_kept_in_file_order_by_default(tmp_path: Path) -> None:
+    p = _write(tmp_path, "dst.csv", STEP_BACK)
+    ds = read_dataset([p], "long")
+    a, b = ds.series
+    explicit = read_dataset([p], "long", "accept")
+    assert [s.lines.tolist() for s in explicit.series] == [a.lines.tolist(), b.lines.tolist()]
+    np.testing.assert_array_equal(a.values[:, 0], [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(a.lines, [2, 3, 4, 5, 7])
+    np.testing.assert_array_equal(b.values[:, 0], [10, 11, 12])
+    # one point each: judged against the previous point, not the latest time so far
+    assert ds.timestamps_backwards == 2
+    assert ds.first_backwards is not None and ds.first_backwards.startswith(
+        f"{p}: line 4: timestamp '2026-03-29T02:00:00' of key 'a' goes backwards")
+
+
+def test_drop_leaves_out_only_the_point_that_goes_back(tmp_path: Path) -> None:
+    p = _write(tmp_path, "dst.csv", STEP_BACK)
+    ds = read_dataset([p], "long", "drop")
+    a, b = ds.series
+    np.testing.assert_array_equal(a.values[:, 0], [1, 2, 4, 5])
+    np.testing.assert_array_equal(a.lines, [2, 3, 5, 7])
+    assert a.timestamps == ["2026-03-29T02:50:00", "2026-03-29T02:55:00",
+                            "2026-03-29T02:05:00", "2026-03-29T02:10:00"]
+    assert len(a.ts) == 4
+    # the far-future point costs the point after it, not the key's later ones
+    np.testing.assert_array_equal(b.values[:, 0], [10, 12])
+    assert ds.timestamps_backwards == 2
+
+
+def test_dlq_refuses_the_file_naming_the_first_line_that_goes_back(tmp_path: Path) -> None:
+    p = _write(tmp_path, "dst.csv", STEP_BACK)
+    with pytest.raises(InputError, match=r"line 4: timestamp '2026-03-29T02:00:00' of key 'a' "
+                                         r"goes backwards \(previous '2026-03-29T02:55:00'\); "
+                                         r"sort the file.*--timestamp-policy") as info:
+        read_dataset([p], "long", "dlq")
+    assert str(info.value).startswith(str(p)) and "\n" not in str(info.value)
+    with pytest.raises(InputError, match="unknown timestamp policy"):
+        read_dataset([p], "long", "sort")
+
+
+def test_equal_timestamps_do_not_go_back(tmp_path: Path) -> None:
+    p = _write(tmp_path, "eq.csv", "timestamp,value,label\n0,1,0\n0,2,1\n60,3,0\n")
+    ds = read_dataset([p], "nab", "dlq")
+    assert ds.timestamps_backwards == 0 and len(ds.series[0]) == 3
+    # and labels follow the points that drop keeps
+    q = _write(tmp_path, "lab.csv", "timestamp,value,label\n60,1,0\n0,2,1\n120,3,1\n")
+    (s,) = read_dataset([q], "nab", "drop").series
+    np.testing.assert_array_equal(s.labels, [0, 1])
+    np.testing.assert_array_equal(s.values[:, 0], [1, 3])
 
 
 def test_missing_empty_and_directory_inputs(tmp_path: Path) -> None:

@@ -92,7 +92,9 @@ def _counters(det: Detector) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("extra", [(), ("--state", "none"), ("--hop", "3"),
-                                   ("--max-series", "25"), ("--max-batch", "7")])
+                                   ("--max-series", "25"), ("--max-batch", "7"),
+                                   ("--timestamp-policy", "drop"),
+                                   ("--timestamp-policy", "dlq")])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_handle_many_equals_handling_one_message_at_a_time(
         model: Path, extra: tuple[str, ...], seed: int) -> None:
@@ -196,3 +198,67 @@ def test_run_decides_like_score_with_range_and_season_checks(
     # the skipped cycle: flagged while it lasts, though its values stay in range
     assert any(f for _, f in got["k3"][200 - WINDOW + 1 : 220 - WINDOW + 1])
     assert all(a < 1.0 for a, _ in got["k3"])
+
+
+@pytest.mark.parametrize("policy", ["accept", "drop", "dlq"])
+def test_run_follows_the_timestamp_policy_as_score_does(
+    model: Path, tmp_path: Path, policy: str
+) -> None:
+    """One key steps back an hour (a daylight-saving change), one has a single far-future
+    point. ``run`` scores the very windows ``score`` scores on the same data with the same
+    policy (``dlq`` is ``drop`` offline, plus the dead letters), counts the points in
+    ``timestamps_backwards_total{action}`` and dead-letters only the one point that goes
+    back, never the points after it."""
+    from service_helpers import wave
+
+    from stream_detector.datasets import read_dataset
+    from stream_detector.scoring import window_scores
+
+    n = 120
+    ts = {"dst": [T0 + 300 * i - (3600 if i >= 50 else 0) for i in range(n)],
+          "future": [T0 + 300 * i for i in range(n)]}
+    ts["future"][70] = T0 + 10**9  # 2057
+    series = {k: np.round(wave(n, seed=i), 5) for i, k in enumerate(ts)}
+    path = tmp_path / "data.csv"
+    path.write_text("timestamp,key,value\n" + "".join(
+        f"{ts[k][i]},{k},{series[k][i]}\n" for i in range(n) for k in ts))
+    det, seen = _detector(model, "--timestamp-policy", policy)
+    del det.submit_batch  # score for real (the producer only queues: no broker needed)
+    got: dict[str, list[float]] = {k: [] for k in ts}
+    decide = det.decider.decide
+
+    def recording(keys: list[str], scores: np.ndarray, ext: Any = None) -> Any:
+        for k, sc in zip(keys, scores.tolist()):
+            got[k].append(sc)
+        return decide(keys, scores, ext)
+
+    det.decider.decide = recording  # type: ignore[method-assign]
+    msgs = [Message(topic="in", partition=0, offset=o, key=k.encode(),
+                    value=orjson.dumps({"key": k, "ts": ts[k][i], "value": float(series[k][i])}),
+                    timestamp=(1, T0 * 1000))
+            for o, (i, k) in enumerate((i, k) for i in range(n) for k in ts)]
+    for i in range(0, len(msgs), 50):
+        det.handle_many(msgs[i:i + 50], 1.0)
+        det.complete_ready()
+    det.score_batch()
+
+    offline = read_dataset([path], "long", "accept" if policy == "accept" else "drop")
+    assert offline.timestamps_backwards == 2
+    scores, series_idx, _ = window_scores(load_artifact(model), offline)
+    for j, s in enumerate(offline.series):
+        want = scores[series_idx == j]
+        assert len(want) == len(s) - WINDOW + 1
+        np.testing.assert_allclose(got[s.key], want, rtol=1e-6, atol=1e-9)
+    sample = det.metrics.registry.get_sample_value
+    assert sample("stream_detector_timestamps_backwards_total", {"action": policy}) == 2
+    invalid = sample("stream_detector_invalid_messages_total", {"reason": "timestamp_backwards"})
+    dead = [x for x in seen if x[0] == "dlq"]
+    if policy == "dlq":
+        assert invalid == 2
+        # (value, key, reason, detail, topic, partition, offset): the point at the step
+        # back and the one after the far-future point, nothing later
+        assert [(d[2].decode(), d[3]) for d in dead] == [("dst", "timestamp_backwards"),
+                                                        ("future", "timestamp_backwards")]
+        assert [d[7] for d in dead] == [2 * 50, 2 * 71 + 1]
+    else:
+        assert invalid == 0 and dead == []

@@ -121,8 +121,10 @@ def test_bad_input_goes_to_the_dlq_and_the_stream_goes_on(broker_bootstrap, topi
     msgs += [("k", {"key": "k", "ts": T0 + 60 * i, "value": float(good[i])})
              for i in range(40, 80)]
     produce_json(broker_bootstrap, src, msgs)
+    # (a timestamp going back is bad input only when asked for: by default it is used)
     det = DetectorProcess(broker_bootstrap, src, out, group_id, model,
-                          ["--dlq-topic", dlq, "--max-message-bytes", "2048"],
+                          ["--dlq-topic", dlq, "--max-message-bytes", "2048",
+                           "--timestamp-policy", "dlq"],
                           log=tmp_path / "det.log")
     try:
         det.wait_value("stream_detector_messages_consumed_total", len(msgs))
@@ -141,6 +143,82 @@ def test_bad_input_goes_to_the_dlq_and_the_stream_goes_on(broker_bootstrap, topi
         assert h["source_topic"] == src and h["source_partition"] == "0"
         assert 40 <= int(h["source_offset"]) < 40 + len(bad)
         assert d["raw"] == bad[h["reason"]], "the DLQ keeps the original bytes"
+
+
+def test_a_step_back_in_time_or_a_far_future_point_never_blinds_a_key(
+        broker_bootstrap, topic_factory, group_id, eager_model, tmp_path):
+    """One key steps back an hour (a daylight-saving change), one has a single far-future
+    point. By default every point is scored in offset order, none goes to the DLQ; with
+    ``--timestamp-policy dlq`` only the point that goes back is a dead letter, and every
+    later point is scored. Events name the times of their windows' first and last points."""
+    n, at = 200, 100
+    keys = ["dst", "future", "clean"]
+    series = {k: wave(n, seed=40 + i) for i, k in enumerate(keys)}
+    ts = {k: [T0 + 60 * i for i in range(n)] for k in keys}
+    ts["dst"] = [t - (3600 if i >= at else 0) for i, t in enumerate(ts["dst"])]
+    future = T0 + 10**9  # 2057
+    ts["future"][at] = future
+    msgs = [(k, {"key": k, "ts": ts[k][i], "value": float(series[k][i])})
+            for i in range(n) for k in keys]
+    src = topic_factory(1)
+    reports = produce_json(broker_bootstrap, src, msgs)
+    offset_of = {(k, i): reports[i * len(keys) + j][1] for i in range(n)
+                 for j, k in enumerate(keys)}
+    # refused by dlq: the dst point at the step, and the point after the far-future one
+    refused = {offset_of[("dst", at)], offset_of[("future", at + 1)]}
+    runs = {}
+    for policy in ("accept", "dlq"):
+        out, dlq = topic_factory(1), topic_factory(1)
+        extra = ["--dlq-topic", dlq, "--events", "windows"]
+        if policy != "accept":
+            extra += ["--timestamp-policy", policy]
+        runs[policy] = (DetectorProcess(broker_bootstrap, src, out, f"{group_id}-{policy}",
+                                        eager_model, extra, log=tmp_path / f"{policy}.log"),
+                        out, dlq)
+    anomalies = {}
+    try:
+        for policy, (det, _, _) in runs.items():
+            expected = len(keys) * (n - WINDOW + 1) - (0 if policy == "accept" else 2)
+            det.wait_value("stream_detector_messages_consumed_total", len(msgs))
+            det.wait_value("stream_detector_windows_scored_total", expected)
+            m = det.metrics()
+            assert m["stream_detector_windows_scored_total"] == expected, policy
+            assert m[f'stream_detector_timestamps_backwards_total{{action="{policy}"}}'] == 2
+            assert m['stream_detector_invalid_messages_total{reason="timestamp_backwards"}'] \
+                == (0 if policy == "accept" else 2)
+            anomalies[policy] = int(m["stream_detector_anomalies_total"])
+            wait_until(lambda d=det, p=policy: d.value(
+                'stream_detector_events_published_total{type="window"}') >= anomalies[p],
+                30, "events delivered", det._tail)
+    finally:
+        for det, _, _ in runs.values():
+            code, _ = det.terminate()
+            assert code == 0, det._tail()
+    for policy, (_, out, dlq) in runs.items():
+        dead = consume_all(broker_bootstrap, dlq, timeout=10, idle=3)
+        if policy == "accept":
+            assert dead == []
+        else:
+            assert {int(d["headers"]["source_offset"]) for d in dead} == refused
+            assert len(dead) == 2
+            assert {d["headers"]["reason"] for d in dead} == {b"timestamp_backwards"}
+        # each event's window: its points in offset order, the refused ones left out
+        used = {k: [i for i in range(n) if policy == "accept" or offset_of[(k, i)] not in refused]
+                for k in keys}
+        at_offset = {offset_of[(k, i)]: (k, pos) for k in keys for pos, i in enumerate(used[k])}
+        events = [e["value"] for e in events_of(broker_bootstrap, out, anomalies[policy])]
+        assert len(events) == anomalies[policy] > 50
+        for e in events:
+            key, pos = at_offset[e["source"]["offset"]]
+            assert key == e["key"] and pos >= WINDOW - 1
+            first, last = ts[key][used[key][pos - WINDOW + 1]], ts[key][used[key][pos]]
+            assert _epoch(e["window_end"]) == last
+            # a far-future time is held to float32 precision (the others exactly)
+            tol = 64.0 if first == future else 0.0
+            assert abs(_epoch(e["window_start"]) - first) <= tol, (policy, e)
+        late = [e for e in events if e["key"] in ("dst", "future")
+                and e["source"]["offset"] > offset_of[("dst", at + WINDOW)]]
+        assert {e["key"] for e in late} == {"dst", "future"}, "scored after the step"
 
 
 @pytest.mark.parametrize("state", ["changelog", "none"])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_detector.window import WindowBuffer
+from stream_detector.window import BACKWARDS, NO_WINDOW, SKIPPED, WindowBuffer
 
 
 class Hook:
@@ -236,8 +236,9 @@ def _state(buf: WindowBuffer) -> dict[str, Any]:
     return {
         "slots": dict(buf._slots), "key_of": list(buf._key_of), "clock": buf._clock,
         "values": buf._values.copy(), "ts": buf._ts.copy(), "base": list(buf._base),
+        "backwards": buf.backwards,
         **{name: list(getattr(buf, name))[:n] for name in (
-            "_last_ts", "_step_us", "_ts_row", "_count", "_seen", "_touch", "_tag",
+            "_last_ts", "_prev_ts", "_step_us", "_ts_row", "_count", "_seen", "_touch", "_tag",
             "_offset", "_dirty")},
     }
 
@@ -256,30 +257,34 @@ def _rounds(points: list[tuple[str, float, float, int, int]]) -> list[list[Any]]
 @given(
     window=st.sampled_from([1, 3, 8]), hop=st.sampled_from([1, 2, 3]),
     max_series=st.sampled_from([None, 4]), skip_applied=st.booleans(),
+    refuse_backwards=st.booleans(),
     points=st.lists(st.tuples(
         st.integers(0, 6),  # key
-        st.sampled_from([60.0, 60.0, 60.0, 30.0, 0.0, -60.0, 0.37]),  # step from the key's last
+        st.sampled_from([60.0, 60.0, 60.0, 30.0, 0.0, -60.0, -3600.0, 0.37, 1e9]),  # step
         st.floats(-1e3, 1e3, allow_nan=False, width=32),  # value
         st.integers(0, 3),  # partition
         st.sampled_from([1, 1, 1, 0, -2]),  # offset step (redeliveries)
     ), min_size=1, max_size=120),
 )
 def test_push_round_equals_pushing_point_by_point(
-    window: int, hop: int, max_series: int | None, skip_applied: bool,
+    window: int, hop: int, max_series: int | None, skip_applied: bool, refuse_backwards: bool,
     points: list[tuple[int, float, float, int, int]],
 ) -> None:
     """The service's vectorised path leaves the same state, returns the same codes and
     the same windows as pushing each point on its own, whatever the stream: new keys,
-    evictions, steps that break a rhythm, backwards timestamps, redelivered offsets."""
-    one = WindowBuffer(window, 1, hop, max_series, initial_capacity=2)
-    many = WindowBuffer(window, 1, hop, max_series, initial_capacity=2)
+    evictions, steps that break a rhythm, backwards and far-future timestamps (accepted or
+    refused), redelivered offsets."""
+    one = WindowBuffer(window, 1, hop, max_series, initial_capacity=2,
+                       refuse_backwards=refuse_backwards)
+    many = WindowBuffer(window, 1, hop, max_series, initial_capacity=2,
+                        refuse_backwards=refuse_backwards)
     many._t0 = one._t0  # the same clock origin ("last seen" is kept relative to it)
     last: dict[int, float] = {}
     offset: dict[int, int] = {}
     stream = []
     for k, step, v, part, off_step in points:
         ts = last.get(k, 1_767_225_600.0) + step
-        last[k] = max(ts, last.get(k, ts))
+        last[k] = ts
         offset[part] = offset.get(part, 0) + off_step
         stream.append((f"k{k}", ts, v, part, offset[part]))
     now = 5.0
@@ -306,3 +311,109 @@ def test_push_round_equals_pushing_point_by_point(
         for name in a:
             assert np.array_equal(a[name], b[name]) if isinstance(a[name], np.ndarray) \
                 else a[name] == b[name], name
+
+
+# -- timestamps that go back ------------------------------------------------------------
+
+
+def _push(buf: WindowBuffer, ts: list[float], start_offset: int = 0, key: str = "k",
+          skip_applied: bool = False) -> list[int]:
+    return [buf.push(key, t, np.array([float(i)], np.float32), 0, start_offset + i, 0.0,
+                     skip_applied=skip_applied) for i, t in enumerate(ts)]
+
+
+# a regular key steps back an hour (a daylight-saving change) and goes on from there
+DST = [0.0, 300.0, 600.0, 900.0, 900.0 - 3600.0, 1200.0 - 3600.0, 1500.0 - 3600.0]
+
+
+def test_a_step_back_is_used_in_arrival_order_and_counted_by_default() -> None:
+    buf = WindowBuffer(window=3)
+    codes = _push(buf, DST)
+    assert BACKWARDS not in codes and buf.backwards == 1
+    assert codes[2:] == [buf.slot("k")] * 5  # every point completes a window
+    values, start, end = buf.window_at(buf.slot("k"))
+    np.testing.assert_array_equal(values[:, 0], [4, 5, 6])
+    assert (start, end) == (DST[4], DST[6])
+    # the window across the step: in arrival order, its start after its end
+    buf2 = WindowBuffer(window=3)
+    _push(buf2, DST[:5])
+    row = np.empty((3, 1), np.float32)
+    assert buf2.copy_window(buf2.slot("k"), row) == (DST[2], DST[4])
+    assert DST[2] > DST[4]
+    exp = buf2.export("k")
+    assert exp is not None
+    np.testing.assert_array_equal(exp[4], DST[2:5])
+
+
+def test_a_key_that_only_goes_back_keeps_its_timestamps() -> None:
+    """A steady rhythm may be negative (a file sorted newest first): the key keeps no
+    timestamp row and every window, export and restore still has the exact times."""
+    ts = [1e9 - 60.0 * i for i in range(6)]
+    buf = WindowBuffer(window=4)
+    codes = _push(buf, ts)
+    assert buf.backwards == 5 and buf._ts_row[buf.slot("k")] == -1
+    wins, start, end = buf.windows_of(np.array([codes[-1]]))
+    assert (start[0], end[0]) == (ts[2], ts[5])
+    exp = buf.export("k")
+    assert exp is not None
+    np.testing.assert_array_equal(exp[4], ts[2:])
+    again = WindowBuffer(window=4)
+    again.restore("k", *exp)
+    np.testing.assert_array_equal(again.export("k")[4], ts[2:])
+    assert again.push("k", ts[-1] - 60.0, np.ones(1, np.float32), 0, 6, 0.0) >= 0
+    assert again.backwards == 1
+
+
+def test_refused_step_back_costs_one_point_not_the_hour_after_it() -> None:
+    buf = WindowBuffer(window=3, refuse_backwards=True)
+    codes = _push(buf, DST)
+    assert codes[4] == BACKWARDS and buf.backwards == 1
+    # the points after it go forward from it: used, though before the last used one
+    assert codes[5] >= 0 and codes[6] >= 0
+    values, start, end = buf.window_at(buf.slot("k"))
+    np.testing.assert_array_equal(values[:, 0], [3, 5, 6])
+    assert (start, end) == (DST[3], DST[6])
+
+
+def test_a_far_future_point_does_not_blind_its_key() -> None:
+    future = 4e9  # the year 2096
+    ts = [1e9 + 60.0 * i for i in range(10)]
+    stream = ts[:5] + [future] + ts[5:]
+    for refuse in (False, True):
+        buf = WindowBuffer(window=3, refuse_backwards=refuse)
+        codes = _push(buf, stream)
+        assert buf.backwards == 1
+        # refused: the one point after the far-future one (judged against it), no more
+        assert codes.count(BACKWARDS) == (1 if refuse else 0)
+        assert all(c >= 0 for c in codes[7:]), codes
+        # windows after it report exact times again; the ones around it finite ones
+        slot = buf.slot("k")
+        values, start, end = buf.window_at(slot)
+        assert (start, end) == (ts[7], ts[9])
+    buf = WindowBuffer(window=3)
+    row = np.empty((3, 1), np.float32)
+    for i, t in enumerate(stream):
+        code = buf.push("k", t, np.array([float(i)], np.float32), 0, i, 0.0)
+        if code >= 0:
+            start, end = buf.copy_window(code, row)
+            assert np.isfinite(start) and end == t
+            # the points before and after it keep their times to the millisecond
+            held = buf.export("k")[4]
+            normal = held[held < 3e9]
+            expected = [x for x in stream[max(0, i - 2): i + 1] if x < 3e9]
+            np.testing.assert_allclose(normal, expected, rtol=0, atol=1e-3)
+
+
+def test_redelivery_is_told_by_offset_not_by_timestamp() -> None:
+    for refuse in (False, True):
+        buf = WindowBuffer(window=2, refuse_backwards=refuse)
+        _push(buf, [0.0, 60.0, 120.0], skip_applied=True)
+        # the same offsets again (a redelivery): skipped, not counted as going back
+        assert _push(buf, [0.0, 60.0, 120.0], skip_applied=True) == [SKIPPED] * 3
+        assert buf.backwards == 0
+        # a new offset with an earlier timestamp is new data, not a redelivery
+        (code,) = _push(buf, [30.0], start_offset=3, skip_applied=True)
+        assert code == (BACKWARDS if refuse else buf.slot("k")) and buf.backwards == 1
+        (code,) = _push(buf, [90.0], start_offset=4, skip_applied=True)
+        assert code not in (SKIPPED, BACKWARDS, NO_WINDOW)
+        assert buf.last_offset("k") == 4
