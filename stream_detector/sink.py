@@ -3,6 +3,9 @@
 The delivery callback records the first error; :meth:`EventSink.flush` waits for every
 outstanding message and raises :class:`DeliveryError` if any was not confirmed, so the
 pipeline never commits an offset whose events were lost (quix-streams' checkpoint rule).
+
+A dead letter is never refused for its size: a key or value that would not fit in the
+producer's ``message.max.bytes`` is truncated, with a header saying its original length.
 """
 
 from __future__ import annotations
@@ -14,12 +17,53 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream_detector.errors import DeliveryError
 from stream_detector.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+# what a record costs beyond its key, value and headers' bytes: the record's varints, the
+# per-header lengths and the batch header (about 61 bytes), with room to spare
+RECORD_OVERHEAD = 512
+DETAIL_BYTES = 500
+
+
+def max_message_bytes(conf: Mapping[str, Any]) -> int:
+    """The producer's ``message.max.bytes`` (librdkafka refuses a value it cannot read)."""
+    try:
+        return int(conf.get("message.max.bytes", MAX_MESSAGE_BYTES))
+    except (TypeError, ValueError):
+        return MAX_MESSAGE_BYTES
+
+
+def fit(key: bytes | None, value: bytes | None, room: int) -> tuple[
+        bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """``key`` and ``value`` cut to ``room`` bytes together, and the headers that say so.
+
+    The value gives way first; a key keeps at least half the room (a key longer than that
+    is cut too). ``truncated`` / ``truncated_key`` carry the original length in bytes.
+    """
+    klen, vlen = len(key or b""), len(value or b"")
+    room = max(0, room)
+    if klen + vlen <= room:
+        return key, value, []
+    kroom = min(klen, max(room - vlen, room // 2))
+    headers = []
+    if key is not None and kroom < klen:
+        key = key[:kroom]
+        headers.append(("truncated_key", str(klen).encode()))
+    if value is not None and vlen > room - kroom:
+        value = value[:room - kroom]
+        headers.append(("truncated", str(vlen).encode()))
+    return key, value, headers
+
+
+def _header(text: str, limit: int = DETAIL_BYTES) -> bytes:
+    # any text, even one holding lone surrogates, becomes a bounded header value
+    return text.encode("utf-8", "backslashreplace")[:limit]
 
 
 class EventSink:
@@ -33,6 +77,7 @@ class EventSink:
         self.dlq_topic = dlq_topic
         self.metrics = metrics
         self._producer = Producer(dict(conf))
+        self.max_message_bytes = max_message_bytes(conf)
         self._error: KafkaError | None = None
         # every message gets a sequence number; the lowest one not yet confirmed tells
         # whether everything produced before a point is delivered (confirmations come
@@ -104,6 +149,7 @@ class EventSink:
 
     def _produce(self, **kw: Any) -> None:
         kw["on_delivery"] = self.tracked(kw["on_delivery"])
+        seq = self._seq
         while True:
             try:
                 self._producer.produce(**kw)
@@ -111,6 +157,10 @@ class EventSink:
             except BufferError:
                 # local queue full: serve delivery reports until there is room
                 self._producer.poll(0.05)
+            except BaseException:
+                # refused outright: no report will come, so nothing is left to wait for
+                self._confirmed.add(seq)
+                raise
 
     def publish(self, event: dict[str, Any], kafka_ts: float) -> None:
         self._produce(
@@ -122,15 +172,30 @@ class EventSink:
         self, value: bytes | None, key: bytes | None, reason: str, detail: str,
         topic: str, partition: int, offset: int,
     ) -> None:
+        """Send a rejected message to the DLQ topic: its key and value as they came (cut to
+        what the producer may send, see :func:`fit`) and why, in headers."""
         if not self.dlq_topic:
             return
         headers = [
-            ("reason", reason.encode()), ("detail", detail[:500].encode()),
-            ("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
+            ("reason", _header(reason)), ("detail", _header(detail)),
+            ("source_topic", _header(topic)), ("source_partition", str(partition).encode()),
             ("source_offset", str(offset).encode()),
         ]
-        self._produce(topic=self.dlq_topic, key=key, value=value, headers=headers,
-                      on_delivery=self._on_dlq)
+        room = (self.max_message_bytes - RECORD_OVERHEAD
+                - sum(len(k) + len(v) for k, v in headers))
+        k, v, cut = fit(key, value, room)
+        try:
+            self._produce(topic=self.dlq_topic, key=k, value=v, headers=headers + cut,
+                          on_delivery=self._on_dlq)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            # the overhead was underestimated (a tiny message.max.bytes): the headers alone
+            log.warning("dead letter of %s/%d@%d too large even cut to %d bytes; sending "
+                        "its headers only", topic, partition, offset, room)
+            k, v, cut = fit(key, value, 0)
+            self._produce(topic=self.dlq_topic, key=k, value=v, headers=headers + cut,
+                          on_delivery=self._on_dlq)
 
     def poll(self) -> None:
         self._producer.poll(0)
