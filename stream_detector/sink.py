@@ -13,8 +13,9 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -61,6 +62,18 @@ def fit(key: bytes | None, value: bytes | None, room: int) -> tuple[
     return key, value, headers
 
 
+# what a broker answers for a record over its (or the topic's) max.message.bytes
+_TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
+
+
+class _DeadLetter(NamedTuple):
+    key: bytes | None  # as it came
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    room: int  # bytes for key and value together
+    seq: int  # its place among produced messages (EventSink.delivered_through)
+
+
 def _header(text: str, limit: int = DETAIL_BYTES) -> bytes:
     # any text, even one holding lone surrogates, becomes a bounded header value
     return text.encode("utf-8", "backslashreplace")[:limit]
@@ -85,6 +98,7 @@ class EventSink:
         self._seq = 0
         self._unconfirmed: list[int] = []
         self._confirmed: set[int] = set()
+        self._retries: deque[_DeadLetter] = deque()
         self.transactional = transactional
         if transactional:
             self._producer.init_transactions(30)
@@ -139,6 +153,7 @@ class EventSink:
         Raises :class:`DeliveryError` if the broker refused a message for good.
         """
         self._producer.poll(0)
+        self._send_retries()
         if self._error is not None:
             err, self._error = self._error, None
             raise DeliveryError(f"broker refused a message: {err}")
@@ -183,22 +198,53 @@ class EventSink:
         ]
         room = (self.max_message_bytes - RECORD_OVERHEAD
                 - sum(len(k) + len(v) for k, v in headers))
-        k, v, cut = fit(key, value, room)
-        try:
-            self._produce(topic=self.dlq_topic, key=k, value=v, headers=headers + cut,
-                          on_delivery=self._on_dlq)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
-                raise
-            # the overhead was underestimated (a tiny message.max.bytes): the headers alone
-            log.warning("dead letter of %s/%d@%d too large even cut to %d bytes; sending "
-                        "its headers only", topic, partition, offset, room)
-            k, v, cut = fit(key, value, 0)
-            self._produce(topic=self.dlq_topic, key=k, value=v, headers=headers + cut,
-                          on_delivery=self._on_dlq)
+        self._seq += 1
+        heapq.heappush(self._unconfirmed, self._seq)
+        self._send_dead_letter(_DeadLetter(key, value, headers, room, self._seq))
+
+    def _send_dead_letter(self, dl: _DeadLetter) -> None:
+        """Produce ``dl`` cut to its room; its sequence number is confirmed by the report
+        of the copy that the broker takes (or refuses for another reason than size)."""
+        k, v, cut = fit(dl.key, dl.value, dl.room)
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None and err.code() in _TOO_LARGE and dl.room > 0:
+                # the broker's or the topic's limit is below the producer's: a smaller
+                # copy, sent from the next poll (not from inside this callback)
+                room = dl.room // 8 if dl.room > 1024 else 0
+                log.warning("dead letter of %d bytes refused by the broker as too large; "
+                            "sending it cut to %d", len(v or b"") + len(k or b""), room)
+                self._retries.append(dl._replace(room=room))
+                return
+            self._confirmed.add(dl.seq)
+            self._on_dlq(err, msg)
+
+        kw: dict[str, Any] = {"topic": self.dlq_topic, "key": k, "value": v, "headers": dl.headers + cut,
+              "on_delivery": report}
+        while True:
+            try:
+                self._producer.produce(**kw)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or dl.room <= 0:
+                    self._confirmed.add(dl.seq)
+                    raise
+                # the overhead was underestimated (a tiny message.max.bytes): headers only
+                log.warning("dead letter too large for the producer even cut to %d bytes; "
+                            "sending its headers only", dl.room)
+                dl = dl._replace(room=0)
+                kw["key"], kw["value"], cut = fit(dl.key, dl.value, 0)
+                kw["headers"] = dl.headers + cut
+
+    def _send_retries(self) -> None:
+        while self._retries:
+            self._send_dead_letter(self._retries.popleft())
 
     def poll(self) -> None:
         self._producer.poll(0)
+        self._send_retries()
 
     def flush(self, timeout: float = 30.0, strict: bool = True) -> bool:
         """Wait until every message is confirmed.
@@ -207,7 +253,11 @@ class EventSink:
         unreachable; librdkafka keeps retrying them), raising :class:`DeliveryError` instead
         when ``strict``. A message the broker refused for good always raises.
         """
+        deadline = time.monotonic() + timeout
         left = self._producer.flush(timeout)
+        while self._retries:  # dead letters the broker refused as too large, cut further
+            self._send_retries()
+            left = self._producer.flush(max(0.0, deadline - time.monotonic()))
         if not left:  # everything confirmed
             self._unconfirmed.clear()
             self._confirmed.clear()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 from kafka_helpers import consume_all
 from prometheus_client import CollectorRegistry
 from service_helpers import T0, WINDOW, DetectorProcess, committed_offsets, wait_until, wave
@@ -62,6 +62,62 @@ def test_a_dead_letter_too_large_for_the_producer_is_truncated_not_refused(
     else:
         assert second["key"] == key.decode() and "truncated_key" not in second["headers"]
     assert third["key"] == "tomb" and third["raw"] is None and "truncated" not in third["headers"]
+    sink.close(5)
+
+
+class _TopicLimit:
+    """The sink's real producer, except that the broker refuses records over ``limit`` bytes
+    as a topic with a lower max.message.bytes would (failure injection: the embedded
+    broker does not enforce that setting). The refusal comes with the next poll/flush."""
+
+    def __init__(self, producer: Producer, limit: int) -> None:
+        self._p, self.limit, self.refused = producer, limit, 0
+        self._pending: list = []
+
+    def produce(self, topic, key=None, value=None, headers=None, on_delivery=None):
+        if len(key or b"") + len(value or b"") > self.limit:
+            self._pending.append(on_delivery)
+            return
+        self._p.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+
+    def _report(self) -> None:
+        pending, self._pending = self._pending, []
+        for cb in pending:
+            self.refused += 1
+            cb(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+
+    def poll(self, timeout: float = 0) -> int:
+        self._report()
+        return self._p.poll(timeout)
+
+    def flush(self, timeout: float = 30) -> int:
+        self._report()
+        return self._p.flush(timeout) + len(self._pending)
+
+    def __getattr__(self, name: str):
+        return getattr(self._p, name)
+
+
+def test_a_dead_letter_the_broker_refuses_as_too_large_is_cut_further(
+        broker_bootstrap, topic_factory):
+    dlq = topic_factory(1)
+    sink = EventSink({"bootstrap.servers": broker_bootstrap, "linger.ms": 5}, topic_factory(1),
+                     dlq, Metrics.create(CollectorRegistry()))
+    limit = 50_000
+    sink._producer = fake = _TopicLimit(sink._producer, limit)
+    sink.dead_letter(b"x" * BIG, b"big", "oversize", "too big", "src", 0, 7)
+    mark = sink.mark()
+    sink.dead_letter(b"small", b"small", "not_json", "not json", "src", 0, 8)
+    sink.poll()  # the first refusal: a smaller copy is on its way
+    assert not sink.delivered_through(mark), "a checkpoint waits for the smaller copy"
+    assert sink.flush(30), "no DeliveryError: the broker's size limit is not fatal"
+    assert sink.delivered_through(mark)
+    assert fake.refused == 2  # ~1 MB, then ~125 kB, then ~15 kB is taken
+    got = consume_all(broker_bootstrap, dlq, expected=2, timeout=30, idle=5)
+    assert sorted(d["key"] for d in got) == ["big", "small"]
+    big = next(d for d in got if d["key"] == "big")
+    assert big["headers"]["truncated"] == str(BIG).encode() and len(big["raw"]) <= limit
+    assert big["raw"] == b"x" * len(big["raw"]) and big["headers"]["source_offset"] == b"7"
     sink.close(5)
 
 
