@@ -153,7 +153,9 @@ class Decoder:
         def plain_doc(doc: Any) -> Plain | None:
             if type(doc) is not dict:
                 return None
-            key, ts, v = doc.get(fk), doc.get(ft), doc.get(fv)
+            key: Any = doc.get(fk)  # Any: checked by exact type below
+            ts: Any = doc.get(ft)
+            v: Any = doc.get(fv)
             tt, tv = type(ts), type(v)
             # orjson's strings are valid UTF-8 and its floats finite
             if (type(key) is str and 0 < len(key) <= max_key and (tt is float or tt is int)
@@ -249,7 +251,7 @@ class Decoder:
     def _values(self, doc: dict[str, Any]) -> np.ndarray:
         f = self.fields
         if self.n_features == 1 and not self.record_mode:
-            v = doc.get(f.value)
+            v: Any = doc.get(f.value)
             t = type(v)  # exact types: bool is not a measurement
             if (t is float or t is int) and doc.get(f.values) is None and -_F32_MAX <= v <= _F32_MAX:
                 return np.array((v,), dtype=np.float32)
