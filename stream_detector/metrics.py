@@ -23,6 +23,8 @@ INVALID_REASONS = (
     "oversize",
     "bad_timestamp",
     "timestamp_backwards",  # with --timestamp-policy dlq only
+    "value_out_of_range",
+    "bad_key",
 )
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -3,6 +3,9 @@
 The delivery callback records the first error; :meth:`EventSink.flush` waits for every
 outstanding message and raises :class:`DeliveryError` if any was not confirmed, so the
 pipeline never commits an offset whose events were lost (quix-streams' checkpoint rule).
+
+A dead letter is never refused for its size: a key or value that would not fit in the
+producer's ``message.max.bytes`` is truncated, with a header saying its original length.
 """
 
 from __future__ import annotations
@@ -10,16 +13,70 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream_detector.errors import DeliveryError
 from stream_detector.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+# what a record costs beyond its key, value and headers' bytes: the record's varints, the
+# per-header lengths and the batch header (about 61 bytes), with room to spare
+RECORD_OVERHEAD = 512
+DETAIL_BYTES = 500
+
+
+def max_message_bytes(conf: Mapping[str, Any]) -> int:
+    """The producer's ``message.max.bytes`` (librdkafka refuses a value it cannot read)."""
+    try:
+        return int(conf.get("message.max.bytes", MAX_MESSAGE_BYTES))
+    except (TypeError, ValueError):
+        return MAX_MESSAGE_BYTES
+
+
+def fit(key: bytes | None, value: bytes | None, room: int) -> tuple[
+        bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """``key`` and ``value`` cut to ``room`` bytes together, and the headers that say so.
+
+    The value gives way first; a key keeps at least half the room (a key longer than that
+    is cut too). ``truncated`` / ``truncated_key`` carry the original length in bytes.
+    """
+    klen, vlen = len(key or b""), len(value or b"")
+    room = max(0, room)
+    if klen + vlen <= room:
+        return key, value, []
+    kroom = min(klen, max(room - vlen, room // 2))
+    headers = []
+    if key is not None and kroom < klen:
+        key = key[:kroom]
+        headers.append(("truncated_key", str(klen).encode()))
+    if value is not None and vlen > room - kroom:
+        value = value[:room - kroom]
+        headers.append(("truncated", str(vlen).encode()))
+    return key, value, headers
+
+
+# what a broker answers for a record over its (or the topic's) max.message.bytes
+_TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
+
+
+class _DeadLetter(NamedTuple):
+    key: bytes | None  # as it came
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    room: int  # bytes for key and value together
+    seq: int  # its place among produced messages (EventSink.delivered_through)
+
+
+def _header(text: str, limit: int = DETAIL_BYTES) -> bytes:
+    # any text, even one holding lone surrogates, becomes a bounded header value
+    return text.encode("utf-8", "backslashreplace")[:limit]
 
 
 class EventSink:
@@ -33,6 +90,7 @@ class EventSink:
         self.dlq_topic = dlq_topic
         self.metrics = metrics
         self._producer = Producer(dict(conf))
+        self.max_message_bytes = max_message_bytes(conf)
         self._error: KafkaError | None = None
         # every message gets a sequence number; the lowest one not yet confirmed tells
         # whether everything produced before a point is delivered (confirmations come
@@ -40,6 +98,7 @@ class EventSink:
         self._seq = 0
         self._unconfirmed: list[int] = []
         self._confirmed: set[int] = set()
+        self._retries: deque[_DeadLetter] = deque()
         self.transactional = transactional
         if transactional:
             self._producer.init_transactions(30)
@@ -94,6 +153,7 @@ class EventSink:
         Raises :class:`DeliveryError` if the broker refused a message for good.
         """
         self._producer.poll(0)
+        self._send_retries()
         if self._error is not None:
             err, self._error = self._error, None
             raise DeliveryError(f"broker refused a message: {err}")
@@ -104,6 +164,7 @@ class EventSink:
 
     def _produce(self, **kw: Any) -> None:
         kw["on_delivery"] = self.tracked(kw["on_delivery"])
+        seq = self._seq
         while True:
             try:
                 self._producer.produce(**kw)
@@ -111,6 +172,10 @@ class EventSink:
             except BufferError:
                 # local queue full: serve delivery reports until there is room
                 self._producer.poll(0.05)
+            except BaseException:
+                # refused outright: no report will come, so nothing is left to wait for
+                self._confirmed.add(seq)
+                raise
 
     def publish(self, event: dict[str, Any], kafka_ts: float) -> None:
         self._produce(
@@ -122,18 +187,64 @@ class EventSink:
         self, value: bytes | None, key: bytes | None, reason: str, detail: str,
         topic: str, partition: int, offset: int,
     ) -> None:
+        """Send a rejected message to the DLQ topic: its key and value as they came (cut to
+        what the producer may send, see :func:`fit`) and why, in headers."""
         if not self.dlq_topic:
             return
         headers = [
-            ("reason", reason.encode()), ("detail", detail[:500].encode()),
-            ("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
+            ("reason", _header(reason)), ("detail", _header(detail)),
+            ("source_topic", _header(topic)), ("source_partition", str(partition).encode()),
             ("source_offset", str(offset).encode()),
         ]
-        self._produce(topic=self.dlq_topic, key=key, value=value, headers=headers,
-                      on_delivery=self._on_dlq)
+        room = (self.max_message_bytes - RECORD_OVERHEAD
+                - sum(len(k) + len(v) for k, v in headers))
+        self._seq += 1
+        heapq.heappush(self._unconfirmed, self._seq)
+        self._send_dead_letter(_DeadLetter(key, value, headers, room, self._seq))
+
+    def _send_dead_letter(self, dl: _DeadLetter) -> None:
+        """Produce ``dl`` cut to its room; its sequence number is confirmed by the report
+        of the copy that the broker takes (or refuses for another reason than size)."""
+        k, v, cut = fit(dl.key, dl.value, dl.room)
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None and err.code() in _TOO_LARGE and dl.room > 0:
+                # the broker's or the topic's limit is below the producer's: a smaller
+                # copy, sent from the next poll (not from inside this callback)
+                room = dl.room // 8 if dl.room > 1024 else 0
+                log.warning("dead letter of %d bytes refused by the broker as too large; "
+                            "sending it cut to %d", len(v or b"") + len(k or b""), room)
+                self._retries.append(dl._replace(room=room))
+                return
+            self._confirmed.add(dl.seq)
+            self._on_dlq(err, msg)
+
+        kw: dict[str, Any] = {"topic": self.dlq_topic, "key": k, "value": v, "headers": dl.headers + cut,
+              "on_delivery": report}
+        while True:
+            try:
+                self._producer.produce(**kw)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or dl.room <= 0:
+                    self._confirmed.add(dl.seq)
+                    raise
+                # the overhead was underestimated (a tiny message.max.bytes): headers only
+                log.warning("dead letter too large for the producer even cut to %d bytes; "
+                            "sending its headers only", dl.room)
+                dl = dl._replace(room=0)
+                kw["key"], kw["value"], cut = fit(dl.key, dl.value, 0)
+                kw["headers"] = dl.headers + cut
+
+    def _send_retries(self) -> None:
+        while self._retries:
+            self._send_dead_letter(self._retries.popleft())
 
     def poll(self) -> None:
         self._producer.poll(0)
+        self._send_retries()
 
     def flush(self, timeout: float = 30.0, strict: bool = True) -> bool:
         """Wait until every message is confirmed.
@@ -142,7 +253,11 @@ class EventSink:
         unreachable; librdkafka keeps retrying them), raising :class:`DeliveryError` instead
         when ``strict``. A message the broker refused for good always raises.
         """
+        deadline = time.monotonic() + timeout
         left = self._producer.flush(timeout)
+        while self._retries:  # dead letters the broker refused as too large, cut further
+            self._send_retries()
+            left = self._producer.flush(max(0.0, deadline - time.monotonic()))
         if not left:  # everything confirmed
             self._unconfirmed.clear()
             self._confirmed.clear()

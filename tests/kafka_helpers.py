@@ -93,7 +93,7 @@ def _decode(raw: bytes | None) -> Any:
         return None
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep for json
         return raw
 
 

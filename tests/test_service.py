@@ -113,6 +113,8 @@ def test_bad_input_goes_to_the_dlq_and_the_stream_goes_on(broker_bootstrap, topi
         "bad_timestamp": orjson.dumps({"key": "k", "ts": "yesterday", "value": 1.0}),
         "timestamp_backwards": orjson.dumps({"key": "k", "ts": T0, "value": 1.0}),
         "missing_key": orjson.dumps({"ts": T0 + 60 * 40, "value": 1.0}),
+        "value_out_of_range": b'{"key": "k", "ts": 1767228000, "value": 1e39}',
+        "bad_key": b'{"key": "\\ud800", "ts": 1767228000, "value": 1.0}',
     }
     assert set(bad) == set(INVALID_REASONS)
     msgs: list[tuple[str | None, object]] = [("k", {"key": "k", "ts": T0 + 60 * i,
