@@ -163,10 +163,10 @@ def test_run_decides_like_score_with_range_and_season_checks(
     decide = det.decider.decide
 
     def recording(keys: list[str], scores: np.ndarray, ext: Any = None) -> Any:
-        thr, a, f = decide(keys, scores, ext)
-        for k, ai, fi in zip(keys, a.tolist(), f.tolist()):
+        d = decide(keys, scores, ext)
+        for k, ai, fi in zip(keys, d.anomaly_score.tolist(), d.is_anomaly.tolist()):
             got[k].append((ai, fi))
-        return thr, a, f
+        return d
 
     det.decider.decide = recording  # type: ignore[method-assign]
     msgs = [Message(topic="in", partition=0, offset=i, key=k.encode(),

@@ -265,3 +265,73 @@ def test_cardinality_attack_keeps_rss_bounded(broker_bootstrap, topic_factory, g
     assert m["stream_detector_active_series"] == cap
     assert m['stream_detector_series_evicted_total{cause="max_series"}'] == n_keys - cap
     assert samples[-1] - samples[0] < 64, f"RSS grew {samples[-1] - samples[0]:.0f} MB"
+
+
+def _with_default_decision(model, out):
+    """Copy of ``model`` that decides with the default method (train's default)."""
+    from stream_detector.decision import DEFAULT_DECISION, decision_spec
+
+    shutil.copytree(model, out)
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["decision"] = decision_spec(DEFAULT_DECISION)
+    (out / "metadata.json").write_text(json.dumps(meta))
+    return out
+
+
+def test_kill_9_mid_incident_with_the_default_decision(broker_bootstrap, topic_factory,
+                                                       group_id, model, tmp_path):
+    """The default decision in incidents mode: three SIGKILLs (each restart a rebalance)
+    while incidents are open give the events of an uninterrupted run: each incident opens
+    once and closes once, with the same ids, scores and reasons."""
+    m = _with_default_decision(model, tmp_path / "default-model")
+    rng = random.Random(11)
+    keys = [f"key-{i}" for i in range(4)]
+    n = 1200  # at 100 msg/s the stream outlasts three crash/restart rounds (~48 s)
+    series = {}
+    for i, k in enumerate(keys):
+        v = wave(n, seed=60 + i)
+        for at in (300, 800):
+            v[at + 20 * i : at + 3 + 20 * i] += 8.0  # a spike
+            v[at + 180 + 10 * i : at + 240 + 10 * i] += 5.0  # a level never reached, a while
+        series[k] = v
+    msgs = stream(series)
+    src, out = topic_factory(2), topic_factory(1)
+    rate = 100.0
+    extra = ["--events", "incidents", "--commit-interval-ms", "200"]
+    producer = _produce_slowly(broker_bootstrap, src, msgs, rate)
+    for round_ in range(3):
+        det = DetectorProcess(broker_bootstrap, src, out, group_id, m, extra,
+                              log=tmp_path / f"run{round_}.log")
+        det.wait_value("stream_detector_windows_scored_total", 20, timeout=120)
+        time.sleep(rng.uniform(1.0, 4.0))
+        det.kill()
+    producer.join()
+    last = DetectorProcess(broker_bootstrap, src, out, group_id, m, extra,
+                           log=tmp_path / "last.log")
+    ref_out = topic_factory(1)
+    ref = DetectorProcess(broker_bootstrap, src, ref_out, group_id + "-ref", m, extra,
+                          log=tmp_path / "ref.log")
+    expected = len(keys) * (n - WINDOW + 1)
+    try:
+        ref.wait_value("stream_detector_windows_scored_total", expected, timeout=180)
+        wait_until(lambda: ref.value('stream_detector_events_published_total{type="closed"}')
+                   >= ref.value('stream_detector_events_published_total{type="opened"}') > 0,
+                   60, "the reference's incidents closed", ref._tail)
+        reference = {e["value"]["event_id"]: e["raw"] for e in events_of(broker_bootstrap,
+                                                                          ref_out)}
+        wait_until(lambda: set(reference) <= set(_union(broker_bootstrap, out)[0]), 120,
+                   "every reference event", last._tail)
+    finally:
+        last.terminate()
+        ref.terminate()
+    got, _ = _union(broker_bootstrap, out)
+    assert set(got) == set(reference), "union of all runs = the uninterrupted run"
+    assert all(got[i] == reference[i] for i in got)
+    events = [json.loads(raw) for raw in got.values()]
+    opened = [e["incident_id"] for e in events if e["type"] == "opened"]
+    closed = [e["incident_id"] for e in events if e["type"] == "closed"]
+    assert opened and len(opened) == len(set(opened)), "no incident opened twice"
+    assert sorted(closed) == sorted(opened), "exactly one closed per incident"
+    assert all(e["reason"] for e in events if e["type"] == "opened")
+    print(f"\nkill -9 x3, default decision: {len(opened)} incidents, reasons "
+          f"{sorted({'+'.join(e['reason']) for e in events if e['type'] == 'opened'})}")
