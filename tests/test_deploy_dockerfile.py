@@ -228,3 +228,29 @@ def test_dockerignore_keeps_context_small_and_clean():
         assert needed in patterns, f".dockerignore misses {needed}"
     for kept in ("stream_detector", "setup.cfg", "pyproject.toml", "README.md", "models"):
         assert kept not in patterns, f".dockerignore excludes {kept}, which the build needs"
+
+
+# --- the model-only image (deploy/model-image) ------------------------------------------------
+
+MODEL_DOCKERFILE = ROOT / "deploy" / "model-image" / "Dockerfile"
+
+
+def test_model_image_is_pinned_non_root_and_runs_what_the_init_container_runs():
+    """The model image's entrypoint is the command the `model` initContainer spells out in
+    deploy/kubernetes/base/deployment.yaml, so either one can be used."""
+    import yaml
+
+    args, stages = parse(MODEL_DOCKERFILE.read_text())
+    (stage,) = stages
+    assert _is_pinned(_resolve(stage.base, args)), stage.base
+    user = _effective(stages, stage, "USER")
+    assert user and re.fullmatch(r"[1-9]\d*(:\d+)?", user.args), user
+    entrypoint = _effective(stages, stage, "ENTRYPOINT")
+    assert entrypoint is not None
+    deployment = yaml.safe_load(
+        (ROOT / "deploy" / "kubernetes" / "base" / "deployment.yaml").read_text())
+    (init,) = [c for c in deployment["spec"]["template"]["spec"]["initContainers"]
+               if c["name"] == "model"]
+    assert json.loads(entrypoint.args) == init["command"]
+    # It copies into the directory the detector mounts as its model.
+    assert init["volumeMounts"][0]["mountPath"].rstrip("/") + "/" in init["command"][-1]

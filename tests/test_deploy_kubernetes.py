@@ -5,19 +5,26 @@ with ``kubernetes-validate`` (strict: unknown fields are errors), custom resourc
 prometheus-operator, Strimzi) with the JSON schemas vendored in ``deploy/schemas``.
 Then the properties the deployment depends on are checked on the rendered output of every
 overlay: probes, security context, drain time, Secret-sourced credentials, KEDA limits
-against the topic's partitions, network policy, monitoring wiring.
+against the topic's partitions, network policy, monitoring wiring; and against the Kafka
+side of the same environment (``deploy/kubernetes/strimzi/<env>``): every topic the
+detector's resolved configuration touches has its KafkaTopic and ACLs, and dev shares no
+Kafka name with prod.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import jsonschema
 import kubernetes_validate
@@ -28,7 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
 SCHEMAS = ROOT / "deploy" / "schemas"
 RULES = ROOT / "deploy" / "prometheus" / "stream-detector.rules.yaml"
+RUNBOOK = ROOT / "deploy" / "RUNBOOK.md"
 OVERLAYS = ("dev", "prod")
+# The Kafka side of each overlay (its KafkaTopics and KafkaUser).
+STRIMZI = {overlay: f"strimzi/{overlay}" for overlay in OVERLAYS}
+# Variants an overlay can switch to with a component: name -> (overlay, component).
+VARIANTS = {"prod+model-pvc": ("prod", "model-pvc")}
 # The oldest Kubernetes minor we claim to support, and the newest the validator knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -44,6 +56,7 @@ APP_KINDS = {
     "ServiceMonitor",
     "PrometheusRule",
 }
+CONFIG_MAP = "stream-detector-config"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None,
@@ -53,11 +66,34 @@ pytestmark = pytest.mark.skipif(
 
 @cache
 def render(path: str) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize`` of a directory under deploy/kubernetes, or of a variant:
+    an overlay plus a component, built the way a user adds ``components:`` to it."""
+    if path in VARIANTS:
+        return _render_variant(*VARIANTS[path])
+    return _kustomize(K8S / path)
+
+
+def _kustomize(path: Path) -> tuple[dict[str, Any], ...]:
     out = subprocess.run(
-        ["kubectl", "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=60
+        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
+def _render_variant(overlay: str, component: str) -> tuple[dict[str, Any], ...]:
+    with tempfile.TemporaryDirectory() as tmp:
+        rel = os.path.relpath(K8S, tmp)  # kustomize wants relative paths
+        namespace = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml")
+                                   .read_text())["namespace"]
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "namespace": namespace,
+            "resources": [f"{rel}/overlays/{overlay}"],
+            "components": [f"{rel}/components/{component}"],
+        }))
+        return _kustomize(Path(tmp))
 
 
 def one(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
@@ -97,9 +133,69 @@ def validate(doc: dict[str, Any]) -> list[str]:
     return errors
 
 
+def named(docs: tuple[dict[str, Any], ...], kind: str, prefix: str) -> dict[str, Any]:
+    """The one ``kind`` whose name is ``prefix`` or ``prefix-<hash>`` (generated names)."""
+    found = [d for d in docs if d["kind"] == kind
+             and re.fullmatch(re.escape(prefix) + r"(-[a-z0-9]{10})?", d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {prefix}, found {len(found)}"
+    return found[0]
+
+
 def config_of(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    cm = one(docs, "ConfigMap")
-    return yaml.safe_load(cm["data"]["config.yaml"])
+    """The mounted config.yaml as written (see ``effective_config`` for what `run` uses)."""
+    return yaml.safe_load(named(docs, "ConfigMap", CONFIG_MAP)["data"]["config.yaml"])
+
+
+def container_env(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    """The detector container's environment: envFrom ConfigMaps, then env (which wins).
+    Values from Secrets are ``<NAME>`` placeholders; no Secret is rendered from git."""
+    c = container(docs)
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        assert "configMapRef" in source, f"unexpected envFrom {source}"
+        cm = next(d for d in docs if d["kind"] == "ConfigMap"
+                  and d["metadata"]["name"] == source["configMapRef"]["name"])
+        env.update({source.get("prefix", "") + k: v for k, v in cm["data"].items()})
+    for e in c.get("env", []):
+        env[e["name"]] = e["value"] if "value" in e else f"<{e['name']}>"
+    return env
+
+
+@cache
+def _effective_config(path: str) -> dict[str, Any]:
+    from stream_detector.cli import build_parser
+    from stream_detector.config import COMMAND_OPTS, resolve
+
+    docs = render(path)
+    c = container(docs)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(named(docs, "ConfigMap", CONFIG_MAP)["data"]["config.yaml"])
+        args = [str(config) if a.endswith("/config.yaml") else a for a in c["args"]]
+        parsed = build_parser().parse_args(args)
+        return resolve(parsed.command, COMMAND_OPTS[parsed.command], parsed,
+                       environ=container_env(docs))
+
+
+def effective_config(path: str) -> dict[str, Any]:
+    """What `run` in the pod resolves: the container's args and the mounted config.yaml
+    through the service's own option parser, with the container's environment."""
+    return copy.deepcopy(_effective_config(path))
+
+
+def kafka_names(path: str) -> dict[str, str | None]:
+    """Every Kafka name the detector of ``path`` uses, by role, as the service derives them
+    (the state changelog's name included)."""
+    from stream_detector.pipeline import ServiceConfig
+
+    service = ServiceConfig.from_options(effective_config(path))
+    return {
+        "group": service.group_id,
+        "input": service.input_topic,
+        "output": service.output_topic,
+        "dlq": service.dlq_topic,
+        "state": service.changelog_topic,
+    }
 
 
 def container(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
@@ -108,20 +204,27 @@ def container(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     return containers[0]
 
 
-def input_topic_partitions(topic: str) -> int:
-    topics = {
-        d["metadata"].get("name"): d["spec"]["partitions"]
-        for d in render("strimzi")
+def kafka_topics(strimzi: str) -> dict[str, dict[str, Any]]:
+    """KafkaTopics by Kafka topic name (``spec.topicName``, else the resource name)."""
+    return {
+        d["spec"].get("topicName") or d["metadata"]["name"]: d
+        for d in render(strimzi)
         if d["kind"] == "KafkaTopic"
     }
-    assert topic in topics, f"no KafkaTopic for input topic {topic!r} in deploy/kubernetes/strimzi"
-    return topics[topic]
+
+
+def input_topic_partitions(overlay: str, topic: str) -> int:
+    topics = kafka_topics(STRIMZI[overlay])
+    assert topic in topics, f"no KafkaTopic for input topic {topic!r} in {STRIMZI[overlay]}"
+    return topics[topic]["spec"]["partitions"]
 
 
 # --- rendering and schema validation ---------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["base", *(f"overlays/{o}" for o in OVERLAYS), "strimzi"])
+@pytest.mark.parametrize(
+    "path", ["base", *(f"overlays/{o}" for o in OVERLAYS), *STRIMZI.values(), *VARIANTS]
+)
 def test_every_rendered_manifest_validates(path):
     docs = render(path)
     assert docs
@@ -155,7 +258,7 @@ def test_schemas_are_strict():
     deployment = copy.deepcopy(one(docs, "Deployment"))
     deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
     assert validate(deployment)
-    topic = copy.deepcopy(next(d for d in render("strimzi") if d["kind"] == "KafkaTopic"))
+    topic = copy.deepcopy(next(d for d in render("strimzi/prod") if d["kind"] == "KafkaTopic"))
     topic["spec"]["partitions"] = "12"
     assert validate(topic)
 
@@ -205,7 +308,7 @@ def test_grace_period_exceeds_drain_time(overlay):
 def test_config_is_mounted_and_used(overlay):
     docs = render(f"overlays/{overlay}")
     c = container(docs)
-    cm = one(docs, "ConfigMap")
+    cm = named(docs, "ConfigMap", CONFIG_MAP)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     # The hashed name the generator gave the ConfigMap is what the pod mounts.
@@ -213,7 +316,7 @@ def test_config_is_mounted_and_used(overlay):
     mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
     assert c["args"][:1] == ["run"]
     assert c["args"][c["args"].index("--config") + 1] == f"{mount['mountPath']}/config.yaml"
-    config = config_of(docs)
+    config = effective_config(f"overlays/{overlay}")
     for key in ("bootstrap_servers", "input_topic", "output_topic", "group_id", "model"):
         assert config.get(key), key
     # The CA file the Kafka client reads comes from the mounted Secret.
@@ -231,11 +334,11 @@ def test_service_accepts_the_rendered_command_and_config(overlay, tmp_path):
     docs = render(f"overlays/{overlay}")
     c = container(docs)
     path = tmp_path / "config.yaml"
-    path.write_text(one(docs, "ConfigMap")["data"]["config.yaml"])
+    path.write_text(named(docs, "ConfigMap", CONFIG_MAP)["data"]["config.yaml"])
     args = [str(path) if a.endswith("/config.yaml") else a for a in c["args"]]
     parsed = build_parser().parse_args(args)
-    env = {e["name"]: f"<{e['name']}>" for e in c["env"]}
-    cfg = resolve(parsed.command, COMMAND_OPTS[parsed.command], parsed, environ=env)
+    cfg = resolve(parsed.command, COMMAND_OPTS[parsed.command], parsed,
+                  environ=container_env(docs))
 
     assert cfg["kafka"]["sasl.username"] == "<STREAM_DETECTOR_KAFKA_SASL_USERNAME>"
     assert cfg["kafka"]["sasl.password"] == "<STREAM_DETECTOR_KAFKA_SASL_PASSWORD>"
@@ -273,7 +376,7 @@ def test_no_replicas_field_keda_owns_scaling(overlay):
 def test_keda_scales_on_the_detectors_consumer_lag(overlay):
     docs = render(f"overlays/{overlay}")
     scaled = one(docs, "ScaledObject")
-    config = config_of(docs)
+    config = effective_config(f"overlays/{overlay}")
     deployment = one(docs, "Deployment")
     spec = scaled["spec"]
     assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
@@ -290,7 +393,7 @@ def test_keda_scales_on_the_detectors_consumer_lag(overlay):
     params = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
     assert {"username", "password", "ca"} <= set(params)
 
-    partitions = input_topic_partitions(config["input_topic"])
+    partitions = input_topic_partitions(overlay, config["input_topic"])
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
 
 
@@ -352,7 +455,14 @@ def test_prometheus_rule_manifest_is_generated_from_the_rules_file():
     )
     assert out.returncode == 0, out.stderr
     rule = one(render("base"), "PrometheusRule")
-    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    # The same groups, except that the runbook base is the one kustomize is configured with.
+    expected = yaml.safe_load(RULES.read_text())["groups"]
+    for group in expected:
+        for r in group["rules"]:
+            if "runbook_url" in r.get("annotations", {}):
+                anchor = r["annotations"]["runbook_url"].partition("#")[2]
+                r["annotations"]["runbook_url"] = f"{runbook_base()}#{anchor}"
+    assert rule["spec"]["groups"] == expected
 
 
 def _anomaly_rule(overlay: str) -> dict[str, Any]:
@@ -385,16 +495,271 @@ def test_overlay_rules_pass_promtool(overlay, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_strimzi_user_may_do_what_the_detector_does():
-    docs = render("strimzi")
-    config = config_of(render("overlays/prod"))
-    (user,) = [d for d in docs if d["kind"] == "KafkaUser"]
+# --- the Kafka side: topics and ACLs for every name the detector uses ----------------------
+
+PIPELINE_SRC = ROOT / "stream_detector" / "pipeline.py"
+STATE_SRC = ROOT / "stream_detector" / "state.py"
+
+# What the detector does with each of its names (and KEDA with the same user: it reads the
+# group's committed offsets and the topic's end offsets, which Describe covers).
+NEEDED = {
+    "input": ("topic", {"Describe", "Read"}),
+    "group": ("group", {"Describe", "Read"}),
+    "output": ("topic", {"Describe", "Write"}),
+    "dlq": ("topic", {"Describe", "Write"}),
+    # Read back on assignment, written at checkpoints; Create because the detector asks
+    # for the topic (CreateTopics, "already exists") on every assignment and Kafka answers
+    # that call with an authorization error, not "exists", without Create.
+    "state": ("topic", {"Describe", "Read", "Write", "Create"}),
+}
+
+
+def kafka_user(overlay: str) -> dict[str, Any]:
+    (user,) = [d for d in render(STRIMZI[overlay]) if d["kind"] == "KafkaUser"]
+    return user
+
+
+def allows(user: dict[str, Any], rtype: str, name: str, operation: str) -> bool:
+    """Whether an allow ACL of ``user`` (literal, prefix or ``*``) covers the operation."""
+    for acl in user["spec"]["authorization"]["acls"]:
+        res = acl["resource"]
+        if res["type"] != rtype or acl.get("type", "allow") != "allow":
+            continue
+        pattern = res.get("patternType", "literal")
+        matches = (res.get("name") == "*" or
+                   (pattern == "literal" and res.get("name") == name) or
+                   (pattern == "prefix" and name.startswith(res["name"])))
+        ops = set(acl.get("operations") or [acl.get("operation")])
+        if matches and (operation in ops or "All" in ops):
+            return True
+    return False
+
+
+def restore_group_prefix() -> str:
+    """The state restorer's one-off consumer group id is ``<prefix><uuid>`` (state.py)."""
+    found = set(re.findall(r'"group\.id":\s*f"([^"{]*)\{uuid', STATE_SRC.read_text()))
+    assert len(found) == 1, f"cannot find the restore group id in {STATE_SRC}: {found}"
+    return found.pop()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_kafka_name_has_its_topic_and_acls(overlay):
+    """Every topic in the rendered (resolved) configuration has a KafkaTopic in the
+    environment's strimzi directory and ACLs on the environment's KafkaUser that allow what
+    the detector does with it."""
+    names = kafka_names(f"overlays/{overlay}")
+    config = effective_config(f"overlays/{overlay}")
+    assert names["state"], "the shipped config must keep state recovery on (--state changelog)"
+    topics = kafka_topics(STRIMZI[overlay])
+    user = kafka_user(overlay)
     assert user["spec"]["authentication"]["type"] == "scram-sha-512"
-    acls = {
-        (a["resource"]["type"], a["resource"]["name"]): set(a["operations"])
-        for a in user["spec"]["authorization"]["acls"]
+    assert user["spec"]["authorization"]["type"] == "simple"
+    problems = []
+    for role, (rtype, operations) in NEEDED.items():
+        name = names[role]
+        if name is None:
+            continue
+        if rtype == "topic" and name not in topics:
+            problems.append(f"{role} topic {name!r}: no KafkaTopic in {STRIMZI[overlay]}")
+        for op in sorted(operations):
+            if not allows(user, rtype, name, op):
+                problems.append(f"{role} {rtype} {name!r}: {user['metadata']['name']} lacks {op}")
+    restore_group = restore_group_prefix() + "0" * 32
+    if not allows(user, "group", restore_group, "Describe"):
+        problems.append(f"state restore group {restore_group!r}: no Describe")
+    if config["exactly_once"]:
+        txn = f"{names['group']}-pod"
+        for op in ("Describe", "Write"):
+            if not allows(user, "transactionalId", txn, op):
+                problems.append(f"transactional id {txn!r}: no {op}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_state_topic_is_compacted_and_partitioned_like_the_input(overlay):
+    names = kafka_names(f"overlays/{overlay}")
+    topics = kafka_topics(STRIMZI[overlay])
+    state, source = topics[names["state"]]["spec"], topics[names["input"]]["spec"]
+    assert state["config"]["cleanup.policy"] == "compact"
+    # State partition N holds input partition N's keys; with fewer the detector would try
+    # to add partitions, which its user may not (no Alter) and Strimzi would fight.
+    assert state["partitions"] == source["partitions"]
+    assert not allows(kafka_user(overlay), "topic", names["state"], "Alter")
+    for name in names.values():
+        if name and name in topics:
+            spec = topics[name]["spec"]
+            assert int(spec["config"]["min.insync.replicas"]) < spec["replicas"], name
+
+
+def test_dev_shares_no_kafka_name_with_prod():
+    """Dev pods must never join prod's group or write into prod's topics."""
+    dev, prod = kafka_names("overlays/dev"), kafka_names("overlays/prod")
+    dev_names = {n for n in dev.values() if n}
+    prod_names = {n for n in prod.values() if n}
+    assert not dev_names & prod_names, f"shared: {dev_names & prod_names}"
+    assert dev["group"] != prod["group"] and dev["output"] != prod["output"]
+    # Both environments' Kafka resources live in the Kafka cluster's namespace: no
+    # resource may be in both (one would overwrite the other).
+    dev_res = {(d["kind"], d["metadata"]["name"]) for d in render(STRIMZI["dev"])}
+    prod_res = {(d["kind"], d["metadata"]["name"]) for d in render(STRIMZI["prod"])}
+    assert not dev_res & prod_res, f"in both: {dev_res & prod_res}"
+    # Each user can touch its own environment only.
+    for user, other in ((kafka_user("dev"), prod), (kafka_user("prod"), dev)):
+        who = user["metadata"]["name"]
+        for role, (rtype, operations) in NEEDED.items():
+            if other[role] is None:
+                continue
+            granted = [op for op in operations if allows(user, rtype, other[role], op)]
+            assert not granted, f"{who} may {granted} {rtype} {other[role]!r} of the other env"
+
+
+def _consumer_offset_reset(config: dict[str, Any]) -> str:
+    """The detector's auto.offset.reset: a `kafka:` property if set, else the consumer's
+    default in pipeline.py, in KEDA's words."""
+    value = config["kafka"].get("auto.offset.reset")
+    if value is None:
+        found = set(re.findall(r'"auto\.offset\.reset":\s*"(\w+)"', PIPELINE_SRC.read_text()))
+        assert len(found) == 1, f"cannot tell the consumer's auto.offset.reset: {found}"
+        value = found.pop()
+    aliases = {"smallest": "earliest", "beginning": "earliest",
+               "largest": "latest", "end": "latest"}
+    return aliases.get(value, value)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_offset_reset_policy_matches_the_consumer(overlay):
+    """A group without committed offsets: the consumer starts at `earliest`, so its lag
+    is the whole backlog; KEDA must count it the same way or it does not scale for it."""
+    (trigger,) = one(render(f"overlays/{overlay}"), "ScaledObject")["spec"]["triggers"]
+    config = effective_config(f"overlays/{overlay}")
+    assert trigger["metadata"]["offsetResetPolicy"] == _consumer_offset_reset(config)
+
+
+# --- where the model comes from --------------------------------------------------------------
+
+
+def _tag(image: str) -> str:
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    return digest or (last.split(":", 1)[1] if ":" in last else "")
+
+
+@pytest.mark.parametrize("path", [*(f"overlays/{o}" for o in OVERLAYS), *VARIANTS])
+def test_model_path_is_provided_by_a_volume(path):
+    """`model:` names a directory the pod is given (a volume filled by an initContainer
+    from a model image, or a claim), not one the code image would have to contain: the
+    image and the model source cannot disagree and crash-loop the pods."""
+    docs = render(path)
+    model = effective_config(path)["model"]
+    if "://" in model:  # an object-store URL: nothing to mount
+        return
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mounts = [m for m in container(docs)["volumeMounts"]
+              if model == m["mountPath"] or model.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mounts, f"{path}: model {model} is on no volume: it would have to be in the image"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    assert mount.get("readOnly") is True, "the detector must not be able to change its model"
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    if "persistentVolumeClaim" in volume:
+        claim = volume["persistentVolumeClaim"]["claimName"]
+        assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim
+                   for d in docs), f"claim {claim} is not rendered"
+        assert not pod.get("initContainers")
+        return
+    assert "emptyDir" in volume, f"unexpected model volume {volume}"
+    fillers = [c for c in pod.get("initContainers", [])
+               if any(m["name"] == mount["name"] and not m.get("readOnly")
+                      for m in c.get("volumeMounts", []))]
+    assert len(fillers) == 1, "an emptyDir model volume needs the initContainer that fills it"
+    image = fillers[0]["image"]
+    assert "/" in image and _tag(image), f"model image {image!r} is not set by the overlay"
+    assert fillers[0]["volumeMounts"][0]["mountPath"] == mount["mountPath"]
+
+
+def test_prod_images_are_immutable_tags():
+    pod = one(render("overlays/prod"), "Deployment")["spec"]["template"]["spec"]
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
+        tag = _tag(c["image"])
+        assert tag and tag not in {"latest", "dev", "main"}, f"{c['name']}: {c['image']}"
+        assert c["imagePullPolicy"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize("path", [*(f"overlays/{o}" for o in OVERLAYS), *VARIANTS])
+def test_init_containers_are_locked_down(path):
+    pod = one(render(path), "Deployment")["spec"]["template"]["spec"]
+    for c in pod.get("initContainers", []):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
+
+
+# --- monitoring wiring: release label, consumergroup label, runbook URLs ---------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kube_prometheus_stack_selects_the_monitor_and_rules(overlay):
+    docs = render(f"overlays/{overlay}")
+    releases = {one(docs, kind)["metadata"]["labels"].get("release")
+                for kind in ("ServiceMonitor", "PrometheusRule")}
+    assert len(releases) == 1 and None not in releases, releases
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_detector_series_carry_their_consumer_group(overlay):
+    """The Kafka-side alerts join kafka_consumergroup_lag{consumergroup} with the
+    detector's own series on this label."""
+    group = effective_config(f"overlays/{overlay}")["group_id"]
+    for endpoint in one(render(f"overlays/{overlay}"), "ServiceMonitor")["spec"]["endpoints"]:
+        (relabel,) = [r for r in endpoint.get("relabelings", [])
+                      if r.get("targetLabel") == "consumergroup"]
+        assert relabel.get("action", "replace") == "replace" and "sourceLabels" not in relabel
+        assert relabel["replacement"] == group
+
+
+def runbook_base() -> str:
+    """The one configured runbook location (base/kustomization.yaml)."""
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (gen,) = [g for g in kustomization["configMapGenerator"]
+              if g["name"] == "stream-detector-runbook"]
+    (literal,) = [v for v in gen["literals"] if v.startswith("base=")]
+    return literal.partition("=")[2]
+
+
+def _runbook_anchors() -> set[str]:
+    return {
+        re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), re.M)
     }
-    assert {"Read", "Describe"} <= acls[("topic", config["input_topic"])]
-    assert {"Read"} <= acls[("group", config["group_id"])]
-    assert {"Write"} <= acls[("topic", config["output_topic"])]
-    assert {"Write"} <= acls[("topic", config["dlq_topic"])]
+
+
+@pytest.mark.parametrize("path", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
+def test_runbook_urls_are_absolute_and_from_one_base(path):
+    base = runbook_base()
+    parsed = urlparse(base)
+    assert parsed.scheme == "https" and parsed.netloc and not parsed.fragment, base
+    anchors = _runbook_anchors()
+    rule = one(render(path), "PrometheusRule")
+    for r in (r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r):
+        url = r["annotations"]["runbook_url"]
+        prefix, _, anchor = url.partition("#")
+        assert prefix == base, f"{r['alert']}: {url}"
+        assert anchor in anchors, f"{r['alert']}: no section #{anchor} in deploy/RUNBOOK.md"
+    # The plain rules file (Prometheus and Grafana without Kubernetes) has the same default.
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for r in group["rules"]:
+            assert r["annotations"]["runbook_url"].partition("#")[0] == base, r["alert"]
+
+
+def test_runbook_base_is_changed_in_one_place(tmp_path):
+    """Changing the one literal rewrites every rendered runbook_url."""
+    work = tmp_path / "kubernetes"
+    shutil.copytree(K8S, work)
+    kustomization = work / "base" / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert text.count(runbook_base()) == 1
+    kustomization.write_text(text.replace(runbook_base(), "https://wiki.example.org/sd"))
+    rule = one(_kustomize(work / "overlays" / "prod"), "PrometheusRule")
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert urls and all(u.startswith("https://wiki.example.org/sd#") for u in urls), urls
