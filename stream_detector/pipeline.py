@@ -38,7 +38,7 @@ from stream_detector.artifact import Artifact, load_artifact
 from stream_detector.batcher import Batch, MicroBatcher
 from stream_detector.broker import TopicSetupError
 from stream_detector.decision import Decider, make_decider, resolve_spec
-from stream_detector.errors import DeliveryError, InputError, InvalidRecord
+from stream_detector.errors import ConfigError, DeliveryError, InputError, InvalidRecord
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics, observe_many
@@ -94,6 +94,7 @@ class ServiceConfig:
 
     @classmethod
     def from_options(cls, cfg: Mapping[str, Any]) -> ServiceConfig:
+        refuse_delivery_overrides(cfg["kafka"])
         for name in ("max_batch", "max_series", "max_message_bytes"):
             if cfg[name] < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
@@ -131,6 +132,26 @@ class ServiceConfig:
         if self.state != "changelog":
             return None
         return self.state_topic or f"{self.group_id}-state"
+
+
+# librdkafka properties that offsets-follow-delivery depends on: a --kafka override of one
+# would commit input whose events or dead letters were never confirmed, or lose them
+# (aliases included: librdkafka takes either name)
+DELIVERY_CRITICAL = (
+    "enable.auto.commit", "auto.commit.enable", "enable.auto.offset.store",
+    "acks", "request.required.acks", "enable.idempotence", "transactional.id",
+    "group.id",
+)
+
+
+def refuse_delivery_overrides(kafka: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` naming the ``--kafka`` properties that the detector sets
+    itself because delivery depends on them."""
+    bad = sorted(k for k in kafka if k.strip().lower() in DELIVERY_CRITICAL)
+    if bad:
+        raise ConfigError(
+            f"--kafka {', '.join(bad)}: set by the detector because offsets follow delivery "
+            "(use --group-id for the group); remove the override")
 
 
 _CONSUMER_ONLY = (
