@@ -19,7 +19,7 @@ producer's clock fixed) is counted in ``backwards`` and, by default, used in arr
 order; with ``refuse_backwards`` it is refused instead. Either way it is judged against
 the previous point only, not against the latest timestamp seen, so that one point far in
 the future does not make every later point "backwards". Redeliveries are told apart by
-offset, never by timestamp.
+partition and offset, never by timestamp.
 """
 
 from __future__ import annotations
@@ -386,14 +386,16 @@ class WindowBuffer:
         """The service's hot path: one lookup, the checks, and the append.
 
         Returns the slot when a window is due, else ``NO_WINDOW``; ``SKIPPED`` when
-        ``skip_applied`` and ``offset`` is not after the key's last applied offset (a
-        redelivery, nothing is written or counted); ``BACKWARDS`` when
+        ``skip_applied`` and ``offset`` is not after the key's last applied offset in
+        the same partition ``tag`` (a redelivery, nothing is written or counted); ``BACKWARDS`` when
         ``refuse_backwards`` and ``ts`` is before the key's previous point's (nothing is
         written, the point is counted and is the previous point for the next one).
         """
         slot = self._slots.get(key)
         if slot is not None:
-            if skip_applied and offset <= self._offset[slot]:
+            # an offset is only comparable within its partition: a key that moved to
+            # another one (partitions were added) starts again at that partition's offsets
+            if skip_applied and offset <= self._offset[slot] and tag == self._tag[slot]:
                 return SKIPPED
             if ts < self._prev_ts[slot] and self._count[slot]:
                 self.backwards += 1
@@ -438,7 +440,9 @@ class WindowBuffer:
         c_old = count[s_old]
         refused = np.zeros(n, dtype=bool)
         if skip_applied:
-            skip = np.flatnonzero(old)[offsets[old] <= np.frombuffer(self._offset, np.int64)[s_old]]
+            skip = np.flatnonzero(old)[
+                (offsets[old] <= np.frombuffer(self._offset, np.int64)[s_old])
+                & (tags[old] == np.frombuffer(self._tag, np.int32)[s_old])]
             codes[skip] = SKIPPED
             refused[skip] = True
         prev_ts = np.frombuffer(self._prev_ts, np.float64)
