@@ -325,6 +325,8 @@ class Detector:
         return (age < 60.0, f"loop last ran {age:.1f} s ago")
 
     def ready(self) -> tuple[bool, str]:
+        if self.sink.failed:
+            return False, f"delivery failed, stopping without commit: {self.sink.failed}"
         if self._broker_down:
             return False, f"broker unreachable: {self._broker_down}"
         if not self._assigned:
@@ -411,7 +413,11 @@ class Detector:
         log.info("revoked %s", sorted(p for _, p in tps))
         try:
             self.checkpoint(tps)
-        except (DeliveryError, KafkaException) as exc:
+        except DeliveryError as exc:
+            # nothing of these partitions is committed; the loop stops (exit 1)
+            log.error("could not checkpoint revoked partitions: %s", exc)
+            self._stop = True
+        except KafkaException as exc:
             log.error("could not checkpoint revoked partitions: %s", exc)
         self._forget(tps)
 
@@ -681,6 +687,7 @@ class Detector:
         ``timeout`` only postpones the commit; the loop goes on and retries next time.
         """
         t0 = time.perf_counter()
+        self.sink.raise_if_failed()  # once a message was refused, nothing commits again
         self._abandon()  # this one covers everything a pending one would
         self.score_batch()
         if not self.sink.flush(timeout, strict):
@@ -693,6 +700,7 @@ class Detector:
         offsets = self._uncommitted(only)
         if not offsets:
             return True
+        self.sink.raise_if_failed()
         try:
             if self.cfg.exactly_once:
                 self.sink.commit_transaction(offsets, self.consumer.consumer_group_metadata(),
@@ -768,7 +776,11 @@ class Detector:
         written = self.state.bytes_written
         sink = self.sink
         for tag, key, raw in records:
-            self.state.write(tag, key, raw, sink.tracked(sink.on_state_delivery))
+            try:
+                self.state.write(tag, key, raw, sink.tracked(sink.on_state_delivery))
+            except KafkaException as exc:  # refused outright (no report will come)
+                sink.fail("state", self.state.topic, exc)
+                sink.raise_if_failed()
         self.metrics.state_records_written.inc(len(records))
         self._records_since_trim += len(records)
         self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
@@ -790,6 +802,7 @@ class Detector:
         self._pending = None
         self._trim_after_records()
         if ck.offsets:
+            self.sink.raise_if_failed()  # a refusal after the mark still stops every commit
             try:
                 self.consumer.commit(offsets=ck.offsets, asynchronous=True)
             except KafkaException as exc:
@@ -883,7 +896,12 @@ class Detector:
                     self.buffer.evict_idle(cfg.idle_ttl_s, now)
                     self._last_sweep = now
         except DeliveryError as exc:
-            log.error("stopping: %s (uncommitted input will be redelivered)", exc)
+            log.error("stopping without commit: %s (input from the last commit on will be "
+                      "redelivered after a restart)", exc)
+            self._close(0.0)
+            return 1
+        if self.sink.failed:  # seen in a rebalance callback
+            log.error("stopping without commit: %s", self.sink.failed)
             self._close(0.0)
             return 1
         return self._drain()
