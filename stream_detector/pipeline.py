@@ -40,6 +40,7 @@ from stream_detector.broker import TopicSetupError
 from stream_detector.decision import Decider, make_decider, resolve_spec
 from stream_detector.errors import ConfigError, DeliveryError, InputError, InvalidRecord
 from stream_detector.finetune import FineTuneOptions, make_tuner
+from stream_detector.guards import finite_rows
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics, observe_many
 from stream_detector.models.base import plan_threads, set_threads
@@ -357,10 +358,23 @@ class Detector:
 
     def _on_evict(self, key: str, cause: str, partition: int) -> None:
         self.metrics.series_evicted.labels(cause=cause).inc()
+        if self.tracker.is_open(key) and (cause != "revoked" or self.state is None):
+            # never dropped silently: closed here, unless the changelog hands it on
+            # with the key's state (revoked: written by the revoke checkpoint)
+            self._close_incident(key, cause, partition)
         self.tracker.forget(key)
         self.decider.forget(key)
         if self.state is not None and cause != "revoked":
             self._deleted[key] = partition  # gone for good: drop its state too
+
+    def _close_incident(self, key: str, cause: str, partition: int) -> None:
+        """Publish a ``closed`` event for ``key``'s open incident as of its last point."""
+        last_ts = self.buffer.last_ts(key) or 0.0
+        meta = WindowMeta(key, Source(self.cfg.input_topic, partition,
+                                      self.buffer.last_offset(key)), last_ts, last_ts, 0.0)
+        ev = self.tracker.close(meta, cause, self.art.thresholds.for_key(key))
+        if ev is not None:
+            self.sink.publish(ev, 0.0)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", sorted(p.partition for p in partitions))
@@ -411,6 +425,14 @@ class Detector:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         log.info("revoked %s", sorted(p for _, p in tps))
+        if self.state is None:  # no changelog to hand incidents on: close them, and
+            # before the checkpoint, which then waits for their events too
+            self.score_batch()
+            gone = {p for _, p in tps}
+            for key in self.tracker.open_keys():
+                tag = self.buffer.tag_of(key)
+                if tag in gone:
+                    self._close_incident(key, "revoked", tag)
         try:
             self.checkpoint(tps)
         except DeliveryError as exc:
@@ -645,12 +667,40 @@ class Detector:
         seq, batch, keys, fut = self._inflight.popleft()
         scores, seconds = fut.result()
         m = self.metrics
-        n = len(batch)
         m.inference_seconds.observe(seconds)
-        m.inference_batch_size.observe(n)
+        m.inference_batch_size.observe(len(batch))
+        windows, metas = batch.windows, batch.metas
+        keep = finite_rows(scores)
+        if keep is not None:  # inf or NaN error: never decided, in no history, no event
+            self._refuse_nonfinite(batch, scores)
+            scores, windows = scores[keep], windows[keep]
+            keys = [keys[i] for i in keep.tolist()]
+            metas = [metas[i] for i in keep.tolist()]
+        n = len(keys)
+        if n:
+            self._decide(keys, scores, windows, metas)
+        ck = self._pending
+        if ck is not None and ck.batch == seq:
+            self._capture(ck)
+        return n
+
+    def _refuse_nonfinite(self, batch: Batch[MetaRow], scores: np.ndarray) -> None:
+        bad = np.flatnonzero(~np.isfinite(scores))
+        self.metrics.nonfinite_scores.inc(len(bad))
+        key, msg, _, _ = batch.metas[int(bad[0])]
+        log.warning("%d window(s) with a non-finite reconstruction error skipped (not "
+                    "decided), the first of %r ending at %s/%d@%d: a value too large for "
+                    "the model's scale", len(bad), key, msg.topic(), msg.partition(),
+                    msg.offset())
+
+    def _decide(self, keys: list[str], scores: np.ndarray, windows: np.ndarray,
+                metas: list[MetaRow]) -> None:
+        """Decide finite-scored windows, track incidents and publish what they cause."""
+        m = self.metrics
+        n = len(keys)
         newest = None
         if self.decider.wants_values:  # the values new to each window: its last hop points
-            newest = batch.windows[:, -min(self.hop, batch.windows.shape[1]):, :]
+            newest = windows[:, -min(self.hop, windows.shape[1]):, :]
         decision = self.decider.decide(keys, scores, newest)
         thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
         excursion, reasons = decision.excursion, decision.reason
@@ -667,17 +717,13 @@ class Detector:
         for i, key in enumerate(keys if watch else ()):
             if key not in watch or not (flags[i] or is_open(key)):
                 continue
-            meta = _window_meta(batch.metas[i])
+            meta = _window_meta(metas[i])
             for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
                                       float(a_scores[i]), bool(flags[i]), bool(excursion[i]),
                                       int(reasons[i])):
                 if ev["type"] == "opened":
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)
-        ck = self._pending
-        if ck is not None and ck.batch == seq:
-            self._capture(ck)
-        return n
 
     def checkpoint(self, only: set[TP] | None = None, timeout: float = 30.0,
                    strict: bool = True) -> bool:

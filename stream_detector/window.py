@@ -54,7 +54,7 @@ class WindowBuffer:
     hop: a window is due every ``hop`` points once the buffer is full.
     max_series: cap on keys held; the least recently seen key is evicted beyond it.
     on_evict: called with (key, cause, tag) for every key dropped ("max_series", "idle",
-        "revoked").
+        "revoked"), just before it is dropped (its last offset and timestamp still there).
     refuse_backwards: :meth:`push` refuses (``BACKWARDS``) a point whose timestamp is before
         its key's previous point's instead of appending it in arrival order.
     """
@@ -197,14 +197,15 @@ class WindowBuffer:
         self._dirty[slot] = 0
 
     def _evict(self, key: str, cause: str) -> None:
-        slot = self._slots.pop(key)
+        slot = self._slots[key]
         tag = self._tag[slot]
+        if self._on_evict is not None:  # (the key is still there: last_offset, last_ts)
+            self._on_evict(key, cause, tag)
+        del self._slots[key]
         self._release(slot)
         self._tag[slot] = -1
         self._key_of[slot] = None
         self._free.append(slot)
-        if self._on_evict is not None:
-            self._on_evict(key, cause, tag)
 
     def _least_recent(self) -> str:
         """The least recently seen key (exact LRU, amortised: candidates come in bulk).
@@ -294,6 +295,11 @@ class WindowBuffer:
             self._dirty[slot] = 1
 
     # -- the data path -----------------------------------------------------------------
+    def tag_of(self, key: str) -> int:
+        """The tag (input partition) of ``key``'s last point, -1 if absent."""
+        slot = self._slots.get(key)
+        return -1 if slot is None else int(self._tag[slot])
+
     def last_offset(self, key: str) -> int:
         """Input offset of the last point appended for ``key`` (-1 if unknown or absent)."""
         slot = self._slots.get(key)
