@@ -83,6 +83,7 @@ class ServiceConfig:
     exactly_once: bool = False
     state: str = "changelog"
     state_topic: str | None = None
+    state_required: bool = True
     model_poll_s: float = 10.0
     decision: str | None = None
     decision_params: Mapping[str, str] = field(default_factory=dict)
@@ -119,7 +120,8 @@ class ServiceConfig:
             incident_gap=cfg["incident_gap"], commit_interval_s=cfg["commit_interval_ms"] / 1000.0,
             drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
             exactly_once=cfg["exactly_once"],
-            state=cfg["state"], state_topic=cfg["state_topic"], model_poll_s=cfg["model_poll_s"],
+            state=cfg["state"], state_topic=cfg["state_topic"],
+            state_required=cfg.get("state_required", True) is not False, model_poll_s=cfg["model_poll_s"],
             decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
             fine_tune=fine_tune, inference_workers=workers, inference_threads=threads,
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
@@ -300,6 +302,11 @@ class Detector:
         self.state: StateStore | None = None
         self._deleted: dict[str, int] = {}  # evicted keys whose state must be tombstoned
         self._state_partitions = 0
+        # assigned input partitions whose changelog is unusable (and why): not ready;
+        # with --state-required they are paused until it works
+        self._state_missing: set[TP] = set()
+        self._state_error = ""
+        self._state_retry = 0.0
         if cfg.changelog_topic:
             self.state = StateStore(cfg.changelog_topic, self.sink.producer,
                                     {**common, **cfg.kafka})
@@ -307,6 +314,7 @@ class Detector:
         m.active_series.set_function(lambda: len(self.buffer))
         m.assigned_partitions.set_function(lambda: len(self._assigned))
         m.ready.set_function(lambda: 1.0 if self.ready()[0] else 0.0)
+        m.state_ready.set_function(lambda: 0.0 if self._state_missing else 1.0)
         m.model_info.labels(model=art.kind, version=art.version, window=str(art.window)).set(1)
         m.model_loaded_timestamp.set(art.created_at.timestamp())
         m.anomaly_threshold.set(art.thresholds.global_)
@@ -330,6 +338,9 @@ class Detector:
             return False, f"delivery failed, stopping without commit: {self.sink.failed}"
         if self._broker_down:
             return False, f"broker unreachable: {self._broker_down}"
+        if self._state_missing:
+            return False, (f"state changelog unusable for partition(s) "
+                           f"{sorted(p for _, p in self._state_missing)}: {self._state_error}")
         if not self._assigned:
             return False, "no partitions assigned yet"
         return True, f"model {self.art.version}, {len(self._assigned)} partition(s)"
@@ -378,23 +389,64 @@ class Detector:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", sorted(p.partition for p in partitions))
-        if self.state is not None and partitions:
-            needed = max(tp.partition for tp in partitions) + 1
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+        if self.state is None or not partitions:
+            return
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        if not self._open_state(tps):
+            self._state_missing |= tps
+            if self.cfg.state_required:  # consume none of them until the changelog works
+                consumer.incremental_assign(partitions)
+                consumer.pause(partitions)
+
+    def _open_state(self, tps: set[TP]) -> bool:
+        """Make sure the changelog has partitions for ``tps`` and restore them; False (and
+        the reason logged) when it cannot be created, grown or read."""
+        assert self.state is not None
+        needed = max(p for _, p in tps) + 1
+        try:
             if needed > self._state_partitions:
                 # as many state partitions as the input topic has, so that replicas
                 # starting together agree on the count (some brokers cannot grow topics).
-                # (Never call the consumer itself from inside its rebalance callback.)
-                try:
-                    self._state_partitions = ensure_changelog(
-                        self.cfg.bootstrap_servers, self.state.topic, needed,
-                        producer_properties(self.cfg.kafka), like=self.cfg.input_topic)
-                except (TopicSetupError, KafkaException) as exc:
-                    log.error("state topic %s unavailable (%s): state is not restored or "
-                              "checkpointed until it is", self.state.topic, exc)
-            self.restore([tp.partition for tp in partitions
-                          if tp.partition < self._state_partitions])
-        for tp in partitions:
-            self._assigned.add((tp.topic, tp.partition))
+                # (Never call the consumer itself for this from a rebalance callback.)
+                self._state_partitions = ensure_changelog(
+                    self.cfg.bootstrap_servers, self.state.topic, needed,
+                    producer_properties(self.cfg.kafka), like=self.cfg.input_topic)
+            if needed > self._state_partitions:
+                raise TopicSetupError(f"{self._state_partitions} partition(s), {needed} needed")
+            self.restore(sorted(p for _, p in tps))
+        except (TopicSetupError, KafkaException, TimeoutError) as exc:
+            self._state_error = f"{self.state.topic}: {exc}"
+            log.error("state topic unusable (%s): %s", self._state_error,
+                      "partitions paused until it works (--state-required)"
+                      if self.cfg.state_required else "consuming without state")
+            return False
+        return True
+
+    def _retry_state(self, now: float) -> None:
+        """Every 5 s, try the changelog again for the partitions it failed."""
+        if not self._state_missing or now < self._state_retry:
+            return
+        self._state_retry = now + 5.0
+        tps = set(self._state_missing)
+        if not self.cfg.state_required:
+            # consumed meanwhile: no restore (it would go back in time), checkpoint on
+            try:
+                self._state_partitions = ensure_changelog(
+                    self.cfg.bootstrap_servers, self.state.topic if self.state else "",
+                    max(p for _, p in tps) + 1, producer_properties(self.cfg.kafka),
+                    like=self.cfg.input_topic)
+            except (TopicSetupError, KafkaException) as exc:
+                self._state_error = str(exc)
+                return
+            self._state_missing -= {tp for tp in tps if tp[1] < self._state_partitions}
+            return
+        if self._open_state(tps):
+            self._state_missing -= tps
+            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
+            log.info("state topic usable again: partitions %s resumed",
+                     sorted(p for _, p in tps))
 
     def restore(self, partitions: list[int]) -> int:
         """Load the changelog state of ``partitions`` (before consuming them)."""
@@ -452,6 +504,7 @@ class Detector:
         self._abandon()  # it may hold state and offsets of these partitions
         for tp in tps:
             self._assigned.discard(tp)
+            self._state_missing.discard(tp)
             self._positions.pop(tp, None)
             self._committed.pop(tp, None)
             self.buffer.drop_tag(tp[1], cause="revoked")
@@ -938,6 +991,7 @@ class Detector:
                         self.begin_checkpoint()
                     last_commit = time.monotonic()
                 self.advance_checkpoint()
+                self._retry_state(now)
                 if cfg.idle_ttl_s > 0 and now - self._last_sweep > min(10.0, cfg.idle_ttl_s):
                     self.buffer.evict_idle(cfg.idle_ttl_s, now)
                     self._last_sweep = now
