@@ -95,6 +95,9 @@ def add_options(parser: argparse.ArgumentParser, opts: Sequence[Opt]) -> None:
         if o.type is _bool:
             kw["action"] = "store_const"
             kw["const"] = True
+            if o.default is True:  # on by default: --no-<flag> turns it off
+                parser.add_argument("--no-" + o.flag[2:], dest=o.name, action="store_const",
+                                    const=False, default=None, help=f"turn {o.flag} off")
         elif o.type is _list:
             kw["nargs"] = "+"
             kw["metavar"] = o.metavar or "PATH"
@@ -283,6 +286,10 @@ RUN_OPTS = (
     Opt("state", str, "changelog",
         "keep window state in a compacted changelog topic (restored on restart/rebalance)",
         choices=("changelog", "none")),
+    Opt("state_required", _bool, True,
+        "with --state changelog, consume no partition whose changelog is unusable (cannot "
+        "be created or read): not ready, stream_detector_state_ready 0, retried every 5 s; "
+        "--no-state-required consumes anyway, without checkpointing state there"),
     Opt("state_topic", str, None, "changelog topic (default: <group-id>-state)", metavar="T"),
     Opt("decision", str, None, "decision method instead of the artifact's (see train)",
         choices=DECIDERS),

@@ -87,6 +87,24 @@ class IncidentTracker:
             "source": {"topic": src.topic, "partition": src.partition, "offset": src.offset},
         }
 
+    def close(self, meta: WindowMeta, cause: str, threshold: float) -> dict[str, Any] | None:
+        """Close ``meta.key``'s open incident without a scored window, because its key
+        leaves this replica (``cause``: max_series, idle, revoked); None if none is open.
+
+        ``meta`` is the key's last point. The ``closed`` event says why in ``closed_by``;
+        its ``reason`` is ``[]`` and ``score`` the incident's peak (no window decided it).
+        """
+        cur = self._open.pop(meta.key, None)
+        if cur is None:
+            return None
+        ev = self._event("closed", meta, cur.peak_score, threshold, 0.0, cur.incident_id)
+        ev["started"] = iso(cur.started)
+        ev["ended"] = iso(cur.ended)
+        ev["peak_score"] = round(float(cur.peak_score), 6)
+        ev["windows"] = cur.windows
+        ev["closed_by"] = cause
+        return ev
+
     def observe(
         self, meta: WindowMeta, score: float, threshold: float, a_score: float, anomalous: bool,
         excursion: bool = False, reason: int = 0,

@@ -27,6 +27,9 @@ INVALID_REASONS = (
     "bad_key",
 )
 
+# what a refused message was: an anomaly event, a dead letter, a state record
+TOPIC_KINDS = ("events", "dlq", "state")
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 _ERROR_BUCKETS = (
@@ -85,6 +88,9 @@ class Metrics:
     checkpoint_seconds: Histogram
     messages_skipped: Counter
     timestamps_backwards: Counter
+    delivery_failures: Counter
+    state_ready: Gauge
+    nonfinite_scores: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -237,7 +243,29 @@ class Metrics:
                 ["action"],
                 registry=reg,
             ),
+            delivery_failures=Counter(
+                f"{p}_delivery_failures",
+                "Messages the broker refused for good, by topic kind (events, dlq, state); "
+                "after the first the detector commits nothing more, goes not-ready and "
+                "exits 1.",
+                ["topic_kind"],
+                registry=reg,
+            ),
+            state_ready=Gauge(
+                f"{p}_state_ready",
+                "1 when the state changelog is usable for every assigned partition (or "
+                "state is off).",
+                registry=reg,
+            ),
+            nonfinite_scores=Counter(
+                f"{p}_nonfinite_scores",
+                "Windows whose reconstruction error is inf or NaN (e.g. a value near the "
+                "float32 limit): not decided, kept out of every decision history.",
+                registry=reg,
+            ),
         )
+        for kind in TOPIC_KINDS:
+            m.delivery_failures.labels(topic_kind=kind)
         for reason in INVALID_REASONS:
             m.invalid_messages.labels(reason=reason)
         for kind in ("opened", "closed", "window"):

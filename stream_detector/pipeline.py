@@ -38,8 +38,9 @@ from stream_detector.artifact import Artifact, load_artifact
 from stream_detector.batcher import Batch, MicroBatcher
 from stream_detector.broker import TopicSetupError
 from stream_detector.decision import Decider, make_decider, resolve_spec
-from stream_detector.errors import DeliveryError, InputError, InvalidRecord
+from stream_detector.errors import ConfigError, DeliveryError, InputError, InvalidRecord
 from stream_detector.finetune import FineTuneOptions, make_tuner
+from stream_detector.guards import finite_rows
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics, observe_many
 from stream_detector.models.base import plan_threads, set_threads
@@ -82,6 +83,7 @@ class ServiceConfig:
     exactly_once: bool = False
     state: str = "changelog"
     state_topic: str | None = None
+    state_required: bool = True
     model_poll_s: float = 10.0
     decision: str | None = None
     decision_params: Mapping[str, str] = field(default_factory=dict)
@@ -94,6 +96,7 @@ class ServiceConfig:
 
     @classmethod
     def from_options(cls, cfg: Mapping[str, Any]) -> ServiceConfig:
+        refuse_delivery_overrides(cfg["kafka"])
         for name in ("max_batch", "max_series", "max_message_bytes"):
             if cfg[name] < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
@@ -117,7 +120,8 @@ class ServiceConfig:
             incident_gap=cfg["incident_gap"], commit_interval_s=cfg["commit_interval_ms"] / 1000.0,
             drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
             exactly_once=cfg["exactly_once"],
-            state=cfg["state"], state_topic=cfg["state_topic"], model_poll_s=cfg["model_poll_s"],
+            state=cfg["state"], state_topic=cfg["state_topic"],
+            state_required=cfg.get("state_required", True) is not False, model_poll_s=cfg["model_poll_s"],
             decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
             fine_tune=fine_tune, inference_workers=workers, inference_threads=threads,
             fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
@@ -131,6 +135,26 @@ class ServiceConfig:
         if self.state != "changelog":
             return None
         return self.state_topic or f"{self.group_id}-state"
+
+
+# librdkafka properties that offsets-follow-delivery depends on: a --kafka override of one
+# would commit input whose events or dead letters were never confirmed, or lose them
+# (aliases included: librdkafka takes either name)
+DELIVERY_CRITICAL = (
+    "enable.auto.commit", "auto.commit.enable", "enable.auto.offset.store",
+    "acks", "request.required.acks", "enable.idempotence", "transactional.id",
+    "group.id",
+)
+
+
+def refuse_delivery_overrides(kafka: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` naming the ``--kafka`` properties that the detector sets
+    itself because delivery depends on them."""
+    bad = sorted(k for k in kafka if k.strip().lower() in DELIVERY_CRITICAL)
+    if bad:
+        raise ConfigError(
+            f"--kafka {', '.join(bad)}: set by the detector because offsets follow delivery "
+            "(use --group-id for the group); remove the override")
 
 
 _CONSUMER_ONLY = (
@@ -278,6 +302,11 @@ class Detector:
         self.state: StateStore | None = None
         self._deleted: dict[str, int] = {}  # evicted keys whose state must be tombstoned
         self._state_partitions = 0
+        # assigned input partitions whose changelog is unusable (and why): not ready;
+        # with --state-required they are paused until it works
+        self._state_missing: set[TP] = set()
+        self._state_error = ""
+        self._state_retry = 0.0
         if cfg.changelog_topic:
             self.state = StateStore(cfg.changelog_topic, self.sink.producer,
                                     {**common, **cfg.kafka})
@@ -285,6 +314,7 @@ class Detector:
         m.active_series.set_function(lambda: len(self.buffer))
         m.assigned_partitions.set_function(lambda: len(self._assigned))
         m.ready.set_function(lambda: 1.0 if self.ready()[0] else 0.0)
+        m.state_ready.set_function(lambda: 0.0 if self._state_missing else 1.0)
         m.model_info.labels(model=art.kind, version=art.version, window=str(art.window)).set(1)
         m.model_loaded_timestamp.set(art.created_at.timestamp())
         m.anomaly_threshold.set(art.thresholds.global_)
@@ -304,8 +334,13 @@ class Detector:
         return (age < 60.0, f"loop last ran {age:.1f} s ago")
 
     def ready(self) -> tuple[bool, str]:
+        if self.sink.failed:
+            return False, f"delivery failed, stopping without commit: {self.sink.failed}"
         if self._broker_down:
             return False, f"broker unreachable: {self._broker_down}"
+        if self._state_missing:
+            return False, (f"state changelog unusable for partition(s) "
+                           f"{sorted(p for _, p in self._state_missing)}: {self._state_error}")
         if not self._assigned:
             return False, "no partitions assigned yet"
         return True, f"model {self.art.version}, {len(self._assigned)} partition(s)"
@@ -334,30 +369,84 @@ class Detector:
 
     def _on_evict(self, key: str, cause: str, partition: int) -> None:
         self.metrics.series_evicted.labels(cause=cause).inc()
+        if self.tracker.is_open(key) and (cause != "revoked" or self.state is None):
+            # never dropped silently: closed here, unless the changelog hands it on
+            # with the key's state (revoked: written by the revoke checkpoint)
+            self._close_incident(key, cause, partition)
         self.tracker.forget(key)
         self.decider.forget(key)
         if self.state is not None and cause != "revoked":
             self._deleted[key] = partition  # gone for good: drop its state too
 
+    def _close_incident(self, key: str, cause: str, partition: int) -> None:
+        """Publish a ``closed`` event for ``key``'s open incident as of its last point."""
+        last_ts = self.buffer.last_ts(key) or 0.0
+        meta = WindowMeta(key, Source(self.cfg.input_topic, partition,
+                                      self.buffer.last_offset(key)), last_ts, last_ts, 0.0)
+        ev = self.tracker.close(meta, cause, self.art.thresholds.for_key(key))
+        if ev is not None:
+            self.sink.publish(ev, 0.0)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", sorted(p.partition for p in partitions))
-        if self.state is not None and partitions:
-            needed = max(tp.partition for tp in partitions) + 1
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+        if self.state is None or not partitions:
+            return
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        if not self._open_state(tps):
+            self._state_missing |= tps
+            if self.cfg.state_required:  # consume none of them until the changelog works
+                consumer.incremental_assign(partitions)
+                consumer.pause(partitions)
+
+    def _open_state(self, tps: set[TP]) -> bool:
+        """Make sure the changelog has partitions for ``tps`` and restore them; False (and
+        the reason logged) when it cannot be created, grown or read."""
+        assert self.state is not None
+        needed = max(p for _, p in tps) + 1
+        try:
             if needed > self._state_partitions:
                 # as many state partitions as the input topic has, so that replicas
                 # starting together agree on the count (some brokers cannot grow topics).
-                # (Never call the consumer itself from inside its rebalance callback.)
-                try:
-                    self._state_partitions = ensure_changelog(
-                        self.cfg.bootstrap_servers, self.state.topic, needed,
-                        producer_properties(self.cfg.kafka), like=self.cfg.input_topic)
-                except (TopicSetupError, KafkaException) as exc:
-                    log.error("state topic %s unavailable (%s): state is not restored or "
-                              "checkpointed until it is", self.state.topic, exc)
-            self.restore([tp.partition for tp in partitions
-                          if tp.partition < self._state_partitions])
-        for tp in partitions:
-            self._assigned.add((tp.topic, tp.partition))
+                # (Never call the consumer itself for this from a rebalance callback.)
+                self._state_partitions = ensure_changelog(
+                    self.cfg.bootstrap_servers, self.state.topic, needed,
+                    producer_properties(self.cfg.kafka), like=self.cfg.input_topic)
+            if needed > self._state_partitions:
+                raise TopicSetupError(f"{self._state_partitions} partition(s), {needed} needed")
+            self.restore(sorted(p for _, p in tps))
+        except (TopicSetupError, KafkaException, TimeoutError) as exc:
+            self._state_error = f"{self.state.topic}: {exc}"
+            log.error("state topic unusable (%s): %s", self._state_error,
+                      "partitions paused until it works (--state-required)"
+                      if self.cfg.state_required else "consuming without state")
+            return False
+        return True
+
+    def _retry_state(self, now: float) -> None:
+        """Every 5 s, try the changelog again for the partitions it failed."""
+        if not self._state_missing or now < self._state_retry:
+            return
+        self._state_retry = now + 5.0
+        tps = set(self._state_missing)
+        if not self.cfg.state_required:
+            # consumed meanwhile: no restore (it would go back in time), checkpoint on
+            try:
+                self._state_partitions = ensure_changelog(
+                    self.cfg.bootstrap_servers, self.state.topic if self.state else "",
+                    max(p for _, p in tps) + 1, producer_properties(self.cfg.kafka),
+                    like=self.cfg.input_topic)
+            except (TopicSetupError, KafkaException) as exc:
+                self._state_error = str(exc)
+                return
+            self._state_missing -= {tp for tp in tps if tp[1] < self._state_partitions}
+            return
+        if self._open_state(tps):
+            self._state_missing -= tps
+            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
+            log.info("state topic usable again: partitions %s resumed",
+                     sorted(p for _, p in tps))
 
     def restore(self, partitions: list[int]) -> int:
         """Load the changelog state of ``partitions`` (before consuming them)."""
@@ -388,9 +477,21 @@ class Detector:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         log.info("revoked %s", sorted(p for _, p in tps))
+        if self.state is None:  # no changelog to hand incidents on: close them, and
+            # before the checkpoint, which then waits for their events too
+            self.score_batch()
+            gone = {p for _, p in tps}
+            for key in self.tracker.open_keys():
+                tag = self.buffer.tag_of(key)
+                if tag in gone:
+                    self._close_incident(key, "revoked", tag)
         try:
             self.checkpoint(tps)
-        except (DeliveryError, KafkaException) as exc:
+        except DeliveryError as exc:
+            # nothing of these partitions is committed; the loop stops (exit 1)
+            log.error("could not checkpoint revoked partitions: %s", exc)
+            self._stop = True
+        except KafkaException as exc:
             log.error("could not checkpoint revoked partitions: %s", exc)
         self._forget(tps)
 
@@ -403,6 +504,7 @@ class Detector:
         self._abandon()  # it may hold state and offsets of these partitions
         for tp in tps:
             self._assigned.discard(tp)
+            self._state_missing.discard(tp)
             self._positions.pop(tp, None)
             self._committed.pop(tp, None)
             self.buffer.drop_tag(tp[1], cause="revoked")
@@ -618,12 +720,40 @@ class Detector:
         seq, batch, keys, fut = self._inflight.popleft()
         scores, seconds = fut.result()
         m = self.metrics
-        n = len(batch)
         m.inference_seconds.observe(seconds)
-        m.inference_batch_size.observe(n)
+        m.inference_batch_size.observe(len(batch))
+        windows, metas = batch.windows, batch.metas
+        keep = finite_rows(scores)
+        if keep is not None:  # inf or NaN error: never decided, in no history, no event
+            self._refuse_nonfinite(batch, scores)
+            scores, windows = scores[keep], windows[keep]
+            keys = [keys[i] for i in keep.tolist()]
+            metas = [metas[i] for i in keep.tolist()]
+        n = len(keys)
+        if n:
+            self._decide(keys, scores, windows, metas)
+        ck = self._pending
+        if ck is not None and ck.batch == seq:
+            self._capture(ck)
+        return n
+
+    def _refuse_nonfinite(self, batch: Batch[MetaRow], scores: np.ndarray) -> None:
+        bad = np.flatnonzero(~np.isfinite(scores))
+        self.metrics.nonfinite_scores.inc(len(bad))
+        key, msg, _, _ = batch.metas[int(bad[0])]
+        log.warning("%d window(s) with a non-finite reconstruction error skipped (not "
+                    "decided), the first of %r ending at %s/%d@%d: a value too large for "
+                    "the model's scale", len(bad), key, msg.topic(), msg.partition(),
+                    msg.offset())
+
+    def _decide(self, keys: list[str], scores: np.ndarray, windows: np.ndarray,
+                metas: list[MetaRow]) -> None:
+        """Decide finite-scored windows, track incidents and publish what they cause."""
+        m = self.metrics
+        n = len(keys)
         newest = None
         if self.decider.wants_values:  # the values new to each window: its last hop points
-            newest = batch.windows[:, -min(self.hop, batch.windows.shape[1]):, :]
+            newest = windows[:, -min(self.hop, windows.shape[1]):, :]
         decision = self.decider.decide(keys, scores, newest)
         thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
         excursion, reasons = decision.excursion, decision.reason
@@ -640,17 +770,13 @@ class Detector:
         for i, key in enumerate(keys if watch else ()):
             if key not in watch or not (flags[i] or is_open(key)):
                 continue
-            meta = _window_meta(batch.metas[i])
+            meta = _window_meta(metas[i])
             for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
                                       float(a_scores[i]), bool(flags[i]), bool(excursion[i]),
                                       int(reasons[i])):
                 if ev["type"] == "opened":
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)
-        ck = self._pending
-        if ck is not None and ck.batch == seq:
-            self._capture(ck)
-        return n
 
     def checkpoint(self, only: set[TP] | None = None, timeout: float = 30.0,
                    strict: bool = True) -> bool:
@@ -660,6 +786,7 @@ class Detector:
         ``timeout`` only postpones the commit; the loop goes on and retries next time.
         """
         t0 = time.perf_counter()
+        self.sink.raise_if_failed()  # once a message was refused, nothing commits again
         self._abandon()  # this one covers everything a pending one would
         self.score_batch()
         if not self.sink.flush(timeout, strict):
@@ -672,6 +799,7 @@ class Detector:
         offsets = self._uncommitted(only)
         if not offsets:
             return True
+        self.sink.raise_if_failed()
         try:
             if self.cfg.exactly_once:
                 self.sink.commit_transaction(offsets, self.consumer.consumer_group_metadata(),
@@ -747,7 +875,11 @@ class Detector:
         written = self.state.bytes_written
         sink = self.sink
         for tag, key, raw in records:
-            self.state.write(tag, key, raw, sink.tracked(sink.on_state_delivery))
+            try:
+                self.state.write(tag, key, raw, sink.tracked(sink.on_state_delivery))
+            except KafkaException as exc:  # refused outright (no report will come)
+                sink.fail("state", self.state.topic, exc)
+                sink.raise_if_failed()
         self.metrics.state_records_written.inc(len(records))
         self._records_since_trim += len(records)
         self.metrics.state_bytes_written.inc(self.state.bytes_written - written)
@@ -769,6 +901,7 @@ class Detector:
         self._pending = None
         self._trim_after_records()
         if ck.offsets:
+            self.sink.raise_if_failed()  # a refusal after the mark still stops every commit
             try:
                 self.consumer.commit(offsets=ck.offsets, asynchronous=True)
             except KafkaException as exc:
@@ -858,11 +991,17 @@ class Detector:
                         self.begin_checkpoint()
                     last_commit = time.monotonic()
                 self.advance_checkpoint()
+                self._retry_state(now)
                 if cfg.idle_ttl_s > 0 and now - self._last_sweep > min(10.0, cfg.idle_ttl_s):
                     self.buffer.evict_idle(cfg.idle_ttl_s, now)
                     self._last_sweep = now
         except DeliveryError as exc:
-            log.error("stopping: %s (uncommitted input will be redelivered)", exc)
+            log.error("stopping without commit: %s (input from the last commit on will be "
+                      "redelivered after a restart)", exc)
+            self._close(0.0)
+            return 1
+        if self.sink.failed:  # seen in a rebalance callback
+            log.error("stopping without commit: %s", self.sink.failed)
             self._close(0.0)
             return 1
         return self._drain()

@@ -1,4 +1,9 @@
-"""One small HTTP server: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``."""
+"""One small HTTP server: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
+
+Every connection has its own thread and a socket timeout, so a client that connects and
+sends nothing (or reads nothing) holds one thread for ``timeout_s`` at most and never
+delays a scrape.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,15 @@ class HealthServer:
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry,
         alive: Callable[[], tuple[bool, str]], ready: Callable[[], tuple[bool, str]],
+        timeout_s: float = 5.0,
     ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # StreamRequestHandler.setup() puts this on the socket: a silent or stalled
+            # client is dropped after it instead of holding its thread for ever
+            timeout = timeout_s
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":

@@ -1,8 +1,12 @@
 """Kafka producer for anomaly events and dead letters; offsets follow its confirmations.
 
-The delivery callback records the first error; :meth:`EventSink.flush` waits for every
-outstanding message and raises :class:`DeliveryError` if any was not confirmed, so the
-pipeline never commits an offset whose events were lost (quix-streams' checkpoint rule).
+:meth:`EventSink.flush` waits for every outstanding message and raises
+:class:`DeliveryError` if any was not confirmed, so the pipeline never commits an offset
+whose events were lost (quix-streams' checkpoint rule). A message the broker refused for
+good (an event, a dead letter or a state record) makes the sink *failed*, for good: every
+later :meth:`flush`, :meth:`delivered_through` and :meth:`poll` raises again, so no path
+(checkpoint, revoke, drain, close) can commit past it. Each refused message is counted in
+``stream_detector_delivery_failures_total{topic_kind}``.
 
 A dead letter is never refused for its size: a key or value that would not fit in the
 producer's ``message.max.bytes`` is truncated, with a header saying its original length.
@@ -91,7 +95,7 @@ class EventSink:
         self.metrics = metrics
         self._producer = Producer(dict(conf))
         self.max_message_bytes = max_message_bytes(conf)
-        self._error: KafkaError | None = None
+        self._failed: str | None = None  # the first refusal; never cleared
         # every message gets a sequence number; the lowest one not yet confirmed tells
         # whether everything produced before a point is delivered (confirmations come
         # back out of order across partitions)
@@ -108,12 +112,27 @@ class EventSink:
     def producer(self) -> Producer:
         return self._producer
 
+    @property
+    def failed(self) -> str | None:
+        """Why the sink failed (the first message refused for good), None while it works."""
+        return self._failed
+
+    def fail(self, topic_kind: str, topic: str | None, err: object) -> None:
+        """Record that a message of ``topic_kind`` (events, dlq, state) was refused for good."""
+        self.metrics.delivery_failures.labels(topic_kind=topic_kind).inc()
+        log.error("%s record not delivered to %s: %s", topic_kind, topic, err)
+        if self._failed is None:
+            self._failed = f"broker refused a {topic_kind} record for {topic}: {err}"
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`DeliveryError` if any message was refused, now or earlier."""
+        if self._failed is not None:
+            raise DeliveryError(self._failed)
+
     def _on_event(self, kind: str, kafka_ts: float) -> Any:
         def cb(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                if self._error is None:
-                    self._error = err
-                log.error("event not delivered to %s: %s", msg.topic(), err)
+                self.fail("events", self.output_topic, err)
                 return
             self.metrics.events_published.labels(type=kind).inc()
             if kafka_ts > 0:
@@ -122,15 +141,11 @@ class EventSink:
 
     def on_state_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            if self._error is None:
-                self._error = err
-            log.error("state record not delivered to %s: %s", msg.topic(), err)
+            self.fail("state", msg.topic() if msg is not None else None, err)
 
     def _on_dlq(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            if self._error is None:
-                self._error = err
-            log.error("dead letter not delivered to %s: %s", msg.topic(), err)
+            self.fail("dlq", self.dlq_topic, err)
 
     def tracked(self, cb: Any) -> Any:
         """Wrap a delivery callback so :meth:`delivered_through` accounts for its message."""
@@ -154,15 +169,13 @@ class EventSink:
         """
         self._producer.poll(0)
         self._send_retries()
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise DeliveryError(f"broker refused a message: {err}")
+        self.raise_if_failed()
         heap, done = self._unconfirmed, self._confirmed
         while heap and heap[0] in done:
             done.discard(heapq.heappop(heap))
         return not heap or heap[0] > mark
 
-    def _produce(self, **kw: Any) -> None:
+    def _produce(self, kind: str, **kw: Any) -> None:
         kw["on_delivery"] = self.tracked(kw["on_delivery"])
         seq = self._seq
         while True:
@@ -172,14 +185,18 @@ class EventSink:
             except BufferError:
                 # local queue full: serve delivery reports until there is room
                 self._producer.poll(0.05)
-            except BaseException:
+            except KafkaException as exc:
                 # refused outright: no report will come, so nothing is left to wait for
+                self._confirmed.add(seq)
+                self.fail(kind, kw.get("topic"), exc)
+                raise DeliveryError(self._failed or str(exc)) from exc
+            except BaseException:
                 self._confirmed.add(seq)
                 raise
 
     def publish(self, event: dict[str, Any], kafka_ts: float) -> None:
         self._produce(
-            topic=self.output_topic, key=event["key"].encode(), value=orjson.dumps(event),
+            "events", topic=self.output_topic, key=event["key"].encode(), value=orjson.dumps(event),
             on_delivery=self._on_event(event["type"], kafka_ts),
         )
 
@@ -230,7 +247,8 @@ class EventSink:
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or dl.room <= 0:
                     self._confirmed.add(dl.seq)
-                    raise
+                    self.fail("dlq", self.dlq_topic, exc)
+                    raise DeliveryError(self._failed or str(exc)) from exc
                 # the overhead was underestimated (a tiny message.max.bytes): headers only
                 log.warning("dead letter too large for the producer even cut to %d bytes; "
                             "sending its headers only", dl.room)
@@ -243,8 +261,10 @@ class EventSink:
             self._send_dead_letter(self._retries.popleft())
 
     def poll(self) -> None:
+        """Serve delivery reports; raises :class:`DeliveryError` once the sink has failed."""
         self._producer.poll(0)
         self._send_retries()
+        self.raise_if_failed()
 
     def flush(self, timeout: float = 30.0, strict: bool = True) -> bool:
         """Wait until every message is confirmed.
@@ -261,9 +281,7 @@ class EventSink:
         if not left:  # everything confirmed
             self._unconfirmed.clear()
             self._confirmed.clear()
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise DeliveryError(f"broker refused an event: {err}")
+        self.raise_if_failed()
         if left:
             if strict:
                 raise DeliveryError(
@@ -273,6 +291,7 @@ class EventSink:
 
     def commit_transaction(self, offsets: list[Any], group_metadata: Any, timeout: float) -> None:
         """Exactly-once mode: commit the events and the input offsets atomically."""
+        self.raise_if_failed()
         self._producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
         self._producer.commit_transaction(timeout)
         self._producer.begin_transaction()

@@ -19,7 +19,7 @@ producer's clock fixed) is counted in ``backwards`` and, by default, used in arr
 order; with ``refuse_backwards`` it is refused instead. Either way it is judged against
 the previous point only, not against the latest timestamp seen, so that one point far in
 the future does not make every later point "backwards". Redeliveries are told apart by
-offset, never by timestamp.
+partition and offset, never by timestamp.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class WindowBuffer:
     hop: a window is due every ``hop`` points once the buffer is full.
     max_series: cap on keys held; the least recently seen key is evicted beyond it.
     on_evict: called with (key, cause, tag) for every key dropped ("max_series", "idle",
-        "revoked").
+        "revoked"), just before it is dropped (its last offset and timestamp still there).
     refuse_backwards: :meth:`push` refuses (``BACKWARDS``) a point whose timestamp is before
         its key's previous point's instead of appending it in arrival order.
     """
@@ -197,14 +197,15 @@ class WindowBuffer:
         self._dirty[slot] = 0
 
     def _evict(self, key: str, cause: str) -> None:
-        slot = self._slots.pop(key)
+        slot = self._slots[key]
         tag = self._tag[slot]
+        if self._on_evict is not None:  # (the key is still there: last_offset, last_ts)
+            self._on_evict(key, cause, tag)
+        del self._slots[key]
         self._release(slot)
         self._tag[slot] = -1
         self._key_of[slot] = None
         self._free.append(slot)
-        if self._on_evict is not None:
-            self._on_evict(key, cause, tag)
 
     def _least_recent(self) -> str:
         """The least recently seen key (exact LRU, amortised: candidates come in bulk).
@@ -294,6 +295,11 @@ class WindowBuffer:
             self._dirty[slot] = 1
 
     # -- the data path -----------------------------------------------------------------
+    def tag_of(self, key: str) -> int:
+        """The tag (input partition) of ``key``'s last point, -1 if absent."""
+        slot = self._slots.get(key)
+        return -1 if slot is None else int(self._tag[slot])
+
     def last_offset(self, key: str) -> int:
         """Input offset of the last point appended for ``key`` (-1 if unknown or absent)."""
         slot = self._slots.get(key)
@@ -386,14 +392,16 @@ class WindowBuffer:
         """The service's hot path: one lookup, the checks, and the append.
 
         Returns the slot when a window is due, else ``NO_WINDOW``; ``SKIPPED`` when
-        ``skip_applied`` and ``offset`` is not after the key's last applied offset (a
-        redelivery, nothing is written or counted); ``BACKWARDS`` when
+        ``skip_applied`` and ``offset`` is not after the key's last applied offset in
+        the same partition ``tag`` (a redelivery, nothing is written or counted); ``BACKWARDS`` when
         ``refuse_backwards`` and ``ts`` is before the key's previous point's (nothing is
         written, the point is counted and is the previous point for the next one).
         """
         slot = self._slots.get(key)
         if slot is not None:
-            if skip_applied and offset <= self._offset[slot]:
+            # an offset is only comparable within its partition: a key that moved to
+            # another one (partitions were added) starts again at that partition's offsets
+            if skip_applied and offset <= self._offset[slot] and tag == self._tag[slot]:
                 return SKIPPED
             if ts < self._prev_ts[slot] and self._count[slot]:
                 self.backwards += 1
@@ -438,7 +446,9 @@ class WindowBuffer:
         c_old = count[s_old]
         refused = np.zeros(n, dtype=bool)
         if skip_applied:
-            skip = np.flatnonzero(old)[offsets[old] <= np.frombuffer(self._offset, np.int64)[s_old]]
+            skip = np.flatnonzero(old)[
+                (offsets[old] <= np.frombuffer(self._offset, np.int64)[s_old])
+                & (tags[old] == np.frombuffer(self._tag, np.int32)[s_old])]
             codes[skip] = SKIPPED
             refused[skip] = True
         prev_ts = np.frombuffer(self._prev_ts, np.float64)

@@ -189,3 +189,27 @@ def test_timestamp_policy_is_one_option_shared_by_train_score_and_run(config_fil
     assert cfg["timestamp_policy"] == "drop"
     with pytest.raises(ConfigError, match="--timestamp-policy must be one of accept, drop, dlq"):
         _resolve(TRAIN, {"STREAM_DETECTOR_TIMESTAMP_POLICY": "sort"})
+
+
+@pytest.mark.parametrize("prop", ["enable.auto.commit=true", "enable.auto.offset.store=true",
+                                  "acks=1", "request.required.acks=0",
+                                  "enable.idempotence=false", "group.id=other"])
+def test_delivery_critical_kafka_overrides_are_refused(prop: str, capsys) -> None:
+    from stream_detector.cli import main
+    from stream_detector.pipeline import ServiceConfig
+
+    key = prop.split("=")[0]
+    with pytest.raises(ConfigError, match=key):
+        ServiceConfig.from_options(_resolve(RUN + ["--kafka", prop]))
+    # the command: exit 2, one line naming the property (before the model is even read)
+    assert main(RUN + ["--kafka", "client.rack=r1", "--kafka", prop]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err and "client.rack" not in err, err
+
+
+def test_other_kafka_properties_still_pass() -> None:
+    from stream_detector.pipeline import ServiceConfig
+
+    cfg = ServiceConfig.from_options(_resolve(RUN + ["--kafka", "linger.ms=20",
+                                                     "--kafka", "session.timeout.ms=6000"]))
+    assert cfg.kafka == {"linger.ms": "20", "session.timeout.ms": "6000"}

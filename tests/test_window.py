@@ -417,3 +417,33 @@ def test_redelivery_is_told_by_offset_not_by_timestamp() -> None:
         (code,) = _push(buf, [90.0], start_offset=4, skip_applied=True)
         assert code not in (SKIPPED, BACKWARDS, NO_WINDOW)
         assert buf.last_offset("k") == 4
+
+
+# -- redeliveries are told by partition and offset ----------------------------------------
+
+
+def test_a_key_moved_to_a_partition_with_smaller_offsets_is_not_skipped() -> None:
+    """After input partitions are added a key can move to a partition whose offsets are
+    smaller than the last one it had: its points there are new, not redeliveries."""
+    one = WindowBuffer(window=3)
+    many = WindowBuffer(window=3)
+    for buf in (one, many):
+        for i in range(5):  # partition 0, offsets 1000..1004
+            buf.push("k", float(i), np.array([1.0], np.float32), 0, 1000 + i, 0.0,
+                     skip_applied=True)
+        # the same partition again: a redelivery
+        assert buf.push("k", 4.0, np.array([1.0], np.float32), 0, 1004, 0.0,
+                        skip_applied=True) == SKIPPED
+    got = [one.push("k", 5.0 + i, np.array([2.0], np.float32), 3, 7 + i, 0.0,
+                    skip_applied=True) for i in range(3)]
+    assert SKIPPED not in got and got == [one._slots["k"]] * 3
+    for i in range(3):  # the vectorised path (with a second key, so the round is real)
+        codes = many.push_round(["k", f"o{i}"], np.array([5.0 + i, 5.0 + i]),
+                                np.array([[2.0], [0.0]]), np.array([3, 1]),
+                                np.array([7 + i, i]), 0.0, skip_applied=True)
+        assert codes is not None and codes[0] == many._slots["k"], codes
+    assert one.count("k") == many.count("k") == 8
+    assert one.last_offset("k") == many.last_offset("k") == 9
+    # and a redelivery in the new partition is still skipped
+    assert one.push("k", 7.0, np.array([2.0], np.float32), 3, 9, 0.0,
+                    skip_applied=True) == SKIPPED

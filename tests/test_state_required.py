@@ -1,0 +1,69 @@
+"""A changelog that cannot be created is never silent: not ready, state_ready 0, and with
+--state-required (the default) no input is consumed, so no offset commits without state.
+
+The embedded broker creates any topic name, so the refusal is injected where the detector
+creates the changelog (as a user without CreateTopics rights on ``<group>-state`` sees it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from kafka_helpers import produce_json
+from service_helpers import T0, committed_offsets, wait_until, wave
+
+import stream_detector.pipeline as pipeline
+from stream_detector.artifact import load_artifact
+from stream_detector.broker import TopicSetupError
+from stream_detector.cli import build_parser
+from stream_detector.config import COMMAND_OPTS, resolve
+from stream_detector.metrics import Metrics
+from stream_detector.pipeline import Detector, ServiceConfig
+
+
+def _refuse(*args: Any, **kw: Any) -> int:
+    raise TopicSetupError("cannot create topic: TOPIC_AUTHORIZATION_FAILED (injected)")
+
+
+def _sample(det: Detector, name: str) -> float:
+    return det.metrics.registry.get_sample_value(name) or 0.0
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_a_changelog_that_cannot_be_created(broker_bootstrap, topic_factory, group_id, model,
+                                            monkeypatch, required):
+    monkeypatch.setattr(pipeline, "ensure_changelog", _refuse)
+    src, out = topic_factory(1), topic_factory(1)
+    values = wave(60, seed=1)
+    produce_json(broker_bootstrap, src, [("a", {"key": "a", "ts": T0 + 60 * i,
+                                                "value": float(values[i])}) for i in range(60)])
+    args = build_parser().parse_args([
+        "run", "--bootstrap-servers", broker_bootstrap, "--input-topic", src,
+        "--output-topic", out, "--group-id", group_id, "--model", str(model),
+        "--commit-interval-ms", "200", "--kafka", "session.timeout.ms=6000",
+        "--kafka", "max.poll.interval.ms=10000",
+        *([] if required else ["--no-state-required"])])
+    cfg = ServiceConfig.from_options(resolve("run", COMMAND_OPTS["run"], args))
+    assert cfg.state_required is required
+    det = Detector(cfg, load_artifact(model), Metrics.create())
+    loop = threading.Thread(target=det.run, daemon=True)
+    loop.start()
+    try:
+        wait_until(lambda: det._assigned, 60, "an assignment")
+        if required:
+            time.sleep(3.0)
+            assert _sample(det, "stream_detector_messages_consumed_total") == 0
+            assert committed_offsets(broker_bootstrap, group_id, src, 1)[0] == 0
+        else:
+            wait_until(lambda: committed_offsets(broker_bootstrap, group_id, src, 1)[0] == 60,
+                       60, "consumed without state")
+        assert _sample(det, "stream_detector_state_ready") == 0.0
+        ok, why = det.ready()
+        assert not ok and "state changelog unusable" in why, why
+        assert _sample(det, "stream_detector_ready") == 0.0
+    finally:
+        det.stop()
+        loop.join(30)
