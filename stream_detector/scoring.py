@@ -20,6 +20,7 @@ from stream_detector.datasets import Dataset, Series
 from stream_detector.decision import Decider, Newest, make_decider, reason_names
 from stream_detector.errors import InputError
 from stream_detector.finetune import FineTuneOptions, make_tuner
+from stream_detector.guards import finite_rows
 from stream_detector.threshold import Thresholds
 from stream_detector.window import WindowBuffer
 
@@ -123,6 +124,9 @@ def decide_series(
     wflag = np.zeros(n, dtype=bool)
     wexc = np.zeros(n, dtype=bool)
     wreason = np.zeros(n, dtype=np.uint8)
+    keep = finite_rows(np.asarray(scores, np.float64))
+    if keep is not None:  # an overflowed error decides nothing (guards.py); rows carry on
+        scores, end_idx = np.asarray(scores)[keep], np.asarray(end_idx)[keep]
     if len(scores):
         newest = newest_values(s.values, end_idx, new_points) if decider.wants_values else None
         d = decider.decide([s.key] * len(scores), np.asarray(scores, np.float64), newest)
