@@ -282,7 +282,6 @@ RUN_OPTS = (
     Opt("drain_timeout_s", float, 10.0, "graceful stop budget on SIGTERM", metavar="S"),
     Opt("max_message_bytes", int, 65536, "larger input messages are rejected as oversize",
         metavar="N"),
-    Opt("exactly_once", _bool, False, "transactional producer (needs Apache Kafka)"),
     Opt("state", str, "changelog",
         "keep window state in a compacted changelog topic (restored on restart/rebalance)",
         choices=("changelog", "none")),

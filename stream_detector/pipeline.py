@@ -80,7 +80,6 @@ class ServiceConfig:
     commit_interval_s: float = 1.0
     drain_timeout_s: float = 10.0
     max_message_bytes: int = 65536
-    exactly_once: bool = False
     state: str = "changelog"
     state_topic: str | None = None
     state_required: bool = True
@@ -119,7 +118,6 @@ class ServiceConfig:
             max_series=cfg["max_series"], idle_ttl_s=cfg["idle_ttl_s"], events=cfg["events"],
             incident_gap=cfg["incident_gap"], commit_interval_s=cfg["commit_interval_ms"] / 1000.0,
             drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
-            exactly_once=cfg["exactly_once"],
             state=cfg["state"], state_topic=cfg["state_topic"],
             state_required=cfg.get("state_required", True) is not False, model_poll_s=cfg["model_poll_s"],
             decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
@@ -295,10 +293,7 @@ class Detector:
             **common, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
             "error_cb": self._on_error, **producer_properties(cfg.kafka),
         }
-        if cfg.exactly_once:
-            producer_conf["transactional.id"] = f"{cfg.group_id}-{host}"
-        self.sink = EventSink(producer_conf, cfg.output_topic, cfg.dlq_topic, metrics,
-                              transactional=cfg.exactly_once)
+        self.sink = EventSink(producer_conf, cfg.output_topic, cfg.dlq_topic, metrics)
         self.state: StateStore | None = None
         self._deleted: dict[str, int] = {}  # evicted keys whose state must be tombstoned
         self._state_partitions = 0
@@ -801,11 +796,7 @@ class Detector:
             return True
         self.sink.raise_if_failed()
         try:
-            if self.cfg.exactly_once:
-                self.sink.commit_transaction(offsets, self.consumer.consumer_group_metadata(),
-                                             timeout)
-            else:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # e.g. a rebalance in progress: the messages will be redelivered (at least once)
             log.warning("offset commit failed: %s", exc)
@@ -985,10 +976,7 @@ class Detector:
                 self.sink.poll()
                 now = time.monotonic()
                 if now - last_commit >= cfg.commit_interval_s:
-                    if cfg.exactly_once:
-                        self.checkpoint(timeout=2.0, strict=False)
-                    else:
-                        self.begin_checkpoint()
+                    self.begin_checkpoint()
                     last_commit = time.monotonic()
                 self.advance_checkpoint()
                 self._retry_state(now)

@@ -88,7 +88,7 @@ class EventSink:
 
     def __init__(
         self, conf: Mapping[str, Any], output_topic: str, dlq_topic: str | None,
-        metrics: Metrics, transactional: bool = False,
+        metrics: Metrics,
     ) -> None:
         self.output_topic = output_topic
         self.dlq_topic = dlq_topic
@@ -103,10 +103,6 @@ class EventSink:
         self._unconfirmed: list[int] = []
         self._confirmed: set[int] = set()
         self._retries: deque[_DeadLetter] = deque()
-        self.transactional = transactional
-        if transactional:
-            self._producer.init_transactions(30)
-            self._producer.begin_transaction()
 
     @property
     def producer(self) -> Producer:
@@ -289,17 +285,5 @@ class EventSink:
             return False
         return True
 
-    def commit_transaction(self, offsets: list[Any], group_metadata: Any, timeout: float) -> None:
-        """Exactly-once mode: commit the events and the input offsets atomically."""
-        self.raise_if_failed()
-        self._producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
-        self._producer.commit_transaction(timeout)
-        self._producer.begin_transaction()
-
     def close(self, timeout: float) -> None:
-        if self.transactional:
-            try:
-                self._producer.abort_transaction(timeout)
-            except Exception:  # nothing pending, or the broker is gone: nothing to save
-                pass
         self._producer.flush(timeout)

@@ -548,7 +548,6 @@ def test_every_kafka_name_has_its_topic_and_acls(overlay):
     environment's strimzi directory and ACLs on the environment's KafkaUser that allow what
     the detector does with it."""
     names = kafka_names(f"overlays/{overlay}")
-    config = effective_config(f"overlays/{overlay}")
     assert names["state"], "the shipped config must keep state recovery on (--state changelog)"
     topics = kafka_topics(STRIMZI[overlay])
     user = kafka_user(overlay)
@@ -567,11 +566,6 @@ def test_every_kafka_name_has_its_topic_and_acls(overlay):
     restore_group = restore_group_prefix() + "0" * 32
     if not allows(user, "group", restore_group, "Describe"):
         problems.append(f"state restore group {restore_group!r}: no Describe")
-    if config["exactly_once"]:
-        txn = f"{names['group']}-pod"
-        for op in ("Describe", "Write"):
-            if not allows(user, "transactionalId", txn, op):
-                problems.append(f"transactional id {txn!r}: no {op}")
     assert not problems, "\n".join(problems)
 
 
