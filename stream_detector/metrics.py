@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from stream_detector.window import TIMESTAMP_POLICIES
 
@@ -97,6 +104,14 @@ class Metrics:
         """Build the bundle on ``registry`` (a fresh one when None, as tests want)."""
         reg = registry if registry is not None else CollectorRegistry()
         p = PREFIX
+        # the standard process_* (memory, CPU, start time, fds) and python_info metrics, and
+        # which build this is
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        from stream_detector import __version__
+
+        Gauge(f"{p}_build_info", "The running build (value 1).", ["version"],
+              registry=reg).labels(__version__).set(1)
         m = cls(
             registry=reg,
             messages_consumed=Counter(
