@@ -340,7 +340,7 @@ class KerasAutoencoder:
         want_e = scorer(x, shape=size)
         keep = [b for b in sorted(set(shapes))
                 if np.array_equal(scorer(x, shape=b), want_e)
-                and (fused or np.array_equal(scorer.reconstruct(x, shape=b), want_r))]
+                and (want_r is None or np.array_equal(scorer.reconstruct(x, shape=b), want_r))]
         scorer.buckets = (*keep, size)
         self._scorer = scorer
         return scorer.buckets
