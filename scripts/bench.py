@@ -28,8 +28,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 WINDOW = 64
 
 
@@ -151,7 +149,7 @@ def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0
     for i in range(per_key):
         if i == WINDOW - 1 and at_first_window is not None:
             at_first_window()  # the points from here on complete windows
-        # the family the model was trained on (service_helpers.wave): level 10, amplitude 2,
+        # the family the model was trained on (stream_detector.testing.wave): level 10, amplitude 2,
         # period 20, noise 0.1, a phase per key
         vals = (10.0 + 2.0 * np.sin(2 * np.pi * i / 20 + np.arange(n_keys))
                 + rng.normal(0, 0.1, n_keys))
@@ -194,9 +192,8 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
               max_batch: int, broker_pid: int | None) -> dict[str, Any]:
     """Consume a pre-filled topic: input events/s and windows/s through the whole service,
     and the cores the detector and the broker use in the steady state."""
-    from service_helpers import DetectorProcess, wait_until
-
     from stream_detector.broker import ensure_topics
+    from stream_detector.testing import DetectorProcess, wait_until
 
     tag = f"{kind}-{os.getpid()}"
     src, out = f"bench-in-{tag}", f"bench-out-{tag}"
@@ -309,10 +306,9 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
     and (b) the produce time of the spike (adds the model's detection delay: a spike that
     the window ending at it does not flag waits for the key's next points).
     """
-    from service_helpers import DetectorProcess
-
     from stream_detector.broker import ensure_topics
     from stream_detector.datasets import parse_timestamp
+    from stream_detector.testing import DetectorProcess
 
     tag = f"{kind}-{os.getpid()}"
     src, out = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
@@ -406,7 +402,7 @@ def _checkpointed(det: Any, records: int) -> None:
     has completed: it completes once the broker confirmed its records, then the heap is
     trimmed. (It may have completed already: an idle detector completes no more, so after
     5 s without one it is taken as done.)"""
-    from service_helpers import wait_until
+    from stream_detector.testing import wait_until
 
     det.wait_value("stream_detector_state_records_written_total", records, 120)
     done = det.value("stream_detector_checkpoint_seconds_count")
@@ -419,9 +415,8 @@ def _checkpointed(det: Any, records: int) -> None:
 
 
 def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
-    from service_helpers import DetectorProcess, train_wave_model
-
     from stream_detector.broker import ensure_topics
+    from stream_detector.testing import DetectorProcess, train_wave_model
 
     model = work / "conv1d-model"
     if not model.exists():
@@ -525,9 +520,8 @@ def main() -> int:
         for mo in res["model_only"]:
             mo["parallel"] = model_parallel(mo["kind"], batches, seconds)
     if parts & {"e2e", "latency", "memory"}:
-        from service_helpers import train_wave_model
-
         from stream_detector.broker import EmbeddedBroker
+        from stream_detector.testing import train_wave_model
 
         work = Path(tempfile.mkdtemp(prefix="bench-"))
         broker = EmbeddedBroker(log_path=work / "broker.log")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
+sys.path.insert(0, str(ROOT / "scripts"))  # for bench
 
 
 def main() -> int:
@@ -31,10 +31,10 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     import bench
-    from service_helpers import FAST_GROUP, train_wave_model
 
     from stream_detector import cli, pipeline
     from stream_detector.broker import EmbeddedBroker, ensure_topics
+    from stream_detector.testing import FAST_GROUP, train_wave_model
 
     work = Path(tempfile.mkdtemp(prefix="profile-"))
     model = train_wave_model(work / "model", window=bench.WINDOW, kind=args.kind, epochs=1)

@@ -25,10 +25,8 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from service_helpers import DetectorProcess, train_wave_model  # noqa: E402
-
-from stream_detector.broker import EmbeddedBroker, ensure_topics  # noqa: E402
+from stream_detector.broker import EmbeddedBroker, ensure_topics
+from stream_detector.testing import DetectorProcess, train_wave_model
 
 
 def main() -> int:

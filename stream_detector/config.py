@@ -235,7 +235,7 @@ TRAIN_OPTS = (
 FINE_TUNE_OPTS = (
     Opt("fine_tune_every", int, 0,
         "keep learning the stream's normal windows: a few gradient steps every N scored "
-        "windows (0: off; scores then depend on the stream seen, see README)", metavar="N"),
+        "windows (0: off; scores then depend on the stream seen, see docs/decision.md)", metavar="N"),
     Opt("fine_tune_param", _pairs, {},
         "fine-tuning setting, repeatable: buffer, steps, batch_size, learning_rate, guard "
         "(learn windows with error <= guard x threshold)"),

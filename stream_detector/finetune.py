@@ -14,7 +14,7 @@ anomaly lasts.
 Costs and consequences:
 
 - each round is ``steps`` training steps of ``batch_size`` windows, run on the inference
-  thread between batches (see README, "Detection quality", for the measured cost);
+  thread between batches (docs/quality.md, "Fine-tuning cost", has the measured cost);
 - scores depend on the stream seen so far, not on the window alone. The service restarts
   from the artifact's weights (the tuned weights are not checkpointed), so a redelivered
   window may score differently from its first delivery, and events are no longer

@@ -280,9 +280,8 @@ class Detector:
             "statistics.interval.ms": 2000,
             # with fetch.min.bytes 1 a broker answers a fetch as soon as data is there, so
             # this only bounds how often an idle partition is asked again (librdkafka's
-            # default is 500). The embedded broker answers a waiting fetch ~13 ms later with
-            # 100 than with 20, but spent 0.31-0.33 cores instead of 0.46-0.50 at 2949
-            # msg/s (scripts/bench.py, latency part), which the detector needs more
+            # default is 500): shorter waits cost the broker CPU in empty fetches, which
+            # the detector needs more when both share a machine
             "fetch.wait.max.ms": 100,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,

@@ -1,4 +1,8 @@
-"""Keep the benchmark script working (tiny sizes; no timing is asserted)."""
+"""Keep the benchmark script working (tiny sizes; no timing is asserted).
+
+Both tests run ``scripts/bench.py``, which builds and fits models; the second also starts
+the embedded broker. So they carry the marks ``make test-fast`` leaves out.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_and_writes_every_model_figure(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -30,6 +37,8 @@ def test_bench_quick_runs_and_writes_every_model_figure(tmp_path):
     assert "of matmul" in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.broker
 def test_bench_quick_end_to_end_latency_and_memory_parts_run(tmp_path):
     """The broker-backed parts: every figure is there and comes from real deliveries."""
     out = tmp_path / "bench.json"

@@ -66,8 +66,8 @@ with _without_import_notices():
 import numpy as np  # noqa: E402
 
 DEFAULT_BUCKETS = tuple(2**i for i in range(13))  # 1, 2, 4, ... 4096
-# kinds scored through XLA: it fuses a recurrent layer's per-step ops (the LSTM scores
-# 1.2-1.6x faster here); for the convolution it is slower (scripts/bench.py measures)
+# kinds scored through XLA: it fuses a recurrent layer's per-step ops into one program;
+# the convolution runs faster on the plain graph (scripts/bench.py compares them)
 XLA_KINDS = frozenset({"lstm", "bilstm", "cnn-lstm"})
 
 Builder = Callable[..., keras.Model]
@@ -177,7 +177,7 @@ class BatchedScorer:
 
     def _concrete(self, fn: Any) -> Any:
         """The function's one trace, called directly: a call skips the argument binding and
-        trace lookup of ``tf.function`` (0.2-0.3 ms of Python per call, measured here)."""
+        trace lookup of ``tf.function``, Python work that would otherwise run on every call)."""
         cf = self._traced.get(fn)
         if cf is None:
             cf = self._traced[fn] = fn.get_concrete_function()
@@ -316,14 +316,14 @@ class KerasAutoencoder:
         of every shape is checked: rows can be computed differently by position). Which
         shapes pass depends on the CPU and the model; small shapes let a lightly loaded
         service answer sooner. Running the probe at every shape also warms the kernels up.
-        The recurrent kinds' fused loop (``lstm.fused_forward``) takes ~7 s of XLA
+        The recurrent kinds' fused loop (``lstm.fused_forward``) takes seconds of XLA
         compilation per shape, so for them only ``size`` / 4, 3/8, 1/2 and 3/4 are tried,
         and only their errors are compared (what the service uses). Returns the shapes kept.
         """
         size = int(size)
         scorer = self._new_scorer((size,))
         fused = scorer.forward is not None
-        if fused:  # ~7 s of compilation a shape: a few coarse ones, errors only
+        if fused:  # seconds of compilation a shape: a few coarse ones, errors only
             shapes = [b for b in (size // 4, 3 * size // 8, size // 2, 3 * size // 4) if b]
         else:
             shapes = candidate_shapes(size)
@@ -340,7 +340,7 @@ class KerasAutoencoder:
         want_e = scorer(x, shape=size)
         keep = [b for b in sorted(set(shapes))
                 if np.array_equal(scorer(x, shape=b), want_e)
-                and (fused or np.array_equal(scorer.reconstruct(x, shape=b), want_r))]
+                and (want_r is None or np.array_equal(scorer.reconstruct(x, shape=b), want_r))]
         scorer.buckets = (*keep, size)
         self._scorer = scorer
         return scorer.buckets

@@ -16,7 +16,7 @@ def build_feedforward(
     training (a denoising autoencoder); ``dropout`` > 0 drops that fraction of the encoder's
     units while training. Both are off at inference, and at 0 the layers are not built.
     ``encoding_dim`` 0 (the default) ties the width to the input: half the input width,
-    clamped to 8..32 (14 before; see README, "ODDS (PyOD protocol)").
+    clamped to 8..32 (docs/quality.md, "ODDS", has its results).
     """
     enc = int(encoding_dim)
     if enc <= 0:

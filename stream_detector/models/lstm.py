@@ -83,15 +83,16 @@ def _run_lstm(layer: layers.LSTM, seq: Any) -> Any:
     return h
 
 
-# XLA's compile time grows with the steps written out (7-9 s for 64 here, per batch shape):
+# XLA's compile time grows with the steps written out (seconds per batch shape at 64):
 # longer sequences keep Keras' loop
 MAX_FUSED_STEPS = 128
 
 
 def fused_forward(kind: str, model: keras.Model) -> Callable[[Any], Any] | None:
     """Inference for the recurrent kinds with the LSTM loop written out
-    (:func:`_run_lstm`): the same reconstruction as ``model(x)`` to float32 rounding, about
-    1.7-1.9x faster under XLA here than Keras' loop (``scripts/bench.py``). None when the
+    (:func:`_run_lstm`): the same reconstruction as ``model(x)`` to float32 rounding, as
+    straight-line code that XLA compiles into one program, where Keras runs a loop over
+    the steps (``scripts/bench.py`` measures both). None when the
     model is not one of this module's recurrent autoencoders with plain LSTMs, or its LSTM
     runs over more than ``MAX_FUSED_STEPS`` steps."""
     try:

@@ -1,0 +1,160 @@
+"""Drive the real ``stream-detector`` commands in subprocesses: train a small model, run
+the service and read its metrics endpoint.
+
+For the test suite and for ``scripts/`` (bench, soak, profile), which need the same
+harness; nothing in the package itself uses it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_detector.broker import free_port
+
+# a consumer group joins in ~3 s with these, over 20 s with librdkafka's defaults
+FAST_GROUP = ["--kafka", "session.timeout.ms=6000", "--kafka", "max.poll.interval.ms=10000"]
+
+
+def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m stream_detector ARGS`` and return the finished process."""
+    proc = subprocess.run([sys.executable, "-m", "stream_detector", *args], capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"stream-detector {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+def wave(n: int, seed: int, period: float = 20.0, level: float = 10.0) -> np.ndarray:
+    """A noisy sine wave (n,) float32: the normal behaviour of the test and bench series."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    out: np.ndarray = (level + 2.0 * np.sin(2 * np.pi * t / period + seed)
+                       + rng.normal(0, 0.1, n)).astype(np.float32)
+    return out
+
+
+def write_long(path: Path, series: dict[str, np.ndarray], start: float = 1_767_225_600.0,
+               step: float = 60.0) -> Path:
+    """Write equal-length ``series`` as a ``long`` CSV, a point every ``step`` seconds."""
+    with path.open("w") as fh:
+        fh.write("timestamp,key,value\n")
+        n = len(next(iter(series.values())))
+        for i in range(n):
+            for key, vals in series.items():
+                fh.write(f"{start + i * step:.0f},{key},{float(vals[i]):.5f}\n")
+    return path
+
+
+def train_wave_model(out: Path, window: int = 32, kind: str = "conv1d", epochs: int = 12) -> Path:
+    """Train a small model on clean waves (the family the tests and the bench stream)."""
+    data = out.parent / f"{out.name}-train.csv"
+    write_long(data, {f"train-{i}": wave(600, seed=100 + i) for i in range(4)})
+    # the seed's fixed threshold: tests steer it (with_threshold) and count its flags
+    cli("train", "--model", kind, "--input", str(data), "--window", str(window), "--epochs",
+        str(epochs), "--out", str(out), "--seed", "1", "--quiet", "--decision", "static")
+    return out
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str,
+               detail: Callable[[], str] | None = None) -> None:
+    """Poll ``pred`` every 0.2 s; raise AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}. {detail() if detail else ''}")
+
+
+class DetectorProcess:
+    """``stream-detector run`` in a subprocess, with its metrics endpoint."""
+
+    def __init__(self, bootstrap: str, input_topic: str, output_topic: str, group: str,
+                 model: Path, extra: Sequence[str] = (), log: Path | None = None) -> None:
+        self.port = free_port()
+        self.log = log
+        args = [sys.executable, "-m", "stream_detector", "run", "--bootstrap-servers", bootstrap,
+                "--input-topic", input_topic, "--output-topic", output_topic,
+                "--group-id", group, "--model", str(model), "--metrics-port", str(self.port),
+                "--metrics-host", "127.0.0.1", "--commit-interval-ms", "200", *FAST_GROUP,
+                *extra]
+        out: IO[str] | int = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def get(self, path: str) -> tuple[int, str]:
+        """(HTTP status, body) of ``path`` on the metrics port; (0, "") when unreachable."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, ""
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample as ``name{label="v",...}`` -> value (labels sorted)."""
+        code, text = self.get("/metrics")
+        if code != 200:
+            return {}
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+        return out
+
+    def value(self, name: str) -> float:
+        return self.metrics().get(name, 0.0)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_until(lambda: self.get("/readyz")[0] == 200, timeout, "detector ready",
+                   self._tail)
+
+    def wait_value(self, name: str, at_least: float, timeout: float = 90) -> float:
+        wait_until(lambda: self.value(name) >= at_least, timeout,
+                   f"{name} >= {at_least} (now {self.value(name)})", self._tail)
+        return self.value(name)
+
+    def _tail(self) -> str:
+        if self.proc.poll() is not None:
+            return f"detector exited {self.proc.returncode}: " + (
+                self.log.read_text()[-3000:] if self.log else "")
+        return self.log.read_text()[-3000:] if self.log else ""
+
+    def terminate(self, timeout: float = 15) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds to exit)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - t0
+
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """The process' resident set (or, with ``VmHWM``, its peak so far), MB; nan once
+        it has exited."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return float("nan")
+        for line in status.splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
