@@ -142,6 +142,8 @@ def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0
              at_first_window: Callable[[], None] | None = None) -> int:
     from confluent_kafka import Producer
 
+    from stream_detector.kafka.produce import produce
+
     p = Producer({"bootstrap.servers": bs, "linger.ms": linger_ms,
                   "batch.num.messages": 10000})
     rng = np.random.default_rng(1)
@@ -167,13 +169,8 @@ def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0
                 v += 12.0
                 if spikes is not None:
                     spikes.setdefault(key, []).append(ts)
-            while True:
-                try:
-                    p.produce(topic, key=key.encode(),
-                              value=orjson.dumps({"key": key, "ts": ts, "value": v}))
-                    break
-                except BufferError:
-                    p.poll(0.01)
+            produce(p, topic, key=key.encode(),
+                    value=orjson.dumps({"key": key, "ts": ts, "value": v}), wait_s=0.01)
             n += 1
             if rate_s > 0:
                 # paced in bursts of at most ~1 ms (a sleep per message would cost the
@@ -196,7 +193,7 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
     and the cores the detector and the broker use in the steady state."""
     from service_helpers import DetectorProcess, wait_until
 
-    from stream_detector.broker import ensure_topics
+    from stream_detector.kafka.admin import ensure_topics
 
     tag = f"{kind}-{os.getpid()}"
     src, out = f"bench-in-{tag}", f"bench-out-{tag}"
@@ -311,8 +308,8 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
     """
     from service_helpers import DetectorProcess
 
-    from stream_detector.broker import ensure_topics
     from stream_detector.datasets import parse_timestamp
+    from stream_detector.kafka.admin import ensure_topics
 
     tag = f"{kind}-{os.getpid()}"
     src, out = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
@@ -421,7 +418,8 @@ def _checkpointed(det: Any, records: int) -> None:
 def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
     from service_helpers import DetectorProcess, train_wave_model
 
-    from stream_detector.broker import ensure_topics
+    from stream_detector.kafka.admin import ensure_topics
+    from stream_detector.kafka.produce import produce
 
     model = work / "conv1d-model"
     if not model.exists():
@@ -447,13 +445,9 @@ def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
         p = Producer({"bootstrap.servers": bs, "linger.ms": 20})
         for k in range(n_series):
             key = f"mem-series-{k:07d}"
-            while True:
-                try:
-                    p.produce(tag, key=key.encode(), value=orjson.dumps(
-                        {"key": key, "ts": 1_767_225_600, "value": 0.5}))
-                    break
-                except BufferError:
-                    p.poll(0.01)
+            produce(p, tag, key=key.encode(),
+                    value=orjson.dumps(
+                        {"key": key, "ts": 1_767_225_600, "value": 0.5}), wait_s=0.01)
         p.flush(60)
         det.wait_value("stream_detector_messages_consumed_total", base_keys + n_series, 600)
         _checkpointed(det, base_keys + n_series)
@@ -527,7 +521,7 @@ def main() -> int:
     if parts & {"e2e", "latency", "memory"}:
         from service_helpers import train_wave_model
 
-        from stream_detector.broker import EmbeddedBroker
+        from stream_detector.kafka.embedded import EmbeddedBroker
 
         work = Path(tempfile.mkdtemp(prefix="bench-"))
         broker = EmbeddedBroker(log_path=work / "broker.log")

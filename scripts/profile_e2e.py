@@ -34,7 +34,8 @@ def main() -> int:
     from service_helpers import FAST_GROUP, train_wave_model
 
     from stream_detector import cli, pipeline
-    from stream_detector.broker import EmbeddedBroker, ensure_topics
+    from stream_detector.kafka.admin import ensure_topics
+    from stream_detector.kafka.embedded import EmbeddedBroker
 
     work = Path(tempfile.mkdtemp(prefix="profile-"))
     model = train_wave_model(work / "model", window=bench.WINDOW, kind=args.kind, epochs=1)

@@ -28,7 +28,8 @@ from confluent_kafka import Producer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from service_helpers import DetectorProcess, train_wave_model  # noqa: E402
 
-from stream_detector.broker import EmbeddedBroker, ensure_topics  # noqa: E402
+from stream_detector.kafka.admin import ensure_topics  # noqa: E402
+from stream_detector.kafka.embedded import EmbeddedBroker  # noqa: E402
 
 
 def main() -> int:
@@ -71,13 +72,8 @@ def main() -> int:
                 key, ts = f"key-{i}", 1_767_225_600.0 + float(t[i])
                 t[i] += 60
             value = float(np.sin(ts / 1200.0) + rng.normal(0, 0.05))
-            while True:
-                try:
-                    p.produce("in", key=key.encode(),
-                              value=orjson.dumps({"key": key, "ts": ts, "value": value}))
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            produce(p, "in", key=key.encode(),
+                    value=orjson.dumps({"key": key, "ts": ts, "value": value}))
             produced[0] += 1
             ahead = start + produced[0] / args.rate - time.monotonic()
             if ahead > 0:

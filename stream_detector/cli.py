@@ -142,7 +142,7 @@ def cmd_replay(cfg: dict[str, Any]) -> int:
 
 
 def cmd_broker(cfg: dict[str, Any]) -> int:
-    from stream_detector.broker import EmbeddedBroker
+    from stream_detector.kafka.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker(port=cfg["port"], host=cfg["host"])
     broker.start()

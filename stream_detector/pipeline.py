@@ -14,7 +14,6 @@ import gc
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections import deque
@@ -36,19 +35,27 @@ from confluent_kafka import (
 
 from stream_detector.artifact import Artifact, load_artifact
 from stream_detector.batcher import Batch, MicroBatcher
-from stream_detector.broker import TopicSetupError
 from stream_detector.decision import Decider, make_decider, resolve_spec
-from stream_detector.errors import ConfigError, DeliveryError, InputError, InvalidRecord
+from stream_detector.errors import DeliveryError, InputError, InvalidRecord
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.guards import finite_rows
 from stream_detector.incidents import IncidentTracker
+from stream_detector.kafka.admin import ensure_changelog
+from stream_detector.kafka.exceptions import TopicSetupError
+from stream_detector.kafka.properties import (
+    common_properties,
+    consumer_properties,
+    event_producer_properties,
+    producer_properties,
+    refuse_delivery_overrides,
+)
 from stream_detector.metrics import Metrics, observe_many
 from stream_detector.models.base import plan_threads, set_threads
 from stream_detector.records import Source, WindowMeta
 from stream_detector.server import HealthServer
 from stream_detector.sink import EventSink
 from stream_detector.source import Decoder, Fields
-from stream_detector.state import KeyState, StateStore, ensure_changelog
+from stream_detector.state import KeyState, StateStore
 from stream_detector.state import decode as decode_state
 from stream_detector.state import encode as encode_state
 from stream_detector.window import BACKWARDS, NO_WINDOW, SKIPPED, WindowBuffer
@@ -133,39 +140,6 @@ class ServiceConfig:
         if self.state != "changelog":
             return None
         return self.state_topic or f"{self.group_id}-state"
-
-
-# librdkafka properties that offsets-follow-delivery depends on: a --kafka override of one
-# would commit input whose events or dead letters were never confirmed, or lose them
-# (aliases included: librdkafka takes either name)
-DELIVERY_CRITICAL = (
-    "enable.auto.commit", "auto.commit.enable", "enable.auto.offset.store",
-    "acks", "request.required.acks", "enable.idempotence", "transactional.id",
-    "group.id",
-)
-
-
-def refuse_delivery_overrides(kafka: Mapping[str, str]) -> None:
-    """Raise :class:`ConfigError` naming the ``--kafka`` properties that the detector sets
-    itself because delivery depends on them."""
-    bad = sorted(k for k in kafka if k.strip().lower() in DELIVERY_CRITICAL)
-    if bad:
-        raise ConfigError(
-            f"--kafka {', '.join(bad)}: set by the detector because offsets follow delivery "
-            "(use --group-id for the group); remove the override")
-
-
-_CONSUMER_ONLY = (
-    "session.timeout.ms", "max.poll.interval.ms", "auto.offset.reset", "group.instance.id",
-    "partition.assignment.strategy", "heartbeat.interval.ms", "fetch.min.bytes",
-    "fetch.wait.max.ms", "fetch.max.bytes", "max.partition.fetch.bytes", "group.protocol",
-    "isolation.level", "enable.auto.commit", "auto.commit.interval.ms", "queued.min.messages",
-)
-
-
-def producer_properties(kafka: Mapping[str, str]) -> dict[str, str]:
-    """The user's ``--kafka`` properties minus consumer-only ones (which producers warn about)."""
-    return {k: v for k, v in kafka.items() if k not in _CONSUMER_ONLY}
 
 
 def _libc_trim() -> Any:
@@ -268,31 +242,11 @@ class Detector:
         self._heartbeat = time.monotonic()
         self._broker_down: str | None = None
         self._last_sweep = time.monotonic()
-        host = socket.gethostname()
-        common = {"bootstrap.servers": cfg.bootstrap_servers, "client.id": f"stream-detector-{host}"}
-        self.consumer = Consumer({
-            **common,
-            "group.id": cfg.group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "statistics.interval.ms": 2000,
-            # with fetch.min.bytes 1 a broker answers a fetch as soon as data is there, so
-            # this only bounds how often an idle partition is asked again (librdkafka's
-            # default is 500). The embedded broker answers a waiting fetch ~13 ms later with
-            # 100 than with 20, but spent 0.31-0.33 cores instead of 0.46-0.50 at 2949
-            # msg/s (scripts/bench.py, latency part), which the detector needs more
-            "fetch.wait.max.ms": 100,
-            "stats_cb": self._on_stats,
-            "error_cb": self._on_error,
-            "on_commit": self._on_commit,
-            **cfg.kafka,
-        })
-        producer_conf: dict[str, Any] = {
-            **common, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "error_cb": self._on_error, **producer_properties(cfg.kafka),
-        }
+        self.consumer = Consumer(consumer_properties(
+            cfg.bootstrap_servers, cfg.group_id, cfg.kafka, stats_cb=self._on_stats,
+            error_cb=self._on_error, on_commit=self._on_commit))
+        producer_conf = event_producer_properties(cfg.bootstrap_servers, cfg.kafka,
+                                                  error_cb=self._on_error)
         self.sink = EventSink(producer_conf, cfg.output_topic, cfg.dlq_topic, metrics)
         self.state: StateStore | None = None
         self._deleted: dict[str, int] = {}  # evicted keys whose state must be tombstoned
@@ -304,7 +258,7 @@ class Detector:
         self._state_retry = 0.0
         if cfg.changelog_topic:
             self.state = StateStore(cfg.changelog_topic, self.sink.producer,
-                                    {**common, **cfg.kafka})
+                                    {**common_properties(cfg.bootstrap_servers), **cfg.kafka})
         m = metrics
         m.active_series.set_function(lambda: len(self.buffer))
         m.assigned_partitions.set_function(lambda: len(self._assigned))
@@ -1086,7 +1040,7 @@ class ModelWatcher(threading.Thread):
 
 def run_service(options: Mapping[str, Any]) -> int:
     """``stream-detector run``: load the model, serve health and metrics, run until SIGTERM."""
-    from stream_detector.broker import ensure_topics
+    from stream_detector.kafka.admin import ensure_topics
 
     cfg = ServiceConfig.from_options(options)
     set_threads(cfg.inference_threads, cfg.inference_workers)

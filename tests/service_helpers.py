@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from kafka_helpers import consume_all, consumer_conf
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_detector.broker import free_port
+from stream_detector.kafka.embedded import free_port
 
 WINDOW = 32  # the window of the test models
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -17,9 +17,9 @@ from service_helpers import T0, committed_offsets, wait_until, wave
 
 import stream_detector.pipeline as pipeline
 from stream_detector.artifact import load_artifact
-from stream_detector.broker import TopicSetupError
 from stream_detector.cli import build_parser
 from stream_detector.config import COMMAND_OPTS, resolve
+from stream_detector.kafka.exceptions import TopicSetupError
 from stream_detector.metrics import Metrics
 from stream_detector.pipeline import Detector, ServiceConfig
 
