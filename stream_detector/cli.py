@@ -128,7 +128,7 @@ def cmd_score(cfg: dict[str, Any]) -> int:
 
 
 def cmd_run(cfg: dict[str, Any]) -> int:
-    from stream_detector.pipeline import run_service
+    from stream_detector.service import run_service
 
     return run_service(cfg)
 

@@ -186,7 +186,7 @@ def effective_config(path: str) -> dict[str, Any]:
 def kafka_names(path: str) -> dict[str, str | None]:
     """Every Kafka name the detector of ``path`` uses, by role, as the service derives them
     (the state changelog's name included)."""
-    from stream_detector.pipeline import ServiceConfig
+    from stream_detector.service import ServiceConfig
 
     service = ServiceConfig.from_options(effective_config(path))
     return {
