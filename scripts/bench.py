@@ -140,6 +140,8 @@ def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0
              at_first_window: Callable[[], None] | None = None) -> int:
     from confluent_kafka import Producer
 
+    from stream_detector.kafka.produce import produce
+
     p = Producer({"bootstrap.servers": bs, "linger.ms": linger_ms,
                   "batch.num.messages": 10000})
     rng = np.random.default_rng(1)
@@ -165,13 +167,8 @@ def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0
                 v += 12.0
                 if spikes is not None:
                     spikes.setdefault(key, []).append(ts)
-            while True:
-                try:
-                    p.produce(topic, key=key.encode(),
-                              value=orjson.dumps({"key": key, "ts": ts, "value": v}))
-                    break
-                except BufferError:
-                    p.poll(0.01)
+            produce(p, topic, key=key.encode(),
+                    value=orjson.dumps({"key": key, "ts": ts, "value": v}), wait_s=0.01)
             n += 1
             if rate_s > 0:
                 # paced in bursts of at most ~1 ms (a sleep per message would cost the
@@ -192,7 +189,7 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
               max_batch: int, broker_pid: int | None) -> dict[str, Any]:
     """Consume a pre-filled topic: input events/s and windows/s through the whole service,
     and the cores the detector and the broker use in the steady state."""
-    from stream_detector.broker import ensure_topics
+    from stream_detector.kafka.admin import ensure_topics
     from stream_detector.testing import DetectorProcess, wait_until
 
     tag = f"{kind}-{os.getpid()}"
@@ -306,8 +303,8 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
     and (b) the produce time of the spike (adds the model's detection delay: a spike that
     the window ending at it does not flag waits for the key's next points).
     """
-    from stream_detector.broker import ensure_topics
     from stream_detector.datasets import parse_timestamp
+    from stream_detector.kafka.admin import ensure_topics
     from stream_detector.testing import DetectorProcess
 
     tag = f"{kind}-{os.getpid()}"
@@ -415,7 +412,8 @@ def _checkpointed(det: Any, records: int) -> None:
 
 
 def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
-    from stream_detector.broker import ensure_topics
+    from stream_detector.kafka.admin import ensure_topics
+    from stream_detector.kafka.produce import produce
     from stream_detector.testing import DetectorProcess, train_wave_model
 
     model = work / "conv1d-model"
@@ -442,13 +440,9 @@ def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
         p = Producer({"bootstrap.servers": bs, "linger.ms": 20})
         for k in range(n_series):
             key = f"mem-series-{k:07d}"
-            while True:
-                try:
-                    p.produce(tag, key=key.encode(), value=orjson.dumps(
-                        {"key": key, "ts": 1_767_225_600, "value": 0.5}))
-                    break
-                except BufferError:
-                    p.poll(0.01)
+            produce(p, tag, key=key.encode(),
+                    value=orjson.dumps(
+                        {"key": key, "ts": 1_767_225_600, "value": 0.5}), wait_s=0.01)
         p.flush(60)
         det.wait_value("stream_detector_messages_consumed_total", base_keys + n_series, 600)
         _checkpointed(det, base_keys + n_series)
@@ -520,7 +514,7 @@ def main() -> int:
         for mo in res["model_only"]:
             mo["parallel"] = model_parallel(mo["kind"], batches, seconds)
     if parts & {"e2e", "latency", "memory"}:
-        from stream_detector.broker import EmbeddedBroker
+        from stream_detector.kafka.embedded import EmbeddedBroker
         from stream_detector.testing import train_wave_model
 
         work = Path(tempfile.mkdtemp(prefix="bench-"))

@@ -32,8 +32,10 @@ def main() -> int:
     args = ap.parse_args()
     import bench
 
-    from stream_detector import cli, pipeline
-    from stream_detector.broker import EmbeddedBroker, ensure_topics
+    from stream_detector import cli
+    from stream_detector.kafka.admin import ensure_topics
+    from stream_detector.kafka.embedded import EmbeddedBroker
+    from stream_detector.service import loop
     from stream_detector.testing import FAST_GROUP, train_wave_model
 
     work = Path(tempfile.mkdtemp(prefix="profile-"))
@@ -45,14 +47,14 @@ def main() -> int:
         ensure_topics(bs, {"profile-in": 4, "profile-out": 1})
         bench._produce(bs, "profile-in", args.keys, args.per_key)
         windows = args.keys * (args.per_key - bench.WINDOW + 1)
-        made: list[pipeline.Detector] = []
-        init = pipeline.Detector.__init__
+        made: list[loop.Detector] = []
+        init = loop.Detector.__init__
 
-        def capture(self: pipeline.Detector, *a: object, **k: object) -> None:
+        def capture(self: loop.Detector, *a: object, **k: object) -> None:
             init(self, *a, **k)  # type: ignore[arg-type]
             made.append(self)
 
-        pipeline.Detector.__init__ = capture  # type: ignore[method-assign]
+        loop.Detector.__init__ = capture  # type: ignore[method-assign]
 
         def stop_when_done() -> None:
             while not made:

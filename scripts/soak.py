@@ -25,7 +25,8 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
-from stream_detector.broker import EmbeddedBroker, ensure_topics
+from stream_detector.kafka.admin import ensure_topics
+from stream_detector.kafka.embedded import EmbeddedBroker
 from stream_detector.testing import DetectorProcess, train_wave_model
 
 
@@ -69,13 +70,8 @@ def main() -> int:
                 key, ts = f"key-{i}", 1_767_225_600.0 + float(t[i])
                 t[i] += 60
             value = float(np.sin(ts / 1200.0) + rng.normal(0, 0.05))
-            while True:
-                try:
-                    p.produce("in", key=key.encode(),
-                              value=orjson.dumps({"key": key, "ts": ts, "value": value}))
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            produce(p, "in", key=key.encode(),
+                    value=orjson.dumps({"key": key, "ts": ts, "value": value}))
             produced[0] += 1
             ahead = start + produced[0] / args.rate - time.monotonic()
             if ahead > 0:

@@ -128,7 +128,7 @@ def cmd_score(cfg: dict[str, Any]) -> int:
 
 
 def cmd_run(cfg: dict[str, Any]) -> int:
-    from stream_detector.pipeline import run_service
+    from stream_detector.service import run_service
 
     return run_service(cfg)
 
@@ -142,7 +142,7 @@ def cmd_replay(cfg: dict[str, Any]) -> int:
 
 
 def cmd_broker(cfg: dict[str, Any]) -> int:
-    from stream_detector.broker import EmbeddedBroker
+    from stream_detector.kafka.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker(port=cfg["port"], host=cfg["host"])
     broker.start()

@@ -21,13 +21,14 @@ from confluent_kafka import Consumer
 
 from stream_detector import synthetic
 from stream_detector.artifact import METADATA_FILE, load_artifact
-from stream_detector.broker import EmbeddedBroker, ensure_topics
 from stream_detector.datasets import parse_timestamp
 from stream_detector.evaluation.events import event_score
+from stream_detector.kafka.admin import ensure_topics
+from stream_detector.kafka.embedded import EmbeddedBroker
 from stream_detector.metrics import Metrics
-from stream_detector.pipeline import Detector, ServiceConfig
 from stream_detector.replay import produce
 from stream_detector.server import HealthServer
+from stream_detector.service import Detector, ServiceConfig
 
 WINDOW = 64
 FAST_GROUP = {"session.timeout.ms": "6000", "max.poll.interval.ms": "10000"}

@@ -11,6 +11,9 @@ from confluent_kafka import Producer
 
 from stream_detector.datasets import Dataset, read_dataset
 from stream_detector.errors import DeliveryError
+from stream_detector.kafka.admin import ensure_topics
+from stream_detector.kafka.produce import produce as produce_one
+from stream_detector.kafka.properties import producer_properties
 
 
 def messages(ds: Dataset) -> Iterator[tuple[str, bytes]]:
@@ -41,8 +44,6 @@ def produce(
     kafka: Mapping[str, str] | None = None,
 ) -> int:
     """Produce ``items`` to ``topic`` at ``rate`` messages/s (0: as fast as possible)."""
-    from stream_detector.pipeline import producer_properties
-
     producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 20,
                          "enable.idempotence": True, **producer_properties(kafka or {})})
     errors: list[str] = []
@@ -59,12 +60,7 @@ def produce(
             if ahead > 0:
                 producer.poll(0)
                 time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_one(producer, topic, key=key.encode(), value=value, on_delivery=on_delivery)
         n += 1
         if n % 1000 == 0:
             producer.poll(0)
@@ -75,12 +71,8 @@ def produce(
 
 
 def replay_files(cfg: Mapping[str, Any]) -> int:
-    from stream_detector.broker import ensure_topics
-
     ds = read_dataset(cfg["input"], cfg["format"])
     if cfg["partitions"]:
-        from stream_detector.pipeline import producer_properties
-
         ensure_topics(cfg["bootstrap_servers"], {cfg["topic"]: cfg["partitions"]},
                       client_config=producer_properties(cfg["kafka"]))
     return produce(cfg["bootstrap_servers"], cfg["topic"], messages(ds), cfg["rate"], cfg["kafka"])

@@ -25,6 +25,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream_detector.errors import DeliveryError
+from stream_detector.kafka.produce import produce
 from stream_detector.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -174,21 +175,16 @@ class EventSink:
     def _produce(self, kind: str, **kw: Any) -> None:
         kw["on_delivery"] = self.tracked(kw["on_delivery"])
         seq = self._seq
-        while True:
-            try:
-                self._producer.produce(**kw)
-                return
-            except BufferError:
-                # local queue full: serve delivery reports until there is room
-                self._producer.poll(0.05)
-            except KafkaException as exc:
-                # refused outright: no report will come, so nothing is left to wait for
-                self._confirmed.add(seq)
-                self.fail(kind, kw.get("topic"), exc)
-                raise DeliveryError(self._failed or str(exc)) from exc
-            except BaseException:
-                self._confirmed.add(seq)
-                raise
+        try:
+            produce(self._producer, **kw)
+        except KafkaException as exc:
+            # refused outright: no report will come, so nothing is left to wait for
+            self._confirmed.add(seq)
+            self.fail(kind, kw.get("topic"), exc)
+            raise DeliveryError(self._failed or str(exc)) from exc
+        except BaseException:
+            self._confirmed.add(seq)
+            raise
 
     def publish(self, event: dict[str, Any], kafka_ts: float) -> None:
         self._produce(
@@ -236,10 +232,8 @@ class EventSink:
               "on_delivery": report}
         while True:
             try:
-                self._producer.produce(**kw)
+                produce(self._producer, **kw)
                 return
-            except BufferError:
-                self._producer.poll(0.05)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or dl.room <= 0:
                     self._confirmed.add(dl.seq)

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from stream_detector.kafka.produce import produce
+
 log = logging.getLogger(__name__)
 
 _MAGIC = 0x5D
@@ -114,13 +116,8 @@ class StateStore:
     def write(self, partition: int, key: str, value: bytes | None,
               on_delivery: Any = None) -> None:
         """Queue one key's state (None = tombstone, the key is gone)."""
-        while True:
-            try:
-                self._producer.produce(self.topic, key=key.encode(), value=value,
-                                       partition=partition, on_delivery=on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
+        produce(self._producer, self.topic, key=key.encode(), value=value,
+                partition=partition, on_delivery=on_delivery)
         self.records_written += 1
         self.bytes_written += len(value or b"") + len(key)
 
@@ -172,39 +169,3 @@ class StateStore:
             self._producer.produce(self.topic, key=marker, value=None, partition=p)
         self._producer.poll(0)
         return out
-
-
-def ensure_changelog(bootstrap: str, topic: str, partitions: int,
-                     client_config: Mapping[str, Any] | None = None, timeout: float = 30,
-                     like: str | None = None) -> int:
-    """Create the compacted changelog with at least ``partitions`` partitions (and at least
-    as many as topic ``like`` has), or grow it to that many.
-
-    Returns the partition count it has afterwards.
-    """
-    from confluent_kafka.admin import AdminClient, NewPartitions
-
-    from stream_detector.broker import ensure_topics
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
-    if like is not None:
-        md = admin.list_topics(like, timeout=timeout).topics.get(like)
-        if md is not None and md.error is None:
-            partitions = max(partitions, len(md.partitions))
-    ensure_topics(bootstrap, {topic: partitions}, config={"cleanup.policy": "compact"},
-                  timeout=timeout, client_config=client_config)
-    have = len(admin.list_topics(topic, timeout=timeout).topics[topic].partitions)
-    if have < partitions:
-        fut = admin.create_partitions([NewPartitions(topic, partitions)])[topic]
-        try:
-            fut.result(timeout)
-        except Exception as exc:  # KafkaException, or a broker without CreatePartitions
-            log.error("state topic %s has %d partitions, %d needed, and could not grow (%s): "
-                      "series of partitions >= %d are not checkpointed", topic, have,
-                      partitions, exc, have)
-            return have
-        deadline = time.monotonic() + timeout
-        while have < partitions and time.monotonic() < deadline:
-            time.sleep(0.2)
-            have = len(admin.list_topics(topic, timeout=timeout).topics[topic].partitions)
-    return have

@@ -21,7 +21,7 @@ from typing import IO
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_detector.broker import free_port
+from stream_detector.kafka.embedded import free_port
 
 # a consumer group joins in ~3 s with these, over 20 s with librdkafka's defaults
 FAST_GROUP = ["--kafka", "session.timeout.ms=6000", "--kafka", "max.poll.interval.ms=10000"]

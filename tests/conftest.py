@@ -15,12 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from stream_detector.broker import (
-    BrokerBinaryNotFound,
-    EmbeddedBroker,
-    broker_binary,
-    ensure_topics,
-)
+from stream_detector.kafka.admin import ensure_topics
+from stream_detector.kafka.embedded import EmbeddedBroker, broker_binary
+from stream_detector.kafka.exceptions import BrokerBinaryNotFound
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

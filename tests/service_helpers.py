@@ -15,6 +15,7 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 from kafka_helpers import consume_all, consumer_conf
 
+from stream_detector.kafka.embedded import free_port  # noqa: F401  (re-exported)
 from stream_detector.testing import (  # noqa: F401  (re-exported for the tests)
     FAST_GROUP,
     DetectorProcess,

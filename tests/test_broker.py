@@ -14,14 +14,9 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from kafka_helpers import consume_all, consumer_conf, produce_json
 
-from stream_detector.broker import (
-    BrokerBinaryNotFound,
-    BrokerStartError,
-    EmbeddedBroker,
-    broker_binary,
-    ensure_topics,
-    free_port,
-)
+from stream_detector.kafka.admin import ensure_topics
+from stream_detector.kafka.embedded import EmbeddedBroker, broker_binary, free_port
+from stream_detector.kafka.exceptions import BrokerBinaryNotFound, BrokerStartError
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ def test_model_params_as_pairs() -> None:
 def test_inference_workers_follow_the_cpus_and_fine_tuning_keeps_one() -> None:
     from stream_detector.errors import InputError
     from stream_detector.models.base import available_cpus, plan_threads
-    from stream_detector.pipeline import ServiceConfig
+    from stream_detector.service import ServiceConfig
 
     def workers(*extra: str) -> int:
         return ServiceConfig.from_options(_resolve([*RUN, *extra])).inference_workers
@@ -196,7 +196,7 @@ def test_timestamp_policy_is_one_option_shared_by_train_score_and_run(config_fil
                                   "enable.idempotence=false", "group.id=other"])
 def test_delivery_critical_kafka_overrides_are_refused(prop: str, capsys) -> None:
     from stream_detector.cli import main
-    from stream_detector.pipeline import ServiceConfig
+    from stream_detector.service import ServiceConfig
 
     key = prop.split("=")[0]
     with pytest.raises(ConfigError, match=key):
@@ -208,7 +208,7 @@ def test_delivery_critical_kafka_overrides_are_refused(prop: str, capsys) -> Non
 
 
 def test_other_kafka_properties_still_pass() -> None:
-    from stream_detector.pipeline import ServiceConfig
+    from stream_detector.service import ServiceConfig
 
     cfg = ServiceConfig.from_options(_resolve(RUN + ["--kafka", "linger.ms=20",
                                                      "--kafka", "session.timeout.ms=6000"]))

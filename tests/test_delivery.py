@@ -28,7 +28,7 @@ from stream_detector.cli import build_parser
 from stream_detector.config import COMMAND_OPTS, resolve
 from stream_detector.errors import DeliveryError
 from stream_detector.metrics import Metrics
-from stream_detector.pipeline import Detector, ServiceConfig
+from stream_detector.service import Detector, ServiceConfig
 from stream_detector.sink import EventSink
 
 

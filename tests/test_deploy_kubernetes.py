@@ -186,7 +186,7 @@ def effective_config(path: str) -> dict[str, Any]:
 def kafka_names(path: str) -> dict[str, str | None]:
     """Every Kafka name the detector of ``path`` uses, by role, as the service derives them
     (the state changelog's name included)."""
-    from stream_detector.pipeline import ServiceConfig
+    from stream_detector.service import ServiceConfig
 
     service = ServiceConfig.from_options(effective_config(path))
     return {
@@ -497,7 +497,7 @@ def test_overlay_rules_pass_promtool(overlay, tmp_path):
 
 # --- the Kafka side: topics and ACLs for every name the detector uses ----------------------
 
-PIPELINE_SRC = ROOT / "stream_detector" / "pipeline.py"
+CONSUMER_SRC = ROOT / "stream_detector" / "kafka" / "properties.py"
 STATE_SRC = ROOT / "stream_detector" / "state.py"
 
 # What the detector does with each of its names (and KEDA with the same user: it reads the
@@ -609,10 +609,10 @@ def test_dev_shares_no_kafka_name_with_prod():
 
 def _consumer_offset_reset(config: dict[str, Any]) -> str:
     """The detector's auto.offset.reset: a `kafka:` property if set, else the consumer's
-    default in pipeline.py, in KEDA's words."""
+    default in kafka/properties.py, in KEDA's words."""
     value = config["kafka"].get("auto.offset.reset")
     if value is None:
-        found = set(re.findall(r'"auto\.offset\.reset":\s*"(\w+)"', PIPELINE_SRC.read_text()))
+        found = set(re.findall(r'"auto\.offset\.reset":\s*"(\w+)"', CONSUMER_SRC.read_text()))
         assert len(found) == 1, f"cannot tell the consumer's auto.offset.reset: {found}"
         value = found.pop()
     aliases = {"smallest": "earliest", "beginning": "earliest",

@@ -28,7 +28,7 @@ import yaml
 from kafka_helpers import produce_json
 from service_helpers import DetectorProcess, train_wave_model, wait_until, wave
 
-from stream_detector.broker import free_port
+from stream_detector.kafka.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "stream-detector.rules.yaml"

@@ -25,7 +25,9 @@ from service_helpers import (
 )
 from tcp_proxy import TcpProxy
 
-from stream_detector.broker import EmbeddedBroker, ensure_topics, free_port
+from stream_detector.kafka.admin import ensure_topics
+from stream_detector.kafka.embedded import EmbeddedBroker, free_port
+from stream_detector.kafka.produce import produce
 
 pytestmark = pytest.mark.slow
 
@@ -244,13 +246,8 @@ def test_cardinality_attack_keeps_rss_bounded(broker_bootstrap, topic_factory, g
     try:
         for i in range(n_keys):
             key = f"attacker-{i}-{'x' * 40}"
-            while True:
-                try:
-                    p.produce(src, key=key.encode(),
-                              value=orjson.dumps({"key": key, "ts": T0 + i, "value": 1.0}))
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            produce(p, src, key=key.encode(),
+                    value=orjson.dumps({"key": key, "ts": T0 + i, "value": 1.0}))
             if i % 10_000 == 0:
                 p.poll(0)
             if i in (200_000, 600_000):

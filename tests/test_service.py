@@ -26,6 +26,7 @@ from service_helpers import (
     wave,
 )
 
+from stream_detector.kafka.produce import produce
 from stream_detector.metrics import INVALID_REASONS
 
 pytestmark = pytest.mark.slow
@@ -333,13 +334,8 @@ def test_max_series_bounds_memory(broker_bootstrap, topic_factory, group_id, mod
     p = Producer({"bootstrap.servers": broker_bootstrap, "linger.ms": 50})
     for i in range(n_keys):
         key = f"host-{i}.cpu"
-        while True:
-            try:
-                p.produce(src, key=key.encode(),
-                          value=orjson.dumps({"key": key, "ts": T0 + i, "value": 0.5}))
-                break
-            except BufferError:
-                p.poll(0.05)
+        produce(p, src, key=key.encode(),
+                value=orjson.dumps({"key": key, "ts": T0 + i, "value": 0.5}))
         if i % 5000 == 0:
             p.poll(0)
     assert p.flush(60) == 0

