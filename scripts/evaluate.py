@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from stream_detector.decision import DEFAULT_DECISION
-    from stream_detector.evaluation import harness
+    from stream_detector.evaluation import generated, harness
+    from stream_detector.evaluation import tables as fmt
     from stream_detector.evaluation.loaders import ODDS_SETS, SMAP_CHANNELS, nab_files
 
     def log(msg: str) -> None:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         title = f"NAB ({len(files)} files{'' if len(files) == 58 else ', subset'}"
         tables.append(
             f"### {title}, {args.model}, fit on the first 15 % of each file{tuned})\n\n"
-            + harness.nab_table(rep)
+            + fmt.nab_table(rep)
             + f"\n\nWall time {rep.wall_seconds / 60:.1f} min (training "
             f"{rep.train_seconds / 60:.1f} min, model scoring "
             f"{rep.model_seconds / 60:.1f} min, {rep.windows} windows)."
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(
             f"### ODDS (PyOD protocol: 60/40 split, standardised on train, mean of "
             f"{seeds} splits), feedforward, test ROC-AUC / precision@n\n\n"
-            + harness.odds_table(rows)
+            + fmt.odds_table(rows)
         )
         record["odds"] = rows
     if args.smap and need(data / "smap_msl" / "labeled_anomalies.csv", "SMAP/MSL"):
@@ -207,16 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         summary["smap"] = res
         tables.append(
             f"### SMAP/MSL (train on train, score test; event level), {args.model}, "
-            f"{args.smap_features} features\n\n" + harness.smap_table(res)
+            f"{args.smap_features} features\n\n" + fmt.smap_table(res)
         )
         record["smap"] = res
-    for flag, opts in (("demo", harness.demo_options()), ("synthetic", {})):
+    for flag, opts in (("demo", generated.demo_options()), ("synthetic", {})):
         if not getattr(args, flag):
             continue
         epochs = args.epochs or (3 if args.quick else None)
         if epochs:
             opts = {**opts, "epochs": epochs}
-        syn = harness.run_synthetic(
+        syn = generated.run_synthetic(
             decisions, kind=args.model, cache=args.cache, log=log, **opts  # type: ignore[arg-type]
         )
         summary[flag] = record[flag] = syn
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         cost = harness.decider_cost(
             decisions, keys=50 if args.quick else 200, per_key=200 if args.quick else 600
         )
-        tables.append("### Decider cost\n\n" + harness.cost_table(cost))
+        tables.append("### Decider cost\n\n" + fmt.cost_table(cost))
         record["cost"] = summary["cost"] = cost
         ft = fine_tune if fine_tune.enabled else FineTuneOptions(every=256)
         ftc = harness.fine_tune_cost(ft, windows=2048 if args.quick else 20_480)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (
         f"### Summary ({args.model}, at the defaults of `train` and `run`; the default "
         f"decision in bold)\n\n"
-        + harness.summary_table(list(decisions), DEFAULT_DECISION, **summary)  # type: ignore[arg-type]
+        + fmt.summary_table(list(decisions), DEFAULT_DECISION, **summary)  # type: ignore[arg-type]
     )
     text = "\n\n".join([head, *tables])
     print(text)
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(text + "\n")
     if args.json:
-        args.json.write_text(harness.to_json(record) + "\n")
+        args.json.write_text(fmt.to_json(record) + "\n")
     return 0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from data_paths import DATA_ROOT
 
-from stream_detector.evaluation import harness, loaders, nab
+from stream_detector.evaluation import harness, loaders, nab, tables
 
 NAB_ROOT = DATA_ROOT / "nab"
 ODDS_ROOT = DATA_ROOT / "odds"
@@ -105,7 +105,7 @@ def test_nab_end_to_end_smoke(tmp_path: Path) -> None:
     # the written folder is a valid NAB results folder for the scorer
     again = nab.score_detector(tmp_path / "pot", *nab.nab_paths(NAB_ROOT), files=SMALL_NAB)
     assert again["standard"] == pytest.approx(rep.scores["pot"]["standard"], abs=1e-6)
-    assert "stream_detector conv1d + `pot`" in harness.nab_table(rep)
+    assert "stream_detector conv1d + `pot`" in tables.nab_table(rep)
 
 
 @needs_nab
@@ -134,7 +134,7 @@ def test_odds_smoke() -> None:
     (row,) = harness.run_odds(ODDS_ROOT, ["pima"], seeds=2, epochs=2)
     assert len(row.roc) == 2 and all(0.0 < v < 1.0 for v in row.roc)
     assert all(0.0 <= v <= 1.0 for v in row.prn)
-    assert "pima" in harness.odds_table([row])
+    assert "pima" in tables.odds_table([row])
 
 
 @needs_smap
@@ -143,14 +143,14 @@ def test_smap_smoke() -> None:
     (res,) = harness.run_smap(SMAP_ROOT, ["T-9"], decisions, epochs=1, window=32)
     for e in res.events.values():
         assert e.tp + e.fn == 2
-    assert "T-9 (MSL)" in harness.smap_table([res])
+    assert "T-9 (MSL)" in tables.smap_table([res])
 
 
 def test_decider_cost_table() -> None:
     cost = harness.decider_cost(harness.parse_decisions(["static", "pot"]), keys=5, per_key=150)
     assert cost["static"]["state_bytes"] == 0 and cost["pot"]["state_bytes"] > 0
     assert cost["pot"]["offline_us"] > 0
-    assert "`pot`" in harness.cost_table(cost)
+    assert "`pot`" in tables.cost_table(cost)
 
 
 @pytest.mark.slow
