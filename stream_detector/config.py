@@ -88,16 +88,20 @@ def add_options(parser: argparse.ArgumentParser, opts: Sequence[Opt]) -> None:
                         help="YAML file with option values (flag > env > file > default)")
     for o in opts:
         kw: dict[str, Any] = {"dest": o.name, "default": None, "help": o.help}
-        if o.default not in (None, False, [], {}) and not o.required:
-            kw["help"] += f" (default: {o.default})"
+        if o.choices:
+            kw["help"] += f" (one of: {', '.join(map(str, o.choices))})"
         if o.required:
             kw["help"] += " (required)"
+        elif o.type is _bool:
+            kw["help"] += f" (default: {'on' if o.default else 'off'})"
+        elif o.default not in (None, [], {}):
+            kw["help"] += f" (default: {o.default})"
         if o.type is _bool:
             kw["action"] = "store_const"
             kw["const"] = True
-            if o.default is True:  # on by default: --no-<flag> turns it off
-                parser.add_argument("--no-" + o.flag[2:], dest=o.name, action="store_const",
-                                    const=False, default=None, help=f"turn {o.flag} off")
+            # --no-<flag> turns it off, over an env variable or a config file that set it
+            parser.add_argument("--no-" + o.flag[2:], dest=o.name, action="store_const",
+                                const=False, default=None, help=f"turn {o.flag} off")
         elif o.type is _list:
             kw["nargs"] = "+"
             kw["metavar"] = o.metavar or "PATH"

@@ -213,3 +213,18 @@ def test_other_kafka_properties_still_pass() -> None:
     cfg = ServiceConfig.from_options(_resolve(RUN + ["--kafka", "linger.ms=20",
                                                      "--kafka", "session.timeout.ms=6000"]))
     assert cfg.kafka == {"linger.ms": "20", "session.timeout.ms": "6000"}
+
+
+def test_every_boolean_can_be_turned_off_over_env_and_file() -> None:
+    env = {"STREAM_DETECTOR_QUIET": "yes"}
+    assert _resolve(TRAIN, env)["quiet"] is True
+    assert _resolve(TRAIN + ["--no-quiet"], env)["quiet"] is False
+
+
+def test_help_lists_every_choice_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert "(oneof:lstm,conv1d,conv1d-seq,cnn-lstm,bilstm,feedforward)" in text
+    assert "(default:0)" in text  # the seed, a default of 0, is shown too
+    assert "--no-quiet" in text and "(default:off)" in text
