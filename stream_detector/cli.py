@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from stream_detector import __version__
 from stream_detector.config import COMMAND_OPTS, add_options, resolve
 from stream_detector.errors import InputError, StreamDetectorError
+from stream_detector.logs import configure as configure_logs
 
 if TYPE_CHECKING:
     from stream_detector.datasets import Dataset
@@ -169,14 +170,11 @@ COMMANDS = {"train": cmd_train, "score": cmd_score, "run": cmd_run, "replay": cm
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 usage or input error, 1 other failure)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logs()
     try:
         cfg = resolve(args.command, COMMAND_OPTS[args.command], args)
         if "log_level" in cfg:
-            logging.getLogger().setLevel(cfg["log_level"])
+            configure_logs(cfg.get("log_format", "text"), cfg["log_level"])
         return COMMANDS[args.command](cfg)
     except InputError as exc:
         print(f"stream-detector {args.command}: error: {exc}", file=sys.stderr)

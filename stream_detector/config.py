@@ -314,6 +314,8 @@ RUN_OPTS = (
     Opt("values_field", str, "values", "JSON field with an array of values", metavar="NAME"),
     Opt("features_field", str, "features", "JSON field with record features", metavar="NAME"),
     Opt("log_level", str, "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    Opt("log_format", str, "text", "log lines as text, or one JSON object each (log pipelines)",
+        choices=("text", "json")),
     KAFKA_OPT,
 )
 
