@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
@@ -74,3 +75,14 @@ def run_reference(bootstrap, src, out, group, model, expected_windows, tmp_path,
     return {e["value"]["event_id"]: e["raw"] for e in events_of(bootstrap, out, anomalies)}
 
 
+class RecordingConsumer:
+    """Stands in for a detector's consumer (failure injection): records its commits."""
+
+    def __init__(self) -> None:
+        self.commits: list[Any] = []
+
+    def commit(self, offsets: Any = None, asynchronous: bool = True) -> None:
+        self.commits.append(offsets)
+
+    def close(self) -> None:
+        pass

@@ -21,7 +21,15 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 from kafka_helpers import consume_all, produce_json
 from prometheus_client import CollectorRegistry
-from service_helpers import T0, WINDOW, DetectorProcess, committed_offsets, wait_until, wave
+from service_helpers import (
+    T0,
+    WINDOW,
+    DetectorProcess,
+    RecordingConsumer,
+    committed_offsets,
+    wait_until,
+    wave,
+)
 
 from stream_detector.artifact import load_artifact
 from stream_detector.cli import build_parser
@@ -59,27 +67,14 @@ def test_a_refused_dead_letter_fails_the_sink_for_good(broker_bootstrap, topic_f
     sink.close(1)
 
 
-class _Consumer:
-    """Failure injection: stands in for the detector's consumer and records commits."""
-
-    def __init__(self) -> None:
-        self.commits: list[Any] = []
-
-    def commit(self, offsets: Any = None, asynchronous: bool = True) -> None:
-        self.commits.append(offsets)
-
-    def close(self) -> None:
-        pass
-
-
-def _detector(bootstrap: str, model: Path, *extra: str) -> tuple[Detector, _Consumer]:
+def _detector(bootstrap: str, model: Path, *extra: str) -> tuple[Detector, RecordingConsumer]:
     args = build_parser().parse_args([
         "run", "--bootstrap-servers", bootstrap, "--input-topic", "in", "--output-topic",
         "out", "--group-id", "g", "--model", str(model), "--state", "none", *extra])
     det = Detector(ServiceConfig.from_options(resolve("run", COMMAND_OPTS["run"], args)),
                    load_artifact(model), Metrics.create())
     det.consumer.close()
-    stub = _Consumer()
+    stub = RecordingConsumer()
     det.consumer = stub  # type: ignore[assignment]
     det._assigned = {("in", 0)}
     return det, stub

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Message, TopicPartition
-from service_helpers import T0, WINDOW, wave, with_threshold
+from service_helpers import T0, WINDOW, RecordingConsumer, wave, with_threshold
 
 from stream_detector.artifact import load_artifact
 from stream_detector.cli import build_parser
@@ -28,17 +28,6 @@ def flagging_model(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return with_threshold(model, tmp_path_factory.mktemp("flag") / "m", 1e-12)
 
 
-class _Consumer:
-    def __init__(self) -> None:
-        self.commits: list[Any] = []
-
-    def commit(self, offsets: Any = None, asynchronous: bool = True) -> None:
-        self.commits.append(offsets)
-
-    def close(self) -> None:
-        pass
-
-
 def _detector(model: Path, *extra: str) -> tuple[Detector, list[dict[str, Any]]]:
     args = build_parser().parse_args([
         "run", "--bootstrap-servers", "127.0.0.1:9", "--input-topic", "in",
@@ -50,7 +39,7 @@ def _detector(model: Path, *extra: str) -> tuple[Detector, list[dict[str, Any]]]
     det.sink.publish = lambda ev, ts: events.append(ev)  # type: ignore[method-assign]
     det.sink.flush = lambda *a, **k: True  # type: ignore[method-assign]
     det.consumer.close()
-    det.consumer = _Consumer()  # type: ignore[assignment]
+    det.consumer = RecordingConsumer()  # type: ignore[assignment]
     return det, events
 
 

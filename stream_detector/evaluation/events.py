@@ -8,17 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def incidents_from_flags(flags: np.ndarray, gap: int = 0) -> list[tuple[int, int]]:
-    """Runs of True in ``flags`` (merging runs separated by at most ``gap`` False) -> [(start, end)]."""
-    idx = np.flatnonzero(np.asarray(flags, dtype=bool))
-    if idx.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
-    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
-    ends = np.concatenate([idx[breaks], [idx[-1]]])
-    return [(int(a), int(b)) for a, b in zip(starts, ends)]
-
-
 def incidents_from_decisions(
     alarm: np.ndarray, excursion: np.ndarray | None = None, gap: int = 0
 ) -> list[tuple[int, int]]:
