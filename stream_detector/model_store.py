@@ -14,7 +14,8 @@ A source hands out local directories holding ``model.keras`` + ``metadata.json``
   A publisher uploads the version's two files first and writes ``LATEST`` last (one PUT,
   atomic in S3), so a poller never sees half a version. A new ``LATEST`` is downloaded
   into a local cache, and ``model.keras`` must match ``metadata.json``'s ``model_sha256``
-  before anything loads it.
+  before anything loads it. A refused version is tried again when ``LATEST`` is written
+  again.
 
 Credentials, region and endpoint come from boto3's standard settings
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``
@@ -141,8 +142,12 @@ class S3Source:
         self._client = client
         self._cache_dir = cache_dir  # made on the first download
         self._served: str | None = None  # the version last handed out
-        self._refused: str | None = None  # a version refused for its content: not retried
-        self._failed: str | None = None  # a version whose download failed: retried quietly
+        # (version, when LATEST was written) of a version refused for its content, not
+        # tried again until LATEST is written again; and of one whose download failed,
+        # retried at every poll without another refusal
+        self._refused: tuple[str, str] | None = None
+        self._failed: tuple[str, str] | None = None
+        self._pointer_written = ""  # LATEST's Last-Modified at the last read
 
     @property
     def client(self) -> Any:
@@ -174,8 +179,8 @@ class S3Source:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            body = self.client.get_object(Bucket=self.bucket,
-                                          Key=f"{self.prefix}/{POINTER}")["Body"].read()
+            got = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{POINTER}")
+            body = got["Body"].read()
         except (BotoCoreError, ClientError) as exc:
             raise ModelStoreError(f"{self.url(POINTER)}: cannot be read ({_reason(exc)})"
                                   ) from None
@@ -183,6 +188,7 @@ class S3Source:
         if not _VERSION_NAME.fullmatch(version):
             raise ModelStoreError(f"{self.url(POINTER)}: {version[:80]!r} is not a version "
                                   "name (one line, the folder next to LATEST)")
+        self._pointer_written = str(got.get("LastModified", ""))
         return version
 
     def open(self) -> Path:
@@ -193,18 +199,19 @@ class S3Source:
 
     def poll(self) -> Path | None:
         version = self.latest()
-        if version in (self._served, self._refused):
+        attempt = (version, self._pointer_written)
+        if version == self._served or attempt == self._refused:
             return None
         try:
             path = self.fetch(version)
         except ModelStoreError as exc:
-            if version == self._failed:  # said once already; try again at the next poll
+            if attempt == self._failed:  # said once already; try again at the next poll
                 log.debug("%s", exc)
                 return None
-            self._failed = version
+            self._failed = attempt
             raise ArtifactError(str(exc)) from None
         except ArtifactError:
-            self._refused = version
+            self._refused = attempt
             raise
         self._served, self._failed = version, None
         return path

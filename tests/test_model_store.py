@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,12 @@ def test_a_corrupted_version_is_refused_once_and_not_retried(bucket, tmp_path):
         store.poll()
     assert store.poll() is None  # the same refused version: not downloaded again
     assert not (tmp_path / "cache" / "bad").exists(), "a refused version is not cached"
+    # repaired in place: tried again once LATEST is written again (Last-Modified: seconds)
+    put(bucket, "m/bad/model.keras", (good / "model.keras").read_bytes())
+    time.sleep(1.1)
+    put(bucket, "m/LATEST", b"bad\n")
+    fixed = store.poll()
+    assert fixed is not None and fixed.name == "bad"
     # damaged metadata: refused, named by its URL
     put(bucket, "m/worse/metadata.json", b"{not json")
     put(bucket, "m/worse/model.keras", b"x")
