@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,9 @@ from stream_detector.errors import InputError, StreamDetectorError
 from stream_detector.logs import configure as configure_logs
 
 if TYPE_CHECKING:
+    from stream_detector.artifact import Artifact
     from stream_detector.datasets import Dataset
+    from stream_detector.training import TrainOptions
 
 log = logging.getLogger("stream_detector")
 
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(cfg: dict[str, Any]) -> int:
-    from stream_detector.training import TrainOptions, train_and_save
+    from stream_detector.training import TrainOptions
 
     ds = _read(cfg)
     quiet = cfg["quiet"]
@@ -59,7 +62,7 @@ def cmd_train(cfg: dict[str, Any]) -> int:
     _check_positive(cfg, "epochs", "batch_size", "hop", "max_windows")
     if cfg["window"] is not None and cfg["window"] < 1:
         raise InputError("--window must be >= 1")
-    art = train_and_save(ds, opts, cfg["out"])
+    art = _train_to(cfg["out"], ds, opts)
     if not quiet:
         t = art.metadata["training"]
         print(
@@ -69,6 +72,23 @@ def cmd_train(cfg: dict[str, Any]) -> int:
             f"{art.metadata['decision']['method']} -> {cfg['out']}"
         )
     return 0
+
+
+def _train_to(out: str, ds: Dataset, opts: TrainOptions) -> Artifact:
+    """Train into the directory ``out``, or into a temporary one published to the S3
+    location ``out`` (checked to be reachable before training starts)."""
+    from stream_detector.model_store import S3Source, is_store_url, parse_s3_url
+    from stream_detector.training import train_and_save
+
+    if not is_store_url(out):
+        return train_and_save(ds, opts, out)
+    store = S3Source(*parse_s3_url(out))
+    store.check_bucket()
+    with tempfile.TemporaryDirectory(prefix="stream-detector-train-") as tmp:
+        art = train_and_save(ds, opts, tmp)
+        version = store.publish(tmp)
+    log.info("published %s to %s", version, store.url(version))
+    return art
 
 
 def _read(cfg: dict[str, Any]) -> Dataset:
@@ -93,10 +113,11 @@ def _check_positive(cfg: dict[str, Any], *names: str) -> None:
 def cmd_score(cfg: dict[str, Any]) -> int:
     from stream_detector.artifact import load_artifact
     from stream_detector.decision import resolve_spec
+    from stream_detector.model_store import open_source
     from stream_detector.scoring import score_dataset, write_scores
 
     _check_positive(cfg, "max_batch")
-    art = load_artifact(cfg["model"])
+    art = load_artifact(open_source(cfg["model"]).open())
     try:
         decision = resolve_spec(art.metadata.get("decision"), cfg["decision"],
                                 cfg["decision_param"])

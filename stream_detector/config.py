@@ -212,7 +212,9 @@ TRAIN_OPTS = (
     INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT,
     Opt("window", int, None, "points per window (default 64; 1 for records)", metavar="N"),
     Opt("hop", int, 1, "score a window every N points (stored in the artifact)", metavar="N"),
-    Opt("out", str, None, "output model directory", required=True, metavar="DIR"),
+    Opt("out", str, None, "output model directory, or s3://bucket/prefix to publish the "
+        "model there as a new version (README: models in S3)", required=True,
+        metavar="DIR|URL"),
     Opt("epochs", int, 30, "maximum training epochs (early stopping on validation loss)",
         metavar="N"),
     Opt("batch_size", int, 64, "training batch size", metavar="N"),
@@ -246,7 +248,8 @@ FINE_TUNE_OPTS = (
 )
 
 SCORE_OPTS = (
-    Opt("model", str, None, "model directory made by train", required=True, metavar="DIR"),
+    Opt("model", str, None, "model directory made by train, or s3://bucket/prefix",
+        required=True, metavar="DIR|URL"),
     INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT,
     Opt("output", str, None, "output CSV", required=True, metavar="FILE"),
     Opt("plot", str, None, "also draw series, error and threshold to this PNG", metavar="FILE.png"),
@@ -265,7 +268,8 @@ RUN_OPTS = (
         metavar="T"),
     TIMESTAMP_POLICY_OPT,
     Opt("group_id", str, "stream-detector", "consumer group", metavar="G"),
-    Opt("model", str, None, "model directory made by train", required=True, metavar="DIR"),
+    Opt("model", str, None, "model directory made by train, or s3://bucket/prefix (its "
+        "LATEST version; README: models in S3)", required=True, metavar="DIR|URL"),
     Opt("metrics_port", int, 9400, "port for /metrics, /healthz, /readyz (0: off)", metavar="N"),
     Opt("metrics_host", str, "0.0.0.0", "address the HTTP server binds", metavar="ADDR"),
     Opt("hop", int, None, "score every N points (default: the artifact's hop)", metavar="N"),
@@ -306,7 +310,8 @@ RUN_OPTS = (
         "TensorFlow intra-op threads per model call (0: the CPUs left per worker; the CPU "
         "count honours the process's affinity and its cgroup CPU limit)", metavar="N"),
     Opt("model_poll_s", float, 10.0,
-        "check the model directory this often and hot-reload a new version (0: never)",
+        "check the model directory or store this often and hot-reload a new version "
+        "(0: never)",
         metavar="S"),
     Opt("key_field", str, "key", "JSON field with the series key", metavar="NAME"),
     Opt("ts_field", str, "ts", "JSON field with the timestamp", metavar="NAME"),

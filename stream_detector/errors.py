@@ -32,6 +32,10 @@ class ArtifactError(ModelError, InputError):
     """A model artifact is missing, damaged or does not match what it claims."""
 
 
+class ModelStoreError(InputError):
+    """The model store (``run --model s3://...``) cannot be reached or read."""
+
+
 class ShapeMismatch(ModelError, InputError):
     """Data does not have the window or feature count the model expects."""
 

@@ -40,7 +40,7 @@ OVERLAYS = ("dev", "prod")
 # The Kafka side of each overlay (its KafkaTopics and KafkaUser).
 STRIMZI = {overlay: f"strimzi/{overlay}" for overlay in OVERLAYS}
 # Variants an overlay can switch to with a component: name -> (overlay, component).
-VARIANTS = {"prod+model-pvc": ("prod", "model-pvc")}
+VARIANTS = {"prod+model-pvc": ("prod", "model-pvc"), "prod+model-s3": ("prod", "model-s3")}
 # The oldest Kubernetes minor we claim to support, and the newest the validator knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -668,6 +668,33 @@ def test_model_path_is_provided_by_a_volume(path):
     image = fillers[0]["image"]
     assert "/" in image and _tag(image), f"model image {image!r} is not set by the overlay"
     assert fillers[0]["volumeMounts"][0]["mountPath"] == mount["mountPath"]
+
+
+def test_model_s3_component_reads_the_model_from_the_store_with_secret_credentials():
+    """components/model-s3: `--model` is an S3 URL the service accepts, the credentials
+    come from a Secret, nothing is left of the model image, and egress reaches the store."""
+    from stream_detector.model_store import S3Source, open_source
+
+    path = "prod+model-s3"
+    docs = render(path)
+    model = effective_config(path)["model"]
+    assert isinstance(open_source(model), S3Source), model
+    env = {e["name"]: e for e in container(docs)["env"]}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "stream-detector-model-store", name
+    assert env["AWS_ENDPOINT_URL_S3"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert not any(d["kind"] == "Secret" for d in docs), "no Secret may be rendered from git"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert not pod.get("initContainers")
+    assert "model" not in {v["name"] for v in pod["volumes"]}
+    assert "model" not in {m["name"] for m in container(docs)["volumeMounts"]}
+    assert effective_config(path)["model_poll_s"] > 0, "new versions must be picked up"
+    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
+    assert {"protocol": "TCP", "port": 443} in [p for r in egress for p in r["ports"]]
+    # everything else is the prod overlay's
+    prod = {(d["kind"], d["metadata"]["name"]) for d in render("overlays/prod")}
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == prod
 
 
 def test_prod_images_are_immutable_tags():

@@ -4,14 +4,13 @@ detector swaps it in at its next batch (decider, tuner, incident labels, model m
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 
 from stream_detector.artifact import Artifact, load_artifact
 from stream_detector.decision import Decider, make_decider, resolve_spec
-from stream_detector.errors import InputError
+from stream_detector.errors import InputError, ModelStoreError
 from stream_detector.finetune import make_tuner
+from stream_detector.model_store import ModelSource
 from stream_detector.service.base import DetectorBase
 
 log = logging.getLogger(__name__)
@@ -73,59 +72,64 @@ class ReloadMixin(DetectorBase):
 
 
 class ModelWatcher(threading.Thread):
-    """Polls the model directory; loads a new valid version off the hot path, refuses a bad one.
+    """Polls the model source; loads a new valid version off the hot path, refuses a bad one.
 
-    A change is noticed through ``metadata.json`` (written last by ``train``). The new
+    The source (:mod:`stream_detector.model_store`: a directory, or an S3 location) says
+    when a new version is there and hands over a local copy it has checked. The new
     artifact must keep the window and feature count (the live buffers depend on them) and
     is warmed up (traced) before the detector switches to it at its next batch.
     """
 
-    def __init__(self, model_dir: str, interval_s: float, detector: ReloadMixin) -> None:
+    def __init__(self, source: ModelSource, interval_s: float, detector: ReloadMixin) -> None:
         super().__init__(name="model-watcher", daemon=True)
-        self.model_dir = model_dir
+        self.source = source
         self.interval_s = interval_s
         self.detector = detector
-        self._seen = self._signature()
         self._halt = threading.Event()
-
-    def _signature(self) -> tuple[int, int, int, int]:
-        sig = []
-        for name in ("metadata.json", "model.keras"):
-            try:
-                st = os.stat(os.path.join(self.model_dir, name))
-                sig += [st.st_mtime_ns, st.st_size]
-            except OSError:
-                sig += [-1, -1]
-        return (sig[0], sig[1], sig[2], sig[3])
+        self._unreachable = False  # the source could not be read at the last poll
 
     def stop(self) -> None:
         self._halt.set()
 
     def check(self) -> None:
-        sig = self._signature()
-        if sig == self._seen:
-            return
-        time.sleep(0.2)  # let a writer finish the pair of files
-        sig = self._signature()
-        self._seen = sig
         det = self.detector
         try:
-            art = load_artifact(self.model_dir)
+            path = self.source.poll()
+        except ModelStoreError as exc:  # no new version to judge: try again at the next poll
+            if not self._unreachable:
+                log.warning("model source unreachable, still serving %s: %s",
+                            det.art.version, exc)
+            self._unreachable = True
+            return
+        except InputError as exc:
+            self._refuse(exc)
+            return
+        if self._unreachable:
+            log.info("model source %s reachable again", self.source.location)
+            self._unreachable = False
+        if path is None:
+            return
+        try:
+            art = load_artifact(path)
             cur = det.current_model()
             if art.version == cur.version:
                 return
             if (art.window, art.n_features, art.record_mode) != (
                     cur.window, cur.n_features, cur.record_mode):
                 raise InputError(
-                    f"{self.model_dir}: new model has window {art.window} x {art.n_features} "
-                    f"feature(s), the running one {cur.window} x {cur.n_features}: restart to "
-                    "change the window shape")
+                    f"{self.source.location}: new model has window {art.window} x "
+                    f"{art.n_features} feature(s), the running one {cur.window} x "
+                    f"{cur.n_features}: restart to change the window shape")
             art.model.fix_batch_shapes(det.cfg.max_batch)  # also warms the kernels up
         except InputError as exc:
-            det.metrics.model_reloads.labels(result="refused").inc()
-            log.error("new model refused, still serving %s: %s", det.art.version, exc)
+            self._refuse(exc)
             return
         det.offer_model(art)
+
+    def _refuse(self, exc: InputError) -> None:
+        det = self.detector
+        det.metrics.model_reloads.labels(result="refused").inc()
+        log.error("new model refused, still serving %s: %s", det.art.version, exc)
 
     def run(self) -> None:
         while not self._halt.wait(self.interval_s):

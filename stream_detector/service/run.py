@@ -16,6 +16,7 @@ from stream_detector.kafka.admin import ensure_topics
 from stream_detector.kafka.exceptions import TopicSetupError
 from stream_detector.kafka.properties import producer_properties
 from stream_detector.metrics import Metrics
+from stream_detector.model_store import open_source
 from stream_detector.models.base import set_threads
 from stream_detector.server import HealthServer
 from stream_detector.service.config import ServiceConfig
@@ -29,7 +30,9 @@ def run_service(options: Mapping[str, Any]) -> int:
     """``stream-detector run``: load the model, serve health and metrics, run until SIGTERM."""
     cfg = ServiceConfig.from_options(options)
     set_threads(cfg.inference_threads, cfg.inference_workers)
-    art = load_artifact(cfg.model_dir)
+    # a directory, or s3://bucket/prefix: a bad one is an InputError (exit 2) here
+    source = open_source(cfg.model_dir)
+    art = load_artifact(source.open())
     metrics = Metrics.create()
     try:
         topics = [t for t in (cfg.output_topic, cfg.dlq_topic) if t]
@@ -55,7 +58,7 @@ def run_service(options: Mapping[str, Any]) -> int:
              art.kind, art.version, art.window, det.hop, cfg.input_topic, cfg.group_id)
     watcher = None
     if cfg.model_poll_s > 0:
-        watcher = ModelWatcher(cfg.model_dir, cfg.model_poll_s, det)
+        watcher = ModelWatcher(source, cfg.model_poll_s, det)
         watcher.start()
     # TensorFlow and Keras leave ~1M long-lived objects; a full collection walking them all
     # stalls the loop for hundreds of ms. Freeze what exists now out of the collector's way.
