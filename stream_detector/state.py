@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -104,12 +105,19 @@ def decode(raw: bytes, window: int, n_features: int) -> KeyState | None:
 
 
 class StateStore:
-    """Writes changed keys to the changelog and restores assigned partitions from it."""
+    """Writes changed keys to the changelog and restores assigned partitions from it.
 
-    def __init__(self, topic: str, producer: Producer, consumer_conf: Mapping[str, Any]) -> None:
+    :meth:`write` uses the detector's producer (its delivery reports gate the commit);
+    :meth:`restore` uses clients of its own, so it can run in another thread.
+    """
+
+    def __init__(self, topic: str, producer: Producer, consumer_conf: Mapping[str, Any],
+                 producer_conf: Mapping[str, Any] | None = None) -> None:
         self.topic = topic
         self._producer = producer
         self._consumer_conf = dict(consumer_conf)
+        self._producer_conf = dict(producer_conf if producer_conf is not None else {
+            "bootstrap.servers": self._consumer_conf.get("bootstrap.servers", "")})
         self.bytes_written = 0
         self.records_written = 0
 
@@ -121,16 +129,33 @@ class StateStore:
         self.records_written += 1
         self.bytes_written += len(value or b"") + len(key)
 
-    def restore(self, partitions: Iterable[int], timeout: float = 60.0) -> dict[int, dict[str, bytes]]:
-        """Read the latest state record of every key in ``partitions`` of the changelog."""
+    def restore(self, partitions: Iterable[int], timeout: float = 60.0,
+                cancel: threading.Event | None = None) -> dict[int, dict[str, bytes]]:
+        """Read the latest state record of every key in ``partitions`` of the changelog.
+
+        Raises :class:`TimeoutError` when a partition is not read to its end in
+        ``timeout`` s, :class:`RestoreCancelled` once ``cancel`` is set.
+        """
         parts = sorted(set(partitions))
         if not parts:
             return {}
         markers = {p: MARKER_PREFIX + uuid.uuid4().hex.encode() for p in parts}
-        for p, marker in markers.items():
-            self._producer.produce(self.topic, key=marker, value=b"", partition=p)
-        if self._producer.flush(timeout):
-            raise TimeoutError(f"state topic {self.topic}: marker not confirmed in {timeout} s")
+        marker_producer = Producer(self._producer_conf)
+        try:
+            for p, marker in markers.items():
+                produce(marker_producer, self.topic, key=marker, value=b"", partition=p)
+            if marker_producer.flush(timeout):
+                raise TimeoutError(
+                    f"state topic {self.topic}: marker not confirmed in {timeout} s")
+            out = self._read_to_markers(parts, markers, timeout, cancel)
+            for p, marker in markers.items():  # tombstones: compaction removes the markers
+                produce(marker_producer, self.topic, key=marker, value=None, partition=p)
+        finally:
+            marker_producer.flush(5.0)
+        return out
+
+    def _read_to_markers(self, parts: list[int], markers: dict[int, bytes], timeout: float,
+                         cancel: threading.Event | None) -> dict[int, dict[str, bytes]]:
         conf = {**self._consumer_conf, "group.id": f"restore-{uuid.uuid4().hex}",
                 "enable.auto.commit": False, "auto.offset.reset": "earliest"}
         consumer = Consumer(conf)
@@ -140,6 +165,8 @@ class StateStore:
         try:
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
             while pending:
+                if cancel is not None and cancel.is_set():
+                    raise RestoreCancelled(f"state topic {self.topic}: restore cancelled")
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"state topic {self.topic}: partitions {sorted(pending)} not read "
@@ -165,7 +192,8 @@ class StateStore:
                         out[p][k] = value
         finally:
             consumer.close()
-        for p, marker in markers.items():  # tombstones: compaction removes the markers
-            self._producer.produce(self.topic, key=marker, value=None, partition=p)
-        self._producer.poll(0)
         return out
+
+
+class RestoreCancelled(Exception):
+    """A restore stopped because the detector no longer needs it (revoked, shutting down)."""

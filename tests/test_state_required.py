@@ -1,5 +1,6 @@
 """A changelog that cannot be created is never silent: not ready, state_ready 0, and with
 --state-required (the default) no input is consumed, so no offset commits without state.
+Once it can be created, the detector resumes by itself.
 
 The embedded broker creates any topic name, so the refusal is injected where the detector
 creates the changelog (as a user without CreateTopics rights on ``<group>-state`` sees it).
@@ -64,6 +65,15 @@ def test_a_changelog_that_cannot_be_created(broker_bootstrap, topic_factory, gro
         ok, why = det.ready()
         assert not ok and "state changelog unusable" in why, why
         assert _sample(det, "stream_detector_ready") == 0.0
+        # the rights come back: the changelog is created, the partition resumes (after a
+        # restore with --state-required), and everything is consumed and committed
+        monkeypatch.undo()
+        wait_until(lambda: _sample(det, "stream_detector_state_ready") == 1.0, 30,
+                   "state ready again")
+        wait_until(lambda: committed_offsets(broker_bootstrap, group_id, src, 1)[0] == 60,
+                   60, "consumed to the end")
+        assert _sample(det, "stream_detector_messages_consumed_total") == 60
+        assert det.ready()[0], det.ready()[1]
     finally:
         det.stop()
         loop.join(30)

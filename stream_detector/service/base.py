@@ -23,6 +23,7 @@ from stream_detector.window import WindowBuffer
 if TYPE_CHECKING:
     from stream_detector.service.checkpoint import Checkpoint
     from stream_detector.service.config import ServiceConfig
+    from stream_detector.service.restoring import Restorer
 
 TP = tuple[str, int]
 
@@ -75,6 +76,8 @@ class DetectorBase:
     _state_missing: set[TP]
     _state_error: str
     _state_retry: float
+    _restorer: Restorer
+    _incremental: bool  # the group's rebalances are incremental (cooperative)
 
     if TYPE_CHECKING:  # implemented by the mixins, called across them
         def checkpoint(self, only: set[TP] | None = None, timeout: float = 30.0,

@@ -28,6 +28,7 @@ from stream_detector.kafka.properties import (
     common_properties,
     consumer_properties,
     event_producer_properties,
+    producer_properties,
 )
 from stream_detector.metrics import Metrics
 from stream_detector.records import Source, WindowMeta
@@ -38,6 +39,7 @@ from stream_detector.service.config import ServiceConfig
 from stream_detector.service.inference import InferenceMixin
 from stream_detector.service.rebalance import RebalanceMixin
 from stream_detector.service.reload import ReloadMixin
+from stream_detector.service.restoring import Restorer
 from stream_detector.sink import EventSink
 from stream_detector.source import Decoder
 from stream_detector.state import StateStore
@@ -106,7 +108,13 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
         self._state_retry = 0.0
         if cfg.changelog_topic:
             self.state = StateStore(cfg.changelog_topic, self.sink.producer,
-                                    {**common_properties(cfg.bootstrap_servers), **cfg.kafka})
+                                    {**common_properties(cfg.bootstrap_servers), **cfg.kafka},
+                                    {**common_properties(cfg.bootstrap_servers),
+                                     **producer_properties(cfg.kafka)})
+        self._restorer = Restorer(self._fetch_state)
+        strategy = str(cfg.kafka.get("partition.assignment.strategy", "cooperative-sticky"))
+        self._incremental = ("cooperative" in strategy
+                             or str(cfg.kafka.get("group.protocol", "")).lower() == "consumer")
         m = metrics
         m.active_series.set_function(lambda: len(self.buffer))
         m.assigned_partitions.set_function(lambda: len(self._assigned))
@@ -123,6 +131,9 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
             return False, f"delivery failed, stopping without commit: {self.sink.failed}"
         if self._broker_down:
             return False, f"broker unreachable: {self._broker_down}"
+        restoring = self._restorer.pending - self._state_missing
+        if restoring:
+            return False, f"restoring the state of partition(s) {sorted(p for _, p in restoring)}"
         if self._state_missing:
             return False, (f"state changelog unusable for partition(s) "
                            f"{sorted(p for _, p in self._state_missing)}: {self._state_error}")
@@ -345,7 +356,9 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
                     self.begin_checkpoint()
                     last_commit = time.monotonic()
                 self.advance_checkpoint()
-                self._retry_state(now)
+                if self.state is not None:
+                    self._finish_restores()
+                    self._retry_state(now)
                 if cfg.idle_ttl_s > 0 and now - self._last_sweep > min(10.0, cfg.idle_ttl_s):
                     self.buffer.evict_idle(cfg.idle_ttl_s, now)
                     self._last_sweep = now
@@ -379,6 +392,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
         return code
 
     def _close(self, timeout: float) -> None:
+        self._restorer.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.consumer.close()  # leaves the group at once

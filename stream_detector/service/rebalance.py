@@ -1,10 +1,11 @@
-"""Rebalances: restore the changelog state of assigned partitions (pausing them while it is
-unusable, with --state-required), checkpoint revoked ones before handing them on, forget
-lost ones."""
+"""Rebalances: restore the changelog state of assigned partitions (paused until it is back,
+and while it is unusable with --state-required), checkpoint revoked ones before handing
+them on, forget lost ones."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -14,6 +15,8 @@ from stream_detector.kafka import admin
 from stream_detector.kafka.exceptions import TopicSetupError
 from stream_detector.kafka.properties import producer_properties
 from stream_detector.service.base import TP, DetectorBase
+from stream_detector.service.restoring import Records
+from stream_detector.state import RestoreCancelled
 from stream_detector.state import decode as decode_state
 
 log = logging.getLogger(__name__)
@@ -28,66 +31,91 @@ class RebalanceMixin(DetectorBase):
             self._assigned.add((tp.topic, tp.partition))
         if self.state is None or not partitions:
             return
-        tps = {(tp.topic, tp.partition) for tp in partitions}
-        if not self._open_state(tps):
-            self._state_missing |= tps
-            if self.cfg.state_required:  # consume none of them until the changelog works
-                consumer.incremental_assign(partitions)
-                consumer.pause(partitions)
+        # consume none of them until their state is back; the restore runs beside the
+        # loop (restoring.py), which resumes them when it has applied it
+        if self._incremental:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        consumer.pause(partitions)
+        self._restorer.start({(tp.topic, tp.partition) for tp in partitions})
 
-    def _open_state(self, tps: set[TP]) -> bool:
-        """Make sure the changelog has partitions for ``tps`` and restore them; False (and
-        the reason logged) when it cannot be created, grown or read."""
+    def _fetch_state(self, partitions: list[int], cancel: threading.Event
+                     ) -> tuple[int, Records]:
+        """(In the restore thread.) Make sure the changelog has ``partitions`` and read them."""
         assert self.state is not None
-        needed = max(p for _, p in tps) + 1
-        try:
-            if needed > self._state_partitions:
-                # as many state partitions as the input topic has, so that replicas
-                # starting together agree on the count (some brokers cannot grow topics).
-                # (Never call the consumer itself for this from a rebalance callback.)
-                self._state_partitions = admin.ensure_changelog(
-                    self.cfg.bootstrap_servers, self.state.topic, needed,
-                    producer_properties(self.cfg.kafka), like=self.cfg.input_topic)
-            if needed > self._state_partitions:
-                raise TopicSetupError(f"{self._state_partitions} partition(s), {needed} needed")
-            self.restore(sorted(p for _, p in tps))
-        except (TopicSetupError, KafkaException, TimeoutError) as exc:
-            self._state_error = f"{self.state.topic}: {exc}"
-            log.error("state topic unusable (%s): %s", self._state_error,
-                      "partitions paused until it works (--state-required)"
-                      if self.cfg.state_required else "consuming without state")
-            return False
-        return True
+        needed = max(partitions) + 1
+        have = self._state_partitions
+        if needed > have:
+            # as many state partitions as the input topic has, so that replicas
+            # starting together agree on the count (some brokers cannot grow topics)
+            have = admin.ensure_changelog(
+                self.cfg.bootstrap_servers, self.state.topic, needed,
+                producer_properties(self.cfg.kafka), like=self.cfg.input_topic)
+        if needed > have:
+            raise TopicSetupError(f"{have} partition(s), {needed} needed")
+        t0 = time.perf_counter()
+        records = self.state.restore(partitions, cancel=cancel)
+        self.metrics.state_restore_seconds.observe(time.perf_counter() - t0)
+        return have, records
+
+    def _finish_restores(self) -> None:
+        """Apply the restores that ended and resume their partitions; a failed one leaves
+        them paused (--state-required) or consumed without state, and not ready."""
+        assert self.state is not None
+        for tps, fut in self._restorer.finished():
+            try:
+                have, records = fut.result()
+            except RestoreCancelled:
+                continue
+            except (TopicSetupError, KafkaException, TimeoutError) as exc:
+                self._state_unusable(tps, f"{self.state.topic}: {exc}")
+                continue
+            except Exception as exc:  # never let a restore take the loop down
+                log.exception("state restore")
+                self._state_unusable(tps, f"{self.state.topic}: {exc!r}")
+                continue
+            self._state_partitions = max(self._state_partitions, have)
+            self._apply_state(records)
+            if tps & self._state_missing:
+                log.info("state topic usable again for partitions %s",
+                         sorted(p for _, p in tps))
+            self._state_missing -= tps
+            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
+
+    def _state_unusable(self, tps: set[TP], why: str) -> None:
+        self._state_error = why
+        self._state_missing |= tps
+        log.error("state topic unusable (%s): %s", why,
+                  "partitions paused until it works (--state-required)"
+                  if self.cfg.state_required else "consuming without state")
+        if not self.cfg.state_required:
+            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
 
     def _retry_state(self, now: float) -> None:
         """Every 5 s, try the changelog again for the partitions it failed."""
         if not self._state_missing or now < self._state_retry:
             return
         self._state_retry = now + 5.0
-        tps = set(self._state_missing)
-        if not self.cfg.state_required:
-            # consumed meanwhile: no restore (it would go back in time), checkpoint on
-            try:
-                self._state_partitions = admin.ensure_changelog(
-                    self.cfg.bootstrap_servers, self.state.topic if self.state else "",
-                    max(p for _, p in tps) + 1, producer_properties(self.cfg.kafka),
-                    like=self.cfg.input_topic)
-            except (TopicSetupError, KafkaException) as exc:
-                self._state_error = str(exc)
-                return
-            self._state_missing -= {tp for tp in tps if tp[1] < self._state_partitions}
+        tps = self._state_missing - self._restorer.pending
+        if not tps:
             return
-        if self._open_state(tps):
-            self._state_missing -= tps
-            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
-            log.info("state topic usable again: partitions %s resumed",
-                     sorted(p for _, p in tps))
+        if self.cfg.state_required:  # still paused: restore, then resume
+            self._restorer.start(tps)
+            return
+        # consumed meanwhile: no restore (it would go back in time), checkpoint on
+        try:
+            self._state_partitions = admin.ensure_changelog(
+                self.cfg.bootstrap_servers, self.state.topic if self.state else "",
+                max(p for _, p in tps) + 1, producer_properties(self.cfg.kafka),
+                like=self.cfg.input_topic)
+        except (TopicSetupError, KafkaException) as exc:
+            self._state_error = str(exc)
+            return
+        self._state_missing -= {tp for tp in tps if tp[1] < self._state_partitions}
 
-    def restore(self, partitions: list[int]) -> int:
-        """Load the changelog state of ``partitions`` (before consuming them)."""
-        assert self.state is not None
-        t0 = time.perf_counter()
-        records = self.state.restore(partitions)
+    def _apply_state(self, records: Records) -> int:
+        """Load restored changelog records into the buffers, incidents and decider."""
         n = 0
         w, f = self.art.window, self.art.n_features
         for p, recs in records.items():
@@ -103,10 +131,8 @@ class RebalanceMixin(DetectorBase):
                     except ValueError as exc:  # written by another decision method
                         log.warning("decision state of %r not restored: %s", key, exc)
                 n += 1
-        took = time.perf_counter() - t0
-        self.metrics.state_restore_seconds.observe(took)
         self.metrics.state_restored_keys.inc(n)
-        log.info("restored %d series of partitions %s in %.3f s", n, partitions, took)
+        log.info("restored %d series of partitions %s", n, sorted(records))
         return n
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -137,6 +163,7 @@ class RebalanceMixin(DetectorBase):
 
     def _forget(self, tps: set[TP]) -> None:
         self._abandon()  # it may hold state and offsets of these partitions
+        self._restorer.forget(tps)
         for tp in tps:
             self._assigned.discard(tp)
             self._state_missing.discard(tp)
