@@ -56,6 +56,9 @@ def test_broker_and_plotting_are_extras_not_runtime_requirements():
     # versions as the extras they stand for.
     dev = {str(r) for r in extra["dev"]}
     assert {str(r) for r in extra["demo"] + extra["plot"]} <= dev, dev
+    # The dashboard generator's library is a dev tool; grafanalib is gone.
+    assert "grafana-foundation-sdk" in _names(extra["dev"]) - runtime
+    assert "grafanalib" not in runtime | _names(extra["dev"])
 
 
 # Runs Python with the given top-level packages made unimportable, as when the extra is not
