@@ -23,10 +23,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# setup.cfg pins tensorflow-cpu on x86_64 (no CUDA libraries in the image).
+# Every dependency, pinned and hashed: requirements/prod.lock (`make lock` regenerates it
+# from setup.cfg for this Python on x86_64, tensorflow-cpu: no CUDA libraries). --no-deps:
+# nothing outside the lock is installed. Before the sources, so the layer stays cached.
+COPY requirements/prod.lock ./requirements/
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/prod.lock
 COPY pyproject.toml setup.cfg README.md ./
 COPY stream_detector ./stream_detector
-RUN pip install --no-cache-dir .
+# The build backend comes from the lock too, so nothing is fetched for the build.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # ---- runtime: the venv on a clean slim base, as an unprivileged user --------------------
 FROM ${PYTHON_IMAGE} AS runtime-base

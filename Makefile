@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test test-fast lint evaluate bench clean
+.PHONY: help install run demo test test-fast lint lock evaluate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,17 @@ evaluate: $(STAMP) ## detection quality on NAB, ODDS, SMAP/MSL (ARGS="--nab --qu
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check stream_detector tests scripts
 	$(BIN)/mypy stream_detector
+
+# The production image's dependencies: setup.cfg's install_requires (no extras) and the
+# build requirements, resolved from PyPI for the image's Python and platform (Dockerfile),
+# with hashes. Existing pins are kept where they still fit; LOCK_ARGS=--upgrade moves all.
+LOCK := requirements/prod.lock
+PYPI_INDEX ?= https://pypi.org/simple
+lock: $(STAMP) ## regenerate requirements/prod.lock, the image's hashed dependencies (needs PyPI)
+	UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quiet --no-config --no-cache \
+	    --index-url $(PYPI_INDEX) --no-emit-index-url --generate-hashes \
+	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	    $(LOCK_ARGS) --output-file $(LOCK) setup.cfg requirements/build.in
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

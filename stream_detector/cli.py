@@ -117,6 +117,10 @@ def cmd_score(cfg: dict[str, Any]) -> int:
     from stream_detector.scoring import score_dataset, write_scores
 
     _check_positive(cfg, "max_batch")
+    if cfg["plot"]:
+        from stream_detector.plotting import require_matplotlib
+
+        require_matplotlib()  # before scoring, which can take minutes
     art = load_artifact(open_source(cfg["model"]).open())
     try:
         decision = resolve_spec(art.metadata.get("decision"), cfg["decision"],

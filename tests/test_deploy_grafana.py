@@ -1,5 +1,6 @@
-"""The Grafana dashboard and alert provisioning: generated from code, in sync, and every
-panel query parses and names only metrics the service exports."""
+"""The Grafana dashboard and alert provisioning: generated from code (grafana-foundation-sdk),
+in sync, and every panel query parses and names only metrics the service exports or
+cAdvisor's container metrics."""
 
 from __future__ import annotations
 
@@ -32,7 +33,37 @@ REQUIRED_PANELS = {
     "Consumer lag",
     "Invalid messages/s by reason",
     "Active series",
+    "Model version per replica",
+    "Model reloads by result",
+    "Series evicted/s by cause",
+    "State ready",
+    "Checkpoint duration",
+    "Delivery failures by topic kind",
+    "CPU per pod",
+    "Memory per pod",
+    "CPU throttling per pod",
 }
+# What each new panel must show (by metric name).
+PANEL_METRICS = {
+    "Model version per replica": "stream_detector_model_info",
+    "Model reloads by result": "stream_detector_model_reloads_total",
+    "Series evicted/s by cause": "stream_detector_series_evicted_total",
+    "State ready": "stream_detector_state_ready",
+    "Checkpoint duration": "stream_detector_checkpoint_seconds_bucket",
+    "Delivery failures by topic kind": "stream_detector_delivery_failures_total",
+    "CPU per pod": "container_cpu_usage_seconds_total",
+    "Memory per pod": "container_memory_working_set_bytes",
+    "CPU throttling per pod": "container_cpu_cfs_throttled_periods_total",
+}
+# cAdvisor's series (kubelet /metrics/cadvisor, scraped by kube-prometheus-stack).
+CADVISOR = {
+    "container_cpu_usage_seconds_total",
+    "container_memory_working_set_bytes",
+    "container_cpu_cfs_throttled_periods_total",
+    "container_cpu_cfs_periods_total",
+}
+# Grafana 11.x writes schemaVersion 39 and up; grafanalib wrote 12.
+MIN_SCHEMA_VERSION = 39
 
 
 def load_module(name: str, path: Path) -> ModuleType:
@@ -62,6 +93,20 @@ def gen() -> ModuleType:
 @pytest.fixture(scope="module")
 def dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
+
+
+def test_generator_uses_grafana_foundation_sdk():
+    text = GENERATOR.read_text()
+    assert "from grafana_foundation_sdk" in text
+    assert "grafanalib" not in text
+
+
+def test_dashboard_is_valid_json_of_a_recent_schema(dashboard):
+    assert dashboard["uid"] == "stream-detector" and dashboard["title"]
+    assert dashboard["schemaVersion"] >= MIN_SCHEMA_VERSION, dashboard["schemaVersion"]
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24 and pos["h"] > 0, panel["title"]
 
 
 def test_checked_in_files_equal_generated_output(gen):
@@ -94,6 +139,11 @@ def test_datasource_variable_makes_it_portable(dashboard):
     for name in ("namespace", "job", "instance"):
         assert variables[name]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    # "All" pods is the detector's pods (Grafana's union of the values), not ".*": cAdvisor
+    # series of every other pod in the namespace would match that.
+    pod = variables["pod"]
+    assert pod["includeAll"] and not pod.get("allValue"), pod
+    assert "$namespace" in pod["query"] and "$instance" in pod["query"]
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
             continue
@@ -114,6 +164,14 @@ def test_required_panels_present(dashboard):
     assert "stream_detector_anomaly_threshold" in exprs
 
 
+def test_panels_show_what_they_are_named_for(gen, dashboard):
+    by_title: dict[str, set[str]] = {}
+    for title, expr in gen.panel_queries(dashboard):
+        by_title.setdefault(title, set()).update(metric_names(gen.expand_variables(expr)))
+    for title, metric in PANEL_METRICS.items():
+        assert metric in by_title[title], (title, by_title[title])
+
+
 def test_panel_queries_name_only_exported_metrics(gen, dashboard):
     exported = exported_metric_names()
     queries = gen.panel_queries(dashboard)
@@ -121,10 +179,26 @@ def test_panel_queries_name_only_exported_metrics(gen, dashboard):
     for title, expr in queries:
         used = metric_names(gen.expand_variables(expr))
         assert used, title
-        assert used <= exported, f"{title}: unknown metrics {used - exported}"
-        # Every query is filtered by the dashboard's variables.
-        for var in ("$namespace", "$job", "$instance"):
+        assert used <= exported | CADVISOR, f"{title}: unknown metrics {used - exported - CADVISOR}"
+        # Every query is filtered by the dashboard's variables: the detector's own series by
+        # namespace/job/instance, cAdvisor's (which have none of job/instance) by its pods.
+        assert not (used & CADVISOR and used & exported), f"{title}: mixes both kinds"
+        needed = ("$namespace", "$pod") if used & CADVISOR else ("$namespace", "$job", "$instance")
+        for var in needed:
             assert var in expr, f"{title}: no {var} filter"
+
+
+def test_model_changes_are_annotated(gen, dashboard):
+    """Every model swap (hot reload, promotion) is marked on every panel: a change of the
+    loaded model's creation time, on the dashboard's data source and filters."""
+    (annotation,) = [a for a in dashboard["annotations"]["list"] if a["name"] == "Model changes"]
+    assert annotation["enable"] and annotation["datasource"] == {
+        "type": "prometheus", "uid": "${datasource}"}
+    expr = annotation["expr"]
+    assert re.search(r"changes\(stream_detector_model_created_timestamp_seconds\{[^}]*\}\[\w+\]\)", expr)
+    assert metric_names(gen.expand_variables(expr)) <= exported_metric_names()
+    for var in ("$namespace", "$job", "$instance"):
+        assert var in expr
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
@@ -132,6 +206,7 @@ def test_panel_queries_parse(gen, dashboard, tmp_path):
     """Each query, variables expanded as Grafana would, as a recording rule: promtool
     parses every expression and reports the ones that do not parse."""
     queries = gen.panel_queries(dashboard)
+    queries += [(a["name"], a["expr"]) for a in dashboard["annotations"]["list"] if "expr" in a]
     rules = [
         {"record": f"panel:query_{i}", "expr": gen.expand_variables(expr)}
         for i, (_, expr) in enumerate(queries)

