@@ -20,6 +20,7 @@ from stream_detector.config import COMMAND_OPTS, resolve
 from stream_detector.guards import finite_rows
 from stream_detector.metrics import Metrics
 from stream_detector.service import Detector, ServiceConfig
+from stream_detector.state import decode as decode_state
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +148,21 @@ def test_a_key_moved_to_a_new_partition_keeps_being_scored(model: Path) -> None:
     det.score_batch()
     assert _value(det, "stream_detector_messages_skipped_total") == 0
     assert _value(det, "stream_detector_windows_scored_total") == 1 + WINDOW
+
+
+def test_a_key_evicted_and_back_before_the_checkpoint_keeps_its_state(model: Path) -> None:
+    det, _ = _detector(model, "--max-series", "1")
+    det._state_partitions = 1  # as if the changelog had been created (no broker here)
+    v = wave(WINDOW, seed=6)
+    det.handle_many(_msgs("a", v[:10]))
+    det.handle_many(_msgs("b", v[:10], offset=10))  # evicts a: its state is to be deleted
+    det.handle_many(_msgs("a", v[10:20], offset=20, start=10))  # a is back (evicts b)
+    det.score_batch()
+    ck = det._mark(None)
+    last: dict[tuple[int, str], bytes | None] = {}
+    for p, key, raw in ck.records:  # in the order they are produced
+        last[(p, key)] = raw
+    assert last[(0, "b")] is None, "b's state is deleted"
+    assert last[(0, "a")] is not None, "a's live state is written after its tombstone"
+    restored = decode_state(last[(0, "a")], WINDOW, 1)
+    assert restored is not None and restored.count == 10 and restored.last_offset == 29

@@ -105,9 +105,12 @@ class CheckpointMixin(DetectorBase):
 
     def _scored(self, ck: Checkpoint) -> None:
         """The mark's batches are applied: encode the changed keys' state as of now."""
-        records = [rec for key, exp in ck.buffers
-                   if key in self.buffer and (rec := self._state_record(key, exp)) is not None]
-        records += [(p, key, None) for key, p in ck.deleted if 0 <= p < self._state_partitions]
+        # tombstones first: a key evicted and back since the last checkpoint has both,
+        # and its live record, written after, is the one compaction keeps
+        records: list[StateRecord] = [(p, key, None) for key, p in ck.deleted
+                                      if 0 <= p < self._state_partitions]
+        records += [rec for key, exp in ck.buffers
+                    if key in self.buffer and (rec := self._state_record(key, exp)) is not None]
         ck.scored(records)
 
     def _state_record(self, key: str, exp: tuple[int, int, int, np.ndarray, np.ndarray]
