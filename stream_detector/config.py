@@ -187,7 +187,7 @@ def resolve(
     return out
 
 
-_COMMANDS = ("train", "score", "run", "replay", "broker", "demo")
+_COMMANDS = ("train", "score", "run", "backtest", "replay", "broker", "demo")
 
 FORMAT_OPT = Opt("format", str, "long", "input CSV format", choices=("long", "nab", "wide", "records"))
 INPUT_OPT = Opt("input", _list, None, "input CSV file(s)", required=True)
@@ -329,6 +329,33 @@ REPLAY_OPTS = (
     KAFKA_OPT,
 )
 
+BACKTEST_OPTS = (
+    Opt("serving", str, None, "model directory of the version serving now", required=True,
+        metavar="DIR"),
+    Opt("candidate", str, None, "model directory of the new version", required=True,
+        metavar="DIR"),
+    Opt("input", _list, [], "CSV file(s) to replay (a `label` column: precision/recall)"),
+    FORMAT_OPT, TIMESTAMP_POLICY_OPT,
+    Opt("topic", str, None, "replay this topic's input messages instead of CSV files",
+        metavar="T"),
+    Opt("bootstrap_servers", str, None, "Kafka bootstrap servers, with --topic",
+        metavar="HOSTS"),
+    Opt("from_offset", int, 0, "with --topic: first offset of every partition", metavar="N"),
+    Opt("to_offset", int, -1, "with --topic: stop before this offset (-1: the end)",
+        metavar="N"),
+    Opt("margin", float, 0.05,
+        "exit 1 when the candidate's F1 is below the serving model's by more than this "
+        "(without labels: below 1 - this against the serving model's events)", metavar="F"),
+    Opt("incident_gap", int, None,
+        "normal windows allowed inside one incident (default: half the window)", metavar="N"),
+    Opt("max_batch", int, 1024, "windows per batched model call", metavar="N"),
+    Opt("decision", str, None, "decision method instead of each artifact's", choices=DECIDERS),
+    Opt("decision_param", _pairs, {}, "decision parameter instead of the artifacts', "
+        "repeatable"),
+    Opt("output", str, None, "also write the report as JSON to this file", metavar="FILE"),
+    KAFKA_OPT,
+)
+
 BROKER_OPTS = (
     Opt("port", int, 9092, "port on 127.0.0.1", metavar="N"),
     Opt("host", str, "127.0.0.1", "address to listen on", metavar="ADDR"),
@@ -351,6 +378,7 @@ DEMO_OPTS = (
 )
 
 COMMAND_OPTS: dict[str, tuple[Opt, ...]] = {
-    "train": TRAIN_OPTS, "score": SCORE_OPTS, "run": RUN_OPTS, "replay": REPLAY_OPTS,
+    "train": TRAIN_OPTS, "score": SCORE_OPTS, "run": RUN_OPTS, "backtest": BACKTEST_OPTS,
+    "replay": REPLAY_OPTS,
     "broker": BROKER_OPTS, "demo": DEMO_OPTS,
 }
