@@ -308,6 +308,19 @@ RUN_OPTS = (
     Opt("model_poll_s", float, 10.0,
         "check the model directory this often and hot-reload a new version (0: never)",
         metavar="S"),
+    Opt("shadow_windows", int, 100,
+        "a new model version first decides in shadow (counted, never published) and is "
+        "promoted, its decision state warm, once every key it scored has this many "
+        "windows (0: it serves at once, cold, unless a gate is asked)", metavar="N"),
+    Opt("promotion_gate", str, "none",
+        "also promote only if `stream-detector backtest` of the new version against the "
+        "serving one on --gate-input passes", choices=("none", "backtest")),
+    Opt("gate_input", _list, [], "CSV file(s) the promotion gate replays"),
+    Opt("gate_format", str, "long", "format of --gate-input",
+        choices=("long", "nab", "wide", "records")),
+    Opt("gate_margin", float, 0.05,
+        "the gate fails when the candidate's F1 is below the serving model's by more "
+        "than this (see backtest --margin)", metavar="F"),
     Opt("key_field", str, "key", "JSON field with the series key", metavar="NAME"),
     Opt("ts_field", str, "ts", "JSON field with the timestamp", metavar="NAME"),
     Opt("value_field", str, "value", "JSON field with a scalar value", metavar="NAME"),
