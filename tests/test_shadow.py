@@ -108,6 +108,49 @@ def test_batches_in_flight_keep_the_version_that_scored_them(
     det._close(1.0)
 
 
+def test_the_promoted_decider_sees_every_window_once_in_order(model, tmp_path):
+    """Promotion while a batch is in flight: that batch is published as the old version's
+    and still decided by the shadow's decider, which serves from the next batch on."""
+    v1 = model_variant(model, tmp_path / "v1", "v1-flags-all", threshold=1e-12)
+    v2 = model_variant(model, tmp_path / "v2", "v2-flags-all", threshold=1e-12)
+    det = _detector("127.0.0.1:9", v1, "--events", "windows", "--shadow-windows", "8",
+                    "--max-batch", "8", "--inference-workers", "2")
+    published: list[dict[str, Any]] = []
+    det.sink.publish = lambda ev, ts: published.append(ev)  # type: ignore[method-assign]
+    release, calls = threading.Event(), [0]
+    real = det.art.model.score_batch
+
+    def score(x: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        if calls[0] == 2:  # the second batch stays in flight
+            assert release.wait(30)
+        return real(x)
+
+    det.art.model.score_batch = score  # type: ignore[method-assign]
+    det.offer_model(load_artifact(v2))
+    det.submit_batch()
+    sh = det._shadow
+    assert sh is not None
+    seen: list[list[str]] = []
+    decide = sh.decider.decide
+    sh.decider.decide = lambda k, s, n=None: (seen.append(list(k)), decide(k, s, n))[1]
+    msgs = _msgs("a", wave(WINDOW - 1 + 24, seed=6))
+    det.handle_many(msgs[:WINDOW - 1 + 16])  # batches 1 and 2
+    det._inflight[0].future.result(timeout=30)
+    det.complete_ready()  # batch 1: the shadow has its 8 windows
+    assert len(det._inflight) == 1 and sh.ready()
+    det.handle_many(msgs[WINDOW - 1 + 16:])  # batch 3: promoted first, then submitted
+    assert det.art.version == "v2-flags-all" and det.decider is sh.decider
+    release.set()
+    det.score_batch()
+    assert sum(len(k) for k in seen) == 24, "batch 2 too, though the promotion came first"
+    by_offset = {e["source"]["offset"]: e["model_version"] for e in published}
+    first3 = WINDOW - 1 + 16
+    assert len(by_offset) == 24
+    assert all(v == ("v1-flags-all" if o < first3 else "v2-flags-all")
+               for o, v in by_offset.items()), by_offset
+
+
 def test_a_new_version_shadows_unpublished_then_is_promoted_warm(
         broker_bootstrap, topic_factory, group_id, model, tmp_path):
     """v1 serves; the candidate (a POT decider whose static rule never flags: blind until

@@ -102,7 +102,7 @@ class ReloadMixin(DetectorBase):
             return
         if sh.ready():
             self._shadow = None
-            sh.close()
+            sh.close(promoted=True)
             if sh.gated:
                 log.info("promotion gate passed for %s: %s", sh.art.version, sh.gate_detail)
             self._promote(sh.art, sh.decider)

@@ -160,9 +160,11 @@ class Shadow:
         """Share of the windows both decided on which their alarms agreed (1 before any)."""
         return self.agreed / self.decided if self.decided else 1.0
 
-    def close(self) -> None:
-        """It leaves the shadow (promoted, refused or replaced): its info series go."""
-        self.cancelled = True
+    def close(self, promoted: bool = False) -> None:
+        """It leaves the shadow: its info series go. Refused or replaced, its batches still
+        in flight are no longer decided; promoted, they are (its decider serves now and
+        must see every window in order)."""
+        self.cancelled = not promoted
         try:
             self.m.shadow_info.remove(self.art.kind, self.art.version)
         except KeyError:
