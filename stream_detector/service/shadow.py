@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
 from stream_detector.decision import Decider
-from stream_detector.errors import InputError
+from stream_detector.errors import InputError, StreamDetectorError
 from stream_detector.metrics import Metrics
 from stream_detector.service.base import MetaRow
 
@@ -40,7 +40,8 @@ class Gate:
     """The backtest gate: replays ``paths`` through the serving model and a candidate."""
 
     def __init__(self, paths: Sequence[str], fmt: str, margin: float, max_batch: int,
-                 timestamp_policy: str = "accept") -> None:
+                 timestamp_policy: str = "accept", decision: str | None = None,
+                 decision_params: Mapping[str, str] | None = None) -> None:
         from stream_detector.datasets import read_dataset
 
         if not paths:
@@ -48,11 +49,15 @@ class Gate:
         self.dataset = read_dataset(list(paths), fmt, timestamp_policy)  # bad file: exit 2
         self.margin = margin
         self.max_batch = max_batch
+        # run's --decision and --decision-param apply to both, as they do when serving
+        self.decision = decision
+        self.decision_params = dict(decision_params or {})
 
     def passes(self, serving: Artifact, candidate: Artifact) -> tuple[bool, str]:
         from stream_detector.backtest import compare
 
-        report = compare(serving, candidate, self.dataset, self.margin, self.max_batch)
+        report = compare(serving, candidate, self.dataset, self.margin, self.max_batch,
+                         method=self.decision, params=self.decision_params)
         return report.passed, report.verdict
 
 
@@ -83,6 +88,8 @@ class Shadow:
         def run() -> None:
             try:
                 ok, detail = gate.passes(serving, self.art)
+            except StreamDetectorError as exc:  # e.g. a gate series shorter than the window
+                ok, detail = False, f"backtest failed: {exc}"
             except Exception as exc:  # a failed backtest refuses the candidate, never the loop
                 log.exception("promotion gate for %s", self.art.version)
                 ok, detail = False, f"backtest failed: {exc}"
