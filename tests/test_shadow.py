@@ -1,7 +1,8 @@
 """Safe promotion: a new model version is scored in shadow, never published, promoted warm
 once it has seen enough windows per key (and, when asked, once a backtest gate passed);
-every event carries the version that scored its window. Against the embedded broker,
-except the gate test (in process: what the detector would publish is recorded)."""
+every event carries the version that scored its window. The published events and the
+subprocess run go through the embedded broker; the promotion-order and gate tests run in
+process (what the detector would publish is recorded)."""
 
 from __future__ import annotations
 
