@@ -1,4 +1,4 @@
-"""The ``stream-detector`` command: train, score, run, replay, broker, demo."""
+"""The ``stream-detector`` command: train, score, run, backtest, replay, broker, demo."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ _HELP = {
     "train": "fit an autoencoder on history, calibrate its threshold, write a model artifact",
     "score": "offline: push a CSV through the window/batch/model/threshold path, write scores",
     "run": "the service: consume Kafka, score windows, publish anomaly events, serve metrics",
+    "backtest": "replay a CSV or a topic range through the serving and a candidate model, "
+                "compare their events (exit 1 when the candidate is worse)",
     "replay": "produce a CSV to a Kafka topic as input messages",
     "broker": "start the embedded Kafka-compatible broker in the foreground",
     "demo": "embedded broker + synthetic series + train + run + live report",
@@ -159,6 +161,12 @@ def cmd_run(cfg: dict[str, Any]) -> int:
     return run_service(cfg)
 
 
+def cmd_backtest(cfg: dict[str, Any]) -> int:
+    from stream_detector.backtest import run_backtest
+
+    return run_backtest(cfg)
+
+
 def cmd_replay(cfg: dict[str, Any]) -> int:
     from stream_detector.replay import replay_files
 
@@ -188,8 +196,8 @@ def cmd_demo(cfg: dict[str, Any]) -> int:
     return run_demo(cfg)
 
 
-COMMANDS = {"train": cmd_train, "score": cmd_score, "run": cmd_run, "replay": cmd_replay,
-            "broker": cmd_broker, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "score": cmd_score, "run": cmd_run, "backtest": cmd_backtest,
+            "replay": cmd_replay, "broker": cmd_broker, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -187,7 +187,7 @@ def resolve(
     return out
 
 
-_COMMANDS = ("train", "score", "run", "replay", "broker", "demo")
+_COMMANDS = ("train", "score", "run", "backtest", "replay", "broker", "demo")
 
 FORMAT_OPT = Opt("format", str, "long", "input CSV format", choices=("long", "nab", "wide", "records"))
 INPUT_OPT = Opt("input", _list, None, "input CSV file(s)", required=True)
@@ -313,6 +313,19 @@ RUN_OPTS = (
         "check the model directory or store this often and hot-reload a new version "
         "(0: never)",
         metavar="S"),
+    Opt("shadow_windows", int, 100,
+        "a new model version first decides in shadow (counted, never published) and is "
+        "promoted, its decision state warm, once every key it scored has this many "
+        "windows (0: it serves at once, cold, unless a gate is asked)", metavar="N"),
+    Opt("promotion_gate", str, "none",
+        "also promote only if `stream-detector backtest` of the new version against the "
+        "serving one on --gate-input passes", choices=("none", "backtest")),
+    Opt("gate_input", _list, [], "CSV file(s) the promotion gate replays"),
+    Opt("gate_format", str, "long", "format of --gate-input",
+        choices=("long", "nab", "wide", "records")),
+    Opt("gate_margin", float, 0.05,
+        "the gate fails when the candidate's F1 is below the serving model's by more "
+        "than this (see backtest --margin)", metavar="F"),
     Opt("key_field", str, "key", "JSON field with the series key", metavar="NAME"),
     Opt("ts_field", str, "ts", "JSON field with the timestamp", metavar="NAME"),
     Opt("value_field", str, "value", "JSON field with a scalar value", metavar="NAME"),
@@ -331,6 +344,33 @@ REPLAY_OPTS = (
     Opt("rate", float, 0.0, "messages per second (0: as fast as possible)", metavar="N"),
     Opt("partitions", int, 0, "create the topic with this many partitions if missing (0: no)",
         metavar="N"),
+    KAFKA_OPT,
+)
+
+BACKTEST_OPTS = (
+    Opt("serving", str, None, "model directory of the version serving now", required=True,
+        metavar="DIR"),
+    Opt("candidate", str, None, "model directory of the new version", required=True,
+        metavar="DIR"),
+    Opt("input", _list, [], "CSV file(s) to replay (a `label` column: precision/recall)"),
+    FORMAT_OPT, TIMESTAMP_POLICY_OPT,
+    Opt("topic", str, None, "replay this topic's input messages instead of CSV files",
+        metavar="T"),
+    Opt("bootstrap_servers", str, None, "Kafka bootstrap servers, with --topic",
+        metavar="HOSTS"),
+    Opt("from_offset", int, 0, "with --topic: first offset of every partition", metavar="N"),
+    Opt("to_offset", int, -1, "with --topic: stop before this offset (-1: the end)",
+        metavar="N"),
+    Opt("margin", float, 0.05,
+        "exit 1 when the candidate's F1 is below the serving model's by more than this "
+        "(without labels: below 1 - this against the serving model's events)", metavar="F"),
+    Opt("incident_gap", int, None,
+        "normal windows allowed inside one incident (default: half the window)", metavar="N"),
+    Opt("max_batch", int, 1024, "windows per batched model call", metavar="N"),
+    Opt("decision", str, None, "decision method instead of each artifact's", choices=DECIDERS),
+    Opt("decision_param", _pairs, {}, "decision parameter instead of the artifacts', "
+        "repeatable"),
+    Opt("output", str, None, "also write the report as JSON to this file", metavar="FILE"),
     KAFKA_OPT,
 )
 
@@ -356,6 +396,7 @@ DEMO_OPTS = (
 )
 
 COMMAND_OPTS: dict[str, tuple[Opt, ...]] = {
-    "train": TRAIN_OPTS, "score": SCORE_OPTS, "run": RUN_OPTS, "replay": REPLAY_OPTS,
+    "train": TRAIN_OPTS, "score": SCORE_OPTS, "run": RUN_OPTS, "backtest": BACKTEST_OPTS,
+    "replay": REPLAY_OPTS,
     "broker": BROKER_OPTS, "demo": DEMO_OPTS,
 }

@@ -98,6 +98,12 @@ class Metrics:
     delivery_failures: Counter
     state_ready: Gauge
     nonfinite_scores: Counter
+    shadow_info: Gauge
+    shadow_windows: Counter
+    shadow_anomalies: Counter
+    shadow_decisions: Counter
+    shadow_agreement: Gauge
+    shadow_keys_ready: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -198,7 +204,9 @@ class Metrics:
             ),
             model_reloads=Counter(
                 f"{p}_model_reloads",
-                "Model hot-reload attempts, by result (loaded, refused).",
+                "Model hot reloads, by result: loaded (a new version accepted, into the "
+                "shadow or serving at once), promoted (it serves), refused (a bad artifact "
+                "or a failed promotion gate).",
                 ["result"],
                 registry=reg,
             ),
@@ -278,6 +286,40 @@ class Metrics:
                 "float32 limit): not decided, kept out of every decision history.",
                 registry=reg,
             ),
+            shadow_info=Gauge(
+                f"{p}_shadow_info",
+                "The model version in shadow (value 1; none while no candidate is).",
+                ["model", "version"],
+                registry=reg,
+            ),
+            shadow_windows=Counter(
+                f"{p}_shadow_windows",
+                "Windows decided by a candidate model in shadow (never published).",
+                registry=reg,
+            ),
+            shadow_anomalies=Counter(
+                f"{p}_shadow_anomalies", "Windows a candidate model in shadow flagged.",
+                registry=reg,
+            ),
+            shadow_decisions=Counter(
+                f"{p}_shadow_decisions",
+                "Windows decided by both the serving and the shadow model, by whether "
+                "their alarms agree (agree, disagree).",
+                ["agreement"],
+                registry=reg,
+            ),
+            shadow_agreement=Gauge(
+                f"{p}_shadow_agreement_ratio",
+                "Share of the current (else the last) shadow's windows on which its alarm "
+                "agreed with the serving model's.",
+                registry=reg,
+            ),
+            shadow_keys_ready=Gauge(
+                f"{p}_shadow_keys_ready_ratio",
+                "Share of the keys the shadow has scored that have --shadow-windows windows "
+                "(it is promoted at 1).",
+                registry=reg,
+            ),
         )
         for kind in TOPIC_KINDS:
             m.delivery_failures.labels(topic_kind=kind)
@@ -287,8 +329,10 @@ class Metrics:
             m.events_published.labels(type=kind)
         for cause in ("max_series", "idle", "revoked"):
             m.series_evicted.labels(cause=cause)
-        for result in ("loaded", "refused"):
+        for result in ("loaded", "promoted", "refused"):
             m.model_reloads.labels(result=result)
+        for agreement in ("agree", "disagree"):
+            m.shadow_decisions.labels(agreement=agreement)
         for action in TIMESTAMP_POLICIES:
             m.timestamps_backwards.labels(action=action)
         return m

@@ -48,6 +48,24 @@ def with_threshold(model: Path, out: Path, threshold: float) -> Path:
     return out
 
 
+def model_variant(model: Path, out: Path, version: str, threshold: float | None = None,
+                  decision: dict[str, Any] | None = None, created_at: str | None = None) -> Path:
+    """Copy of ``model`` as another version (same weights): optionally another global
+    threshold (and no per-key ones), decision spec or training time."""
+    shutil.copytree(model, out)
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["version"] = version
+    if threshold is not None:
+        meta["threshold"]["global"] = threshold
+        meta["threshold"]["per_key"] = {}
+    if decision is not None:
+        meta["decision"] = decision
+    if created_at is not None:
+        meta["created_at"] = created_at
+    (out / "metadata.json").write_text(json.dumps(meta))
+    return out
+
+
 def events_of(bootstrap: str, topic: str, expected: int | None = None) -> list[dict]:
     return consume_all(bootstrap, topic, expected=expected, timeout=30, idle=3)
 

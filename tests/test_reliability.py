@@ -193,7 +193,8 @@ def test_hot_reload_serves_a_new_model_and_refuses_a_broken_one(
     assert v1 != v2
     src, out = topic_factory(1), topic_factory(1)
     det = DetectorProcess(broker_bootstrap, src, out, group_id, live,
-                          ["--events", "windows", "--model-poll-s", "0.5"],
+                          ["--events", "windows", "--model-poll-s", "0.5",
+                           "--shadow-windows", "0"],  # served at once (test_shadow: shadow)
                           log=tmp_path / "det.log")
     spiky = wave(600, seed=3)
     for pos in (100, 300, 500):

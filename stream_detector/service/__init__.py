@@ -1,6 +1,7 @@
 """The running detector, by job: the loop and data path (``loop``), scoring (``inference``),
 checkpoints (``checkpoint``: the steps in order; ``checkpointing``: marks, state, commits),
-rebalances (``rebalance``), model reload (``reload``), its config (``config``) and the
+rebalances (``rebalance``), model reload (``reload``) and a new version's shadow before its
+promotion (``shadow``), its config (``config``) and the
 ``run`` command (``run``)."""
 from __future__ import annotations
 

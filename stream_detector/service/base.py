@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message
 
@@ -24,12 +24,27 @@ if TYPE_CHECKING:
     from stream_detector.service.checkpoint import Checkpoint
     from stream_detector.service.config import ServiceConfig
     from stream_detector.service.restoring import Restorer
+    from stream_detector.service.shadow import Shadow
 
 TP = tuple[str, int]
 
 # what the batcher carries beside each window: (key, the message that completed it,
 # start_ts, end_ts); only the few windows that cause an event get their WindowMeta
 MetaRow = tuple[str, Message, float, float]
+
+
+class InFlight(NamedTuple):
+    """A batch submitted to inference: its sequence number, windows, keys and future, and
+    what serves it (the model that scores it, the decider that decides it, the shadow
+    beside them), fixed at submit."""
+
+    seq: int
+    batch: Batch[MetaRow]
+    keys: list[str]
+    future: Future[Any]
+    art: Artifact
+    decider: Decider
+    shadow: Shadow | None
 
 
 def kafka_ts(msg: Message) -> float | None:
@@ -62,10 +77,11 @@ class DetectorBase:
     workers: int
     max_inflight: int
     _pool: ThreadPoolExecutor
-    _inflight: deque[tuple[int, Batch[MetaRow], list[str], Future[Any]]]
+    _inflight: deque[InFlight]
     _submitted: int
     _pending: Checkpoint | None
     _pending_art: Artifact | None
+    _shadow: Shadow | None
     _stop: bool
     _positions: dict[TP, int]
     _committed: dict[TP, int]
@@ -88,3 +104,5 @@ class DetectorBase:
         def _scored(self, ck: Checkpoint) -> None: ...
         def _close_incident(self, key: str, cause: str, partition: int) -> None: ...
         def _swap_model(self) -> None: ...
+        def _check_shadow(self) -> None: ...
+        def _reload_due(self) -> bool: ...

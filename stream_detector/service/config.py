@@ -55,6 +55,11 @@ class ServiceConfig:
     state_topic: str | None = run_default("state_topic")
     state_required: bool = run_default("state_required")
     model_poll_s: float = run_default("model_poll_s")
+    shadow_windows: int = run_default("shadow_windows")
+    promotion_gate: str = run_default("promotion_gate")
+    gate_input: tuple[str, ...] = ()
+    gate_format: str = run_default("gate_format")
+    gate_margin: float = run_default("gate_margin")
     decision: str | None = run_default("decision")
     decision_params: Mapping[str, str] = field(default_factory=dict)
     fine_tune: FineTuneOptions = field(default_factory=FineTuneOptions)
@@ -82,6 +87,13 @@ class ServiceConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {cfg[name]}")
         fine_tune = FineTuneOptions.parse(cfg.get("fine_tune_every") or 0,
                                           cfg.get("fine_tune_param"))
+        if cfg.get("shadow_windows", 0) < 0:
+            raise InputError(f"--shadow-windows must be >= 0, got {cfg['shadow_windows']}")
+        gate = cfg.get("promotion_gate") or "none"
+        if gate == "backtest" and not cfg.get("gate_input"):
+            raise InputError("--promotion-gate backtest needs --gate-input CSV file(s)")
+        if not 0.0 <= cfg.get("gate_margin", 0.0) < 1.0:
+            raise InputError(f"--gate-margin must be in [0, 1), got {cfg['gate_margin']}")
         if cfg["hop"] is not None and cfg["hop"] < 1:
             raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
         return cls(
@@ -96,6 +108,10 @@ class ServiceConfig:
             state=cfg["state"], state_topic=cfg["state_topic"],
             state_required=cfg.get("state_required", True) is not False,
             model_poll_s=cfg["model_poll_s"],
+            shadow_windows=cfg.get("shadow_windows", run_default("shadow_windows")),
+            promotion_gate=gate, gate_input=tuple(cfg.get("gate_input") or ()),
+            gate_format=cfg.get("gate_format") or "long",
+            gate_margin=cfg.get("gate_margin", run_default("gate_margin")),
             decision=cfg.get("decision"), decision_params=dict(cfg.get("decision_param") or {}),
             fine_tune=fine_tune, inference_workers=cfg.get("inference_workers") or 0,
             inference_threads=cfg.get("inference_threads") or 0,

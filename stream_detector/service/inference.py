@@ -10,10 +10,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
+from stream_detector.decision import Decider
 from stream_detector.guards import finite_rows
 from stream_detector.metrics import observe_many
-from stream_detector.service.base import DetectorBase, MetaRow, window_meta
+from stream_detector.service.base import DetectorBase, InFlight, MetaRow, window_meta
+from stream_detector.service.shadow import Scored
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +33,13 @@ class InferenceMixin(DetectorBase):
 
         Consumption and decoding go on while TensorFlow (which releases the GIL) scores, on
         up to ``workers`` threads at once; results are applied in submission order by
-        :meth:`complete_ready`.
+        :meth:`complete_ready`. The batch carries the model and decider that serve now,
+        and the shadow's, so a promotion between submit and completion mislabels nothing.
         """
         if self._pending_art is not None:
             self._swap_model()
+        if self._shadow is not None:
+            self._check_shadow()
         if not len(self.batcher):
             return
         batch = self.batcher.drain()
@@ -41,21 +47,28 @@ class InferenceMixin(DetectorBase):
             self.on_batch(batch)
             return
         keys = [meta[0] for meta in batch.metas]
-        art, tuner, m = self.art, self.tuner, self.metrics
+        art, tuner, m, shadow = self.art, self.tuner, self.metrics, self._shadow
+        cand = shadow.art if shadow is not None else None
 
-        def infer() -> tuple[np.ndarray, float]:
+        def infer() -> Scored:
             x = art.scalers.transform_windows(keys, batch.windows)
             t0 = time.perf_counter()
             scores = art.model.score_batch(x)
+            seconds = time.perf_counter() - t0
             if tuner is not None:  # one worker then: no call ever sees half-updated weights
                 learnt, refused = tuner.learnt, tuner.refused
                 m.fine_tune_rounds.inc(tuner.after_batch(keys, x, scores))
                 m.fine_tune_windows.labels(result="learnt").inc(tuner.learnt - learnt)
                 m.fine_tune_windows.labels(result="refused").inc(tuner.refused - refused)
-            return scores, time.perf_counter() - t0
+            shadow_scores = None
+            if cand is not None:
+                shadow_scores = cand.model.score_batch(
+                    cand.scalers.transform_windows(keys, batch.windows))
+            return Scored(scores, seconds, shadow_scores)
 
         self._submitted += 1
-        self._inflight.append((self._submitted, batch, keys, self._pool.submit(infer)))
+        self._inflight.append(InFlight(self._submitted, batch, keys, self._pool.submit(infer),
+                                       art, self.decider, shadow))
         while len(self._inflight) > self.max_inflight:
             self._complete_one()
 
@@ -75,8 +88,9 @@ class InferenceMixin(DetectorBase):
         return n
 
     def _complete_one(self) -> int:
-        seq, batch, keys, fut = self._inflight.popleft()
-        scores, seconds = fut.result()
+        job = self._inflight.popleft()
+        batch, keys = job.batch, job.keys
+        scores, seconds, shadow_scores = job.future.result()
         m = self.metrics
         m.inference_seconds.observe(seconds)
         m.inference_batch_size.observe(len(batch))
@@ -88,10 +102,19 @@ class InferenceMixin(DetectorBase):
             keys = [keys[i] for i in keep.tolist()]
             metas = [metas[i] for i in keep.tolist()]
         n = len(keys)
+        flags = np.zeros(0, dtype=bool)
         if n:
-            self._decide(keys, scores, windows, metas)
+            flags = self._decide(job.art, job.decider, keys, scores, windows, metas)
+        sh = job.shadow
+        if sh is not None and shadow_scores is not None and not sh.cancelled:
+            done = np.zeros(len(batch), dtype=bool)
+            full = np.zeros(len(batch), dtype=bool)
+            at = slice(None) if keep is None else keep
+            done[at] = True
+            full[at] = flags
+            sh.decide(batch, job.keys, shadow_scores, self.hop, full, done)
         ck = self._pending
-        if ck is not None and ck.batch == seq:
+        if ck is not None and ck.batch == job.seq:
             self._scored(ck)
         return n
 
@@ -104,21 +127,26 @@ class InferenceMixin(DetectorBase):
                     "the model's scale", len(bad), key, msg.topic(), msg.partition(),
                     msg.offset())
 
-    def _decide(self, keys: list[str], scores: np.ndarray, windows: np.ndarray,
-                metas: list[MetaRow]) -> None:
-        """Decide finite-scored windows, track incidents and publish what they cause."""
+    def _decide(self, art: Artifact, decider: Decider, keys: list[str], scores: np.ndarray,
+                windows: np.ndarray, metas: list[MetaRow]) -> np.ndarray:
+        """Decide finite-scored windows with the decider of the model ``art`` that scored
+        them, track incidents, publish what they cause (stamped with ``art``'s version);
+        returns the alarms."""
         m = self.metrics
         n = len(keys)
         newest = None
-        if self.decider.wants_values:  # the values new to each window: its last hop points
+        if decider.wants_values:  # the values new to each window: its last hop points
             newest = windows[:, -min(self.hop, windows.shape[1]):, :]
-        decision = self.decider.decide(keys, scores, newest)
+        decision = decider.decide(keys, scores, newest)
         thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
         excursion, reasons = decision.excursion, decision.reason
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
         observe_many(m.reconstruction_error, scores)
         tracker = self.tracker
+        # events name the model that scored the window (an incident opened by one
+        # version and closed after a promotion carries each one's on its own event)
+        tracker.model, tracker.model_version = art.kind, art.version
         is_open = tracker.is_open
         # only anomalous windows, or windows of keys with an open incident (checked as we go:
         # an incident may open earlier in this very batch), can cause events; the keys
@@ -135,3 +163,4 @@ class InferenceMixin(DetectorBase):
                 if ev["type"] == "opened":
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)
+        return flags

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from stream_detector.kafka.properties import (
 )
 from stream_detector.metrics import Metrics
 from stream_detector.records import Source, WindowMeta
-from stream_detector.service.base import TP, MetaRow, kafka_ts
+from stream_detector.service.base import TP, InFlight, MetaRow, kafka_ts
 from stream_detector.service.checkpoint import Checkpoint
 from stream_detector.service.checkpointing import CheckpointMixin
 from stream_detector.service.config import ServiceConfig
@@ -76,11 +76,11 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
         self.tuner = make_tuner(art.model, art.thresholds, cfg.fine_tune)
         self._stop = False
         self.on_batch = on_batch
-        self._pending_art: Artifact | None = None
+        self._init_reload()
         self.workers = cfg.inference_workers
         self._pool = ThreadPoolExecutor(max_workers=self.workers,
                                         thread_name_prefix="inference")
-        self._inflight: deque[tuple[int, Batch[MetaRow], list[str], Future[Any]]] = deque()
+        self._inflight: deque[InFlight] = deque()
         # batches inside the inference threads, and one more queued (ready when one ends)
         self.max_inflight = self.workers + 1
         self._submitted = 0  # batches submitted so far (their sequence numbers)
@@ -171,6 +171,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
             self._close_incident(key, cause, partition)
         self.tracker.forget(key)
         self.decider.forget(key)
+        self._forget_shadow(key)
         if self.state is not None and cause != "revoked":
             self._deleted[key] = partition  # gone for good: drop its state too
 
@@ -347,9 +348,9 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
                 self.complete_ready()
                 # a batch goes to the model when full, when an inference thread is idle (no
                 # reason to wait: latency), or when its oldest window reached the deadline
-                if self._pending_art is not None or (len(self.batcher) and (
+                if self._reload_due() or (len(self.batcher) and (
                         len(self._inflight) < self.workers or self.batcher.due())):
-                    self.submit_batch()  # (a new model is swapped in there, even when idle)
+                    self.submit_batch()  # (models are taken and promoted there, even idle)
                 self.sink.poll()
                 now = time.monotonic()
                 if now - last_commit >= cfg.commit_interval_s:

@@ -1,5 +1,7 @@
-"""Model hot reload: a watcher thread loads and checks a new artifact off the hot path; the
-detector swaps it in at its next batch (decider, tuner, incident labels, model metrics)."""
+"""Model hot reload: a watcher thread loads and checks a new artifact off the hot path and
+hands it over (:meth:`ReloadMixin.offer_model`); the detector takes it at its next batch,
+into the shadow (:mod:`.shadow`) or, with ``--shadow-windows 0`` and no gate, serving at
+once, and promotes a ready shadow between batches (decider, tuner, model metrics)."""
 
 from __future__ import annotations
 
@@ -12,18 +14,33 @@ from stream_detector.errors import InputError, ModelStoreError
 from stream_detector.finetune import make_tuner
 from stream_detector.model_store import ModelSource
 from stream_detector.service.base import DetectorBase
+from stream_detector.service.shadow import Gate, Shadow
 
 log = logging.getLogger(__name__)
 
 
 class ReloadMixin(DetectorBase):
-    """The detector's side of a reload: take a new artifact, swap it in between batches."""
+    """The detector's side of a reload: take a new artifact, shadow it, promote it."""
 
     _pending_art: Artifact | None
+    _shadow: Shadow | None
+    _gate: Gate | None
+
+    def _init_reload(self) -> None:
+        self._pending_art = None
+        self._shadow = None
+        cfg = self.cfg
+        self._gate = None
+        if cfg.promotion_gate == "backtest":
+            self._gate = Gate(cfg.gate_input, cfg.gate_format, cfg.gate_margin, cfg.max_batch,
+                              cfg.timestamp_policy, cfg.decision, cfg.decision_params)
 
     def current_model(self) -> Artifact:
-        """The artifact in use from the next batch on (a pending one, else the running one)."""
-        return self._pending_art or self.art
+        """The newest artifact taken over (a pending one, else the shadow's, else the one
+        serving): the watcher compares a new version against it."""
+        if self._pending_art is not None:
+            return self._pending_art
+        return self._shadow.art if self._shadow is not None else self.art
 
     def _make_decider(self, art: Artifact) -> Decider:
         try:
@@ -35,28 +52,82 @@ class ReloadMixin(DetectorBase):
             raise InputError(f"--decision: {exc}") from None
 
     def offer_model(self, art: Artifact) -> None:
-        """Hand over a newly loaded artifact (from the watcher thread); used from the next batch."""
+        """Hand over a newly loaded artifact (from the watcher thread); taken at the next batch."""
         self._pending_art = art
 
     def _swap_model(self) -> None:
+        """Take the pending artifact: into the shadow, or serving at once when no shadow
+        windows and no gate are asked (called between batches)."""
         art, self._pending_art = self._pending_art, None
         if art is None:
             return
-        old = self.art
+        old = self._shadow
+        if old is not None:  # a newer candidate replaces the one in shadow
+            self._shadow = None
+            old.close()
+            log.info("shadow %s replaced by %s before promotion", old.art.version, art.version)
+        if art.version == self.art.version:
+            return  # back to the serving version: nothing to shadow
         try:
             decider = self._make_decider(art)
         except InputError as exc:
             self.metrics.model_reloads.labels(result="refused").inc()
-            log.error("new model refused, still serving %s: %s", old.version, exc)
+            log.error("new model refused, still serving %s: %s", self.art.version, exc)
             return
+        need = self.cfg.shadow_windows
+        if need <= 0 and self._gate is None:
+            self._promote(art, decider)
+            self.metrics.model_reloads.labels(result="loaded").inc()
+            return
+        sh = self._shadow = Shadow(art, decider, need, self.metrics)
+        if self._gate is not None:
+            sh.start_gate(self._gate, self.art)
+        self.metrics.model_reloads.labels(result="loaded").inc()
+        log.info("model %s %s in shadow beside %s: promoted once every key it scores has "
+                 "%d window(s)%s", art.kind, art.version, self.art.version, need,
+                 " and the backtest gate passed" if self._gate is not None else "")
+
+    def _check_shadow(self) -> None:
+        """Between batches: promote a ready shadow, drop one its gate refused."""
+        sh = self._shadow
+        if sh is None:
+            return
+        if sh.refused:
+            self._shadow = None
+            sh.close()
+            self.metrics.model_reloads.labels(result="refused").inc()
+            log.error("model %s refused by the promotion gate, still serving %s: %s",
+                      sh.art.version, self.art.version, sh.gate_detail)
+            return
+        if sh.ready():
+            self._shadow = None
+            sh.close(promoted=True)
+            if sh.gated:
+                log.info("promotion gate passed for %s: %s", sh.art.version, sh.gate_detail)
+            self._promote(sh.art, sh.decider)
+
+    def _reload_due(self) -> bool:
+        """Whether the next loop turn must submit (even an empty batch): a model was
+        handed over, or the shadow is ready to serve or refused."""
+        sh = self._shadow
+        return self._pending_art is not None or (
+            sh is not None and (sh.refused or sh.ready()))
+
+    def _forget_shadow(self, key: str) -> None:
+        """``key`` left this replica: the shadow forgets it too."""
+        if self._shadow is not None:
+            self._shadow.forget(key)
+
+    def _promote(self, art: Artifact, decider: Decider) -> None:
+        """``art`` serves from the next batch on, deciding with ``decider`` (the shadow's,
+        warm); batches in flight finish with the model and decider that scored them."""
+        old = self.art
         self.art = art
         self.tuner = make_tuner(art.model, art.thresholds, self.cfg.fine_tune)
-        self.tracker.model = art.kind
-        self.tracker.model_version = art.version
         self.decider = decider
         self._show_model(art, old)
-        self.metrics.model_reloads.labels(result="loaded").inc()
-        log.info("model reloaded: %s %s -> %s", art.kind, old.version, art.version)
+        self.metrics.model_reloads.labels(result="promoted").inc()
+        log.info("model promoted: %s %s -> %s", art.kind, old.version, art.version)
 
     def _show_model(self, art: Artifact, old: Artifact | None = None) -> None:
         """The model metrics: which model serves, since when, at what threshold."""

@@ -1,0 +1,178 @@
+"""Safe promotion: a new model version is scored in shadow beside the serving one, on the
+same batches, before it serves.
+
+The shadow decides its windows with its own decider (so its per-key decision state is
+warm when it takes over), is counted in the ``stream_detector_shadow_*`` metrics and
+never publishes. It is ready to serve once every key it has scored has had
+``--shadow-windows`` windows, and, with ``--promotion-gate backtest``, once the backtest
+of it against the serving model passed (run on a thread of its own, off the hot path).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from stream_detector.artifact import Artifact
+from stream_detector.batcher import Batch
+from stream_detector.decision import Decider
+from stream_detector.errors import InputError, StreamDetectorError
+from stream_detector.metrics import Metrics
+from stream_detector.service.base import MetaRow
+
+log = logging.getLogger(__name__)
+
+
+class Scored(NamedTuple):
+    """What one batch's inference returns: the serving model's errors, the wall time of
+    its call, and the shadow's errors (None without a shadow)."""
+
+    scores: np.ndarray
+    seconds: float
+    shadow: np.ndarray | None
+
+
+class Gate:
+    """The backtest gate: replays ``paths`` through the serving model and a candidate."""
+
+    def __init__(self, paths: Sequence[str], fmt: str, margin: float, max_batch: int,
+                 timestamp_policy: str = "accept", decision: str | None = None,
+                 decision_params: Mapping[str, str] | None = None) -> None:
+        from stream_detector.datasets import read_dataset
+
+        if not paths:
+            raise InputError("--promotion-gate backtest needs --gate-input CSV file(s)")
+        self.dataset = read_dataset(list(paths), fmt, timestamp_policy)  # bad file: exit 2
+        self.margin = margin
+        self.max_batch = max_batch
+        # run's --decision and --decision-param apply to both, as they do when serving
+        self.decision = decision
+        self.decision_params = dict(decision_params or {})
+
+    def passes(self, serving: Artifact, candidate: Artifact) -> tuple[bool, str]:
+        from stream_detector.backtest import compare
+
+        report = compare(serving, candidate, self.dataset, self.margin, self.max_batch,
+                         method=self.decision, params=self.decision_params)
+        return report.passed, report.verdict
+
+
+class Shadow:
+    """A candidate model in shadow: its decider, its windows per key, its gate verdict."""
+
+    def __init__(self, art: Artifact, decider: Decider, need: int, metrics: Metrics) -> None:
+        self.art = art
+        self.decider = decider
+        self.need = need
+        self.m = metrics
+        self.windows: dict[str, int] = {}  # per key still in memory: windows it decided
+        self._done = 0  # keys of ``windows`` with ``need`` or more (kept as they cross it)
+        self.decided = 0
+        self.agreed = 0
+        # None: no gate asked, or it is still running; then its verdict
+        self.gate_passed: bool | None = None
+        self.gate_detail = ""
+        self._gate_thread: threading.Thread | None = None
+        self.cancelled = False
+        metrics.shadow_info.labels(model=art.kind, version=art.version).set(1)
+        metrics.shadow_agreement.set(1.0)
+        metrics.shadow_keys_ready.set(0.0)
+
+    # -- the gate --------------------------------------------------------------------------
+    def start_gate(self, gate: Gate, serving: Artifact) -> None:
+        """Run the backtest of this candidate against ``serving`` on a thread of its own."""
+        def run() -> None:
+            try:
+                ok, detail = gate.passes(serving, self.art)
+            except StreamDetectorError as exc:  # e.g. a gate series shorter than the window
+                ok, detail = False, f"backtest failed: {exc}"
+            except Exception as exc:  # a failed backtest refuses the candidate, never the loop
+                log.exception("promotion gate for %s", self.art.version)
+                ok, detail = False, f"backtest failed: {exc}"
+            self.gate_detail = detail
+            self.gate_passed = ok
+
+        self._gate_thread = threading.Thread(target=run, name="promotion-gate", daemon=True)
+        self._gate_thread.start()
+
+    @property
+    def gated(self) -> bool:
+        return self._gate_thread is not None
+
+    @property
+    def refused(self) -> bool:
+        return self.gate_passed is False
+
+    # -- scoring ---------------------------------------------------------------------------
+    def decide(self, batch: Batch[MetaRow], keys: list[str], scores: np.ndarray, hop: int,
+               serving_flags: np.ndarray, serving_done: np.ndarray) -> None:
+        """Decide the batch's windows with the shadow's decider; count them and how often
+        its alarm agrees with the serving model's (``serving_flags`` where
+        ``serving_done``: the windows the serving model decided)."""
+        ok = np.isfinite(scores)
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            return
+        windows = batch.windows if ok.all() else batch.windows[idx]
+        sel = keys if ok.all() else [keys[i] for i in idx.tolist()]
+        newest = None
+        if self.decider.wants_values:
+            newest = windows[:, -min(hop, windows.shape[1]):, :]
+        flags = self.decider.decide(sel, scores[idx], newest).is_anomaly
+        counts, need = self.windows, self.need
+        for k in sel:
+            c = counts[k] = counts.get(k, 0) + 1
+            if c == need:
+                self._done += 1
+        both = serving_done[idx]
+        agreed = int(np.count_nonzero(flags[both] == serving_flags[idx][both]))
+        n_both = int(np.count_nonzero(both))
+        self.decided += n_both
+        self.agreed += agreed
+        m = self.m
+        m.shadow_windows.inc(len(idx))
+        m.shadow_anomalies.inc(int(np.count_nonzero(flags)))
+        m.shadow_decisions.labels(agreement="agree").inc(agreed)
+        m.shadow_decisions.labels(agreement="disagree").inc(n_both - agreed)
+        m.shadow_agreement.set(self.agreement())
+        done, seen = self.keys_ready()
+        m.shadow_keys_ready.set(done / seen if seen else 0.0)
+
+    def forget(self, key: str) -> None:
+        if self.windows.pop(key, 0) >= self.need > 0:
+            self._done -= 1
+        self.decider.forget(key)
+
+    # -- promotion -------------------------------------------------------------------------
+    def keys_ready(self) -> tuple[int, int]:
+        """(keys with enough windows, keys it has scored)."""
+        return self._done, len(self.windows)
+
+    def ready(self) -> bool:
+        """Whether it may serve: enough windows for every key it scored (with
+        ``--shadow-windows`` > 0, at least one key), and the gate passed if one was asked
+        (cheap: the loop asks every turn)."""
+        if self.gated and self.gate_passed is not True:
+            return False
+        if self.need <= 0:
+            return True
+        done, seen = self.keys_ready()
+        return seen > 0 and done == seen
+
+    def agreement(self) -> float:
+        """Share of the windows both decided on which their alarms agreed (1 before any)."""
+        return self.agreed / self.decided if self.decided else 1.0
+
+    def close(self, promoted: bool = False) -> None:
+        """It leaves the shadow: its info series go. Refused or replaced, its batches still
+        in flight are no longer decided; promoted, they are (its decider serves now and
+        must see every window in order)."""
+        self.cancelled = not promoted
+        try:
+            self.m.shadow_info.remove(self.art.kind, self.art.version)
+        except KeyError:
+            pass
