@@ -12,7 +12,6 @@ import numpy as np
 
 from stream_detector.batcher import Batch
 from stream_detector.guards import finite_rows
-from stream_detector.metrics import observe_many
 from stream_detector.service.base import DetectorBase, MetaRow, window_meta
 
 log = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ class InferenceMixin(DetectorBase):
         excursion, reasons = decision.excursion, decision.reason
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
-        observe_many(m.reconstruction_error, scores)
+        m.reconstruction_error.observe_many(scores)
         tracker = self.tracker
         is_open = tracker.is_open
         # only anomalous windows, or windows of keys with an open incident (checked as we go:
