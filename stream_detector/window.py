@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import ArrayLike
 
 EvictHook = Callable[[str, str, int], None]  # (key, cause, tag)
 
@@ -141,7 +142,8 @@ class WindowBuffer:
         row = self._ts_row[slot]
         if row >= 0:
             idx = (c - held + self._order[:held]) % self.window
-            return self._ts[row, idx].astype(np.float64) + self._base[row]
+            ts: np.ndarray = self._ts[row, idx].astype(np.float64) + self._base[row]
+            return ts
         step = self._step_us[slot]
         step = 0 if step == _UNSET else step
         last_us = round(self._last_ts[slot] * 1e6)
@@ -331,7 +333,7 @@ class WindowBuffer:
         self._ts[row, positions] = ts - ts[-1]
 
     # -- the data path -----------------------------------------------------------------
-    def _write(self, slot: int, ts: float, value: object, offset: int) -> int:
+    def _write(self, slot: int, ts: float, value: ArrayLike, offset: int) -> int:
         self._offset[slot] = offset
         self._dirty[slot] = 1
         c = self._count[slot]
@@ -364,7 +366,7 @@ class WindowBuffer:
             return slot
         return NO_WINDOW
 
-    def push(self, key: str, ts: float, value: object, tag: int, offset: int, now: float,
+    def push(self, key: str, ts: float, value: ArrayLike, tag: int, offset: int, now: float,
              skip_applied: bool = False) -> int:
         """The service's hot path: one lookup, the checks, and the append.
 
