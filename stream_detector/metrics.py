@@ -58,7 +58,7 @@ _EXPOSE_CREATED = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "false").l
 
 class BatchHistogram(Collector):
     """A histogram observed a batch at a time, exposed as a prometheus_client ``Histogram``
-    of the same name, help and buckets is (``_bucket{le}``, ``_count``, ``_sum``,
+    with the same name, help and buckets would be (``_bucket{le}``, ``_count``, ``_sum``,
     ``_created``).
 
     One ``searchsorted`` and ``bincount`` per batch instead of one ``observe`` per value.
@@ -101,6 +101,7 @@ class BatchHistogram(Collector):
         return [HistogramMetricFamily(self.name, self.documentation)]
 
     def collect(self) -> Iterable[Metric]:
+        """The histogram as of now (cumulative buckets, as the exposition wants)."""
         with self._lock:
             counts, total = self._counts.copy(), self._sum
         cumulative = np.cumsum(counts).astype(np.float64).tolist()
