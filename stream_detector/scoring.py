@@ -1,4 +1,4 @@
-"""The offline path: series -> window buffer -> micro-batches -> model -> decider.
+"""The offline path: series -> windows -> micro-batches -> model -> decider.
 
 The same modules the streaming service uses (``window``, ``batcher``, the model's
 batched scorer, ``decision``), applied to whole files.
@@ -22,7 +22,7 @@ from stream_detector.errors import InputError
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.guards import finite_rows
 from stream_detector.threshold import Thresholds
-from stream_detector.window import WindowBuffer
+from stream_detector.window import series_windows
 
 OUTPUT_HEADER = [
     "timestamp", "key", "value", "score", "threshold", "anomaly_score", "is_anomaly", "reason",
@@ -68,13 +68,11 @@ def window_scores(
             f"({', '.join(dataset.feature_names)}), the model expects {art.n_features} "
             f"({', '.join(art.features)})"
         )
-    buf = WindowBuffer(art.window, art.n_features, hop=art.hop)
     all_windows: list[np.ndarray] = []
     metas: list[tuple[int, int]] = []
     for i, s in enumerate(dataset.series):
         scaled = art.scalers.for_key(s.key).transform(s.values)
-        w, _, end_index = buf.extend(s.key, s.ts, scaled)
-        buf.drop([s.key])
+        w, end_index = series_windows(scaled, art.window, art.hop)
         all_windows.append(w)
         metas.extend((i, int(j)) for j in end_index)
     windows = np.concatenate(all_windows) if all_windows else np.zeros((0, art.window, art.n_features))

@@ -16,7 +16,7 @@ from stream_detector.errors import InputError
 from stream_detector.scaling import ScalerSet, fit_scaler
 from stream_detector.season import detect_period
 from stream_detector.threshold import calibrate
-from stream_detector.window import WindowBuffer
+from stream_detector.window import series_windows
 
 DEFAULT_WINDOW = 64
 
@@ -54,13 +54,11 @@ def training_windows(
     dataset: Dataset, window: int, scalers: ScalerSet, fraction: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """All stride-1 windows of each series' training part, scaled: (windows, key per window)."""
-    buf = WindowBuffer(window, dataset.n_features, hop=1)
     chunks, keys = [], []
     for s in dataset.series:
         part = s.head(fraction)
         scaled = scalers.for_key(s.key).transform(part.values)
-        w, _, _ = buf.extend(s.key, part.ts, scaled)
-        buf.drop([s.key])
+        w, _ = series_windows(scaled, window)
         chunks.append(w)
         keys.append(np.full(len(w), s.key, dtype=object))
     return np.concatenate(chunks), np.concatenate(keys)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import ArrayLike
 
 EvictHook = Callable[[str, str, int], None]  # (key, cause, tag)
 
@@ -57,6 +58,12 @@ class WindowBuffer:
         "revoked"), just before it is dropped (its last offset and timestamp still there).
     refuse_backwards: :meth:`push` refuses (``BACKWARDS``) a point whose timestamp is before
         its key's previous point's instead of appending it in arrival order.
+
+    Points go in through :meth:`push` (one) or :meth:`push_round` (one each of many keys);
+    a due window comes out through :meth:`copy_window` (into a batch row) or
+    :meth:`windows_of` (many at once). :meth:`export` and :meth:`restore` carry a key
+    through the state changelog; :func:`series_windows` is the offline path's equivalent
+    for a whole series.
     """
 
     def __init__(
@@ -112,19 +119,22 @@ class WindowBuffer:
     def __contains__(self, key: object) -> bool:
         return key in self._slots
 
-    def keys(self) -> list[str]:
-        return list(self._slots)
-
-    def count(self, key: str) -> int:
-        """Points seen for ``key`` since it entered the buffer (0 if absent)."""
-        slot = self._slots.get(key)
-        return 0 if slot is None else int(self._count[slot])
-
     def last_ts(self, key: str) -> float | None:
+        """Timestamp of the last point appended for ``key`` (None if none or absent)."""
         slot = self._slots.get(key)
         if slot is None or self._count[slot] == 0:
             return None
         return self._last_ts[slot]
+
+    def tag_of(self, key: str) -> int:
+        """The tag (input partition) of ``key``'s last point, -1 if absent."""
+        slot = self._slots.get(key)
+        return -1 if slot is None else int(self._tag[slot])
+
+    def last_offset(self, key: str) -> int:
+        """Input offset of the last point appended for ``key`` (-1 if unknown or absent)."""
+        slot = self._slots.get(key)
+        return -1 if slot is None else int(self._offset[slot])
 
     def _held_ts(self, slot: int, held: int) -> np.ndarray:
         """Absolute timestamps (float64) of the key's last ``held`` points, oldest first."""
@@ -132,7 +142,8 @@ class WindowBuffer:
         row = self._ts_row[slot]
         if row >= 0:
             idx = (c - held + self._order[:held]) % self.window
-            return self._ts[row, idx].astype(np.float64) + self._base[row]
+            ts: np.ndarray = self._ts[row, idx].astype(np.float64) + self._base[row]
+            return ts
         step = self._step_us[slot]
         step = 0 if step == _UNSET else step
         last_us = round(self._last_ts[slot] * 1e6)
@@ -227,11 +238,8 @@ class WindowBuffer:
             cand = cand[np.argsort(t_all[cand])[::-1]]  # least recent last (popped first)
             self._lru = [(int(sl), int(t_all[sl])) for sl in cand if t_all[sl] != _NEVER]
 
-    def slot(self, key: str, now: float | None = None, tag: int = -1) -> int:
-        """The slot of ``key``, allocating (and evicting the LRU key) when needed.
-
-        ``tag`` (e.g. the input partition) lets :meth:`drop_tag` forget a group of keys.
-        """
+    def _slot(self, key: str, now: float | None = None, tag: int = -1) -> int:
+        """The slot of ``key``, allocating (and evicting the LRU key) when needed."""
         slot = self._slots.get(key)
         if slot is None:
             if self.max_series is not None and len(self._slots) >= self.max_series:
@@ -270,40 +278,25 @@ class WindowBuffer:
                  if (k := self._key_of[s]) is not None]
         return self.drop(stale, cause="idle")
 
-    # -- what changed (for state checkpoints) -------------------------------------------
+    # -- state checkpoints: what changed, its export, its restore ----------------------
     def any_dirty(self) -> bool:
         """Whether some key was written since the last :meth:`take_dirty`."""
         return self._dirty.find(1) >= 0
 
-    def take_dirty(self, tags: set[int] | None = None) -> list[tuple[str, int]]:
-        """(key, tag) of every key written since last taken (only ``tags`` if given)."""
+    def take_dirty(self, tags: set[int] | None = None) -> list[str]:
+        """The keys written since last taken (only those tagged ``tags`` if given)."""
         flags = np.frombuffer(self._dirty, dtype=np.uint8)
         slots = np.flatnonzero(flags)
         if tags is not None:
             slots = slots[np.isin(np.frombuffer(self._tag, dtype=np.int32)[slots], list(tags))]
-        out = []
-        for sl in slots.tolist():
-            key = self._key_of[sl]
-            if key is not None:
-                out.append((key, self._tag[sl]))
         flags[slots] = 0
-        return out
+        return [key for sl in slots.tolist() if (key := self._key_of[sl]) is not None]
 
     def mark_dirty(self, key: str) -> None:
+        """Have the next :meth:`take_dirty` take ``key`` (a checkpoint that did not write it)."""
         slot = self._slots.get(key)
         if slot is not None:
             self._dirty[slot] = 1
-
-    # -- the data path -----------------------------------------------------------------
-    def tag_of(self, key: str) -> int:
-        """The tag (input partition) of ``key``'s last point, -1 if absent."""
-        slot = self._slots.get(key)
-        return -1 if slot is None else int(self._tag[slot])
-
-    def last_offset(self, key: str) -> int:
-        """Input offset of the last point appended for ``key`` (-1 if unknown or absent)."""
-        slot = self._slots.get(key)
-        return -1 if slot is None else int(self._offset[slot])
 
     def export(self, key: str) -> tuple[int, int, int, np.ndarray, np.ndarray] | None:
         """(tag, count, last offset, values (held, F) oldest first, ts (held,)) of ``key``."""
@@ -316,45 +309,31 @@ class WindowBuffer:
         return (self._tag[slot], c, self._offset[slot], self._values[slot, idx],
                 self._held_ts(slot, held))
 
-    def _set_ts(self, slot: int, ts: np.ndarray) -> None:
-        """Timestamps of the slot's held points (oldest first): a rhythm, else a row."""
-        ts = np.asarray(ts, dtype=np.float64)
-        held = len(ts)
-        self._last_ts[slot] = self._prev_ts[slot] = float(ts[-1]) if held else 0.0
-        steps = np.diff(np.round(ts * 1e6).astype(np.int64)) if held > 1 else np.zeros(0)
-        row = self._ts_row[slot]
-        if steps.size == 0 or (steps == steps[0]).all():
-            self._step_us[slot] = int(steps[0]) if steps.size else _UNSET
-            self._free_row(slot)
-            return
-        if row < 0:
-            row = self._to_irregular(slot)
-        base = float(ts[-1])
-        self._base[row] = base
-        c = int(self._count[slot])
-        self._ts[row, (c - held + self._order[:held]) % self.window] = ts - base
-
     def restore(self, key: str, tag: int, count: int, last_offset: int, values: np.ndarray,
                 ts: np.ndarray) -> None:
         """Put back what :meth:`export` returned (after a restart or a rebalance)."""
-        slot = self.slot(key, tag=tag)
+        slot = self._slot(key, tag=tag)
         held = min(count, self.window, len(values))
         positions = (count - held + self._order[:held]) % self.window
         self._values[slot, positions] = values[-held:] if held else values[:0]
         self._count[slot] = count
         self._offset[slot] = last_offset
-        self._set_ts(slot, np.asarray(ts, np.float64)[len(ts) - held:])
+        ts = np.asarray(ts, np.float64)[len(ts) - held:]
+        # on a rhythm: its step; else a row of timestamps
+        self._last_ts[slot] = self._prev_ts[slot] = float(ts[-1]) if held else 0.0
+        steps = np.diff(np.round(ts * 1e6).astype(np.int64))
+        if steps.size == 0 or (steps == steps[0]).all():
+            self._step_us[slot] = int(steps[0]) if steps.size else _UNSET
+            self._free_row(slot)
+            return
+        row = self._ts_row[slot]
+        if row < 0:
+            row = self._to_irregular(slot)
+        self._base[row] = ts[-1]
+        self._ts[row, positions] = ts - ts[-1]
 
-    def append(
-        self, key: str, ts: float, value: np.ndarray, now: float | None = None, tag: int = -1,
-        offset: int = -1,
-    ) -> int | None:
-        """Add one point; return the key's slot if a window is due, else None."""
-        slot = self.slot(key, now, tag)
-        code = self._write(slot, ts, value, offset)
-        return None if code == NO_WINDOW else code
-
-    def _write(self, slot: int, ts: float, value: object, offset: int) -> int:
+    # -- the data path -----------------------------------------------------------------
+    def _write(self, slot: int, ts: float, value: ArrayLike, offset: int) -> int:
         self._offset[slot] = offset
         self._dirty[slot] = 1
         c = self._count[slot]
@@ -387,7 +366,7 @@ class WindowBuffer:
             return slot
         return NO_WINDOW
 
-    def push(self, key: str, ts: float, value: object, tag: int, offset: int, now: float,
+    def push(self, key: str, ts: float, value: ArrayLike, tag: int, offset: int, now: float,
              skip_applied: bool = False) -> int:
         """The service's hot path: one lookup, the checks, and the append.
 
@@ -413,7 +392,7 @@ class WindowBuffer:
             self._tag[slot] = tag
             self._seen[slot] = now - self._t0
         else:
-            slot = self.slot(key, now, tag)
+            slot = self._slot(key, now, tag)
         return self._write(slot, ts, value, offset)
 
     def push_round(self, keys: list[str], ts: np.ndarray, values: np.ndarray, tags: np.ndarray,
@@ -437,7 +416,7 @@ class WindowBuffer:
         clock = self._clock
         for i in new:  # a new key's first point (never a redelivery, never backwards);
             # first, as allocating may grow the arrays (none is viewed by numpy yet)
-            slot = self.slot(keys[i], now, int(tags[i]))
+            slot = self._slot(keys[i], now, int(tags[i]))
             slots[i] = slot
             codes[i] = self._write(slot, float(ts[i]), values[i], int(offsets[i]))
         s_old = slots[old]
@@ -532,49 +511,17 @@ class WindowBuffer:
         out[n1:] = v[:pos]
         return self._start_ts(slot), self._last_ts[slot]
 
-    def window_at(self, slot: int) -> tuple[np.ndarray, float, float]:
-        """Copy the slot's current window in time order: (values (T, F), start_ts, end_ts)."""
-        c = self._count[slot]
-        idx = (c + self._order) % self.window
-        ts = self._held_ts(slot, self.window)
-        return self._values[slot, idx], float(ts[0]), float(ts[-1])
 
-    def extend(
-        self, key: str, ts: np.ndarray, values: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Add many points of one key at once (the offline path).
+def series_windows(values: np.ndarray, window: int, hop: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of one whole series, as a new key's points pushed one by one make due
+    (the offline path: ``score`` and ``train``).
 
-        Returns the windows that became due, in order, as ``(windows (m, T, F),
-        start_ts (m,), end_index (m,))`` where ``end_index`` indexes into the new points.
-        Equivalent to calling :meth:`append` point by point.
-        """
-        values = np.asarray(values, dtype=np.float32).reshape(-1, self.n_features)
-        ts = np.asarray(ts, dtype=np.float64)
-        n = values.shape[0]
-        slot = self.slot(key)
-        c = int(self._count[slot])
-        held = min(c, self.window)
-        idx = (c - held + self._order[:held]) % self.window
-        seq = np.concatenate([self._values[slot, idx], values])
-        seq_ts = np.concatenate([self._held_ts(slot, held), ts])
-        total = c + np.arange(1, n + 1)  # points seen after each new point
-        due = (total >= self.window) & ((total - self.window) % self.hop == 0)
-        end_index = np.nonzero(due)[0]
-        if end_index.size:
-            # window ending at new point j spans seq[held + j - T + 1 : held + j + 1]
-            starts = held + end_index - self.window + 1
-            view = sliding_window_view(seq, self.window, axis=0)  # (L-T+1, F, T)
-            windows = np.ascontiguousarray(view[starts].transpose(0, 2, 1))
-            start_ts = seq_ts[starts]
-        else:
-            windows = np.zeros((0, self.window, self.n_features), dtype=np.float32)
-            start_ts = np.zeros(0, dtype=np.float64)
-        # keep the ring consistent with point-by-point appends
-        tail = min(self.window, seq.shape[0])
-        new_c = c + n
-        positions = (new_c - tail + self._order[:tail]) % self.window
-        self._values[slot, positions] = seq[-tail:]
-        self._count[slot] = new_c
-        if tail:
-            self._set_ts(slot, seq_ts[-tail:])
-        return windows, start_ts, end_index
+    ``values`` is (n, F). Returns ``(windows (m, window, F) float32, end_index (m,))``,
+    ``end_index`` being the position in ``values`` of each window's newest point.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    end_index = np.arange(window - 1, len(values), hop)
+    if not end_index.size:
+        return np.zeros((0, window, values.shape[1]), dtype=np.float32), end_index
+    view = sliding_window_view(values, window, axis=0)  # (n - window + 1, F, window)
+    return np.ascontiguousarray(view[end_index - window + 1].transpose(0, 2, 1)), end_index

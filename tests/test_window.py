@@ -1,4 +1,4 @@
-"""WindowBuffer: ring order, hop, extend == append, eviction (LRU, tag, idle)."""
+"""WindowBuffer: ring order, hop, series_windows == push, eviction (LRU, tag, idle)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_detector.window import BACKWARDS, NO_WINDOW, SKIPPED, WindowBuffer
+from stream_detector.window import BACKWARDS, NO_WINDOW, SKIPPED, WindowBuffer, series_windows
 
 
 class Hook:
@@ -24,16 +24,37 @@ class Hook:
         self.tags.extend(rest[:1])
 
 
+def _add(buf: WindowBuffer, key: str, ts: float, value: float = 1.0, tag: int = 0,
+         now: float = 0.0) -> int:
+    """Push one point, without an offset (these tests never skip redeliveries)."""
+    return buf.push(key, ts, np.array([value], np.float32), tag, -1, now)
+
+
+def _count(buf: WindowBuffer, key: str) -> int:
+    """Points the buffer has seen for ``key`` (0 if absent)."""
+    exp = buf.export(key)
+    return 0 if exp is None else exp[1]
+
+
+def _window(buf: WindowBuffer, key: str) -> tuple[np.ndarray, float, float]:
+    """The points ``key`` holds, oldest first, and their first and last timestamps (its
+    current window once it holds ``window`` points)."""
+    exp = buf.export(key)
+    assert exp is not None
+    return exp[3], float(exp[4][0]), float(exp[4][-1])
+
+
 def _feed(
     buf: WindowBuffer, key: str, values: np.ndarray, start: int = 0
 ) -> list[tuple[int, np.ndarray, float, float]]:
-    """Append point by point; return (index, window, start_ts, end_ts) of every due window."""
+    """Push point by point; return (index, window, start_ts, end_ts) of every due window."""
     out = []
+    row = np.empty((buf.window, buf.n_features), np.float32)
     for i, v in enumerate(values, start=start):
-        slot = buf.append(key, float(i), np.atleast_1d(v))
-        if slot is not None:
-            w, t0, t1 = buf.window_at(slot)
-            out.append((i, w.copy(), t0, t1))
+        slot = buf.push(key, float(i), np.atleast_1d(v), 0, i, 0.0)
+        if slot >= 0:
+            t0, t1 = buf.copy_window(slot, row)
+            out.append((i, row.copy(), t0, t1))
     return out
 
 
@@ -62,85 +83,63 @@ def test_hop_makes_a_window_due_every_hop_points_once_full(hop: int) -> None:
 
 def test_keys_are_independent() -> None:
     buf = WindowBuffer(window=3)
-    assert buf.append("a", 0, np.array([1.0])) is None
-    assert buf.append("b", 0, np.array([10.0])) is None
-    assert buf.append("a", 1, np.array([2.0])) is None
-    assert buf.append("a", 2, np.array([3.0])) is not None
-    assert buf.count("a") == 3 and buf.count("b") == 1 and buf.count("zz") == 0
+    assert _add(buf, "a", 0, 1.0) == NO_WINDOW
+    assert _add(buf, "b", 0, 10.0) == NO_WINDOW
+    assert _add(buf, "a", 1, 2.0) == NO_WINDOW
+    assert _add(buf, "a", 2, 3.0) >= 0
+    assert _count(buf, "a") == 3 and _count(buf, "b") == 1 and _count(buf, "zz") == 0
     assert buf.last_ts("a") == 2.0 and buf.last_ts("zz") is None
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    window=st.integers(1, 6),
-    hop=st.integers(1, 4),
-    chunks=st.lists(st.integers(0, 9), min_size=1, max_size=6),
-)
-def test_extend_equals_point_by_point_append(window: int, hop: int, chunks: list[int]) -> None:
-    n = sum(chunks)
-    values = np.random.default_rng(n).normal(size=(n, 2)).astype(np.float32)
-    ts = np.arange(n, dtype=np.float64) * 10.0
-    ref = WindowBuffer(window, 2, hop=hop)
-    expected: list[tuple[int, np.ndarray, float]] = []
-    for i in range(n):
-        slot = ref.append("k", ts[i], values[i])
-        if slot is not None:
-            w_ref, t_ref, _ = ref.window_at(slot)
-            expected.append((i, w_ref.copy(), t_ref))
-    buf = WindowBuffer(window, 2, hop=hop)
-    got: list[tuple[int, np.ndarray, float]] = []
-    pos = 0
-    for m in chunks:  # extend in chunks: the ring must carry over between calls
-        w, t0, end = buf.extend("k", ts[pos : pos + m], values[pos : pos + m])
-        assert w.shape == (len(end), window, 2)
-        got.extend((pos + int(j), w[q], float(t0[q])) for q, j in enumerate(end))
-        pos += m
-    assert [g[0] for g in got] == [e[0] for e in expected]
-    for (_, wg, tg), (_, we, te) in zip(got, expected):
-        np.testing.assert_array_equal(wg, we)
-        assert tg == te
-    assert buf.count("k") == ref.count("k")
-    if n >= window:  # the ring itself ends in the same state
-        np.testing.assert_array_equal(
-            buf.window_at(buf.slot("k"))[0], ref.window_at(ref.slot("k"))[0]
-        )
+@given(window=st.integers(1, 6), hop=st.integers(1, 4), n=st.integers(0, 40))
+def test_series_windows_equal_pushing_point_by_point(window: int, hop: int, n: int) -> None:
+    """The offline path's windows are the ones the service's buffer makes due for the same
+    series: the same points, in order, with the same float32 values."""
+    values = np.random.default_rng(n).normal(size=(n, 2))
+    expected = _feed(WindowBuffer(window, 2, hop=hop), "k", values)
+    windows, end = series_windows(values, window, hop)
+    assert windows.shape == (len(end), window, 2) and windows.dtype == np.float32
+    assert end.tolist() == [e[0] for e in expected]
+    for w, (_, w_ref, _, _) in zip(windows, expected):
+        np.testing.assert_array_equal(w, w_ref)
 
 
 def test_lru_eviction_at_max_series_calls_the_hook() -> None:
     hook = Hook()
     evicted = hook.calls
     buf = WindowBuffer(window=2, max_series=2, on_evict=hook)
-    buf.append("a", 0, np.array([1.0]))
-    buf.append("b", 0, np.array([1.0]))
-    buf.append("a", 1, np.array([2.0]))  # "a" is now the most recently seen
-    buf.append("c", 0, np.array([1.0]))
+    _add(buf, "a", 0, 1.0)
+    _add(buf, "b", 0, 1.0)
+    _add(buf, "a", 1, 2.0)  # "a" is now the most recently seen
+    _add(buf, "c", 0, 1.0)
     assert evicted == [("b", "max_series")]
-    assert set(buf.keys()) == {"a", "c"} and len(buf) == 2
+    assert "a" in buf and "c" in buf and "b" not in buf and len(buf) == 2
     # "a" kept its points; a re-admitted "b" starts from nothing
-    assert buf.count("a") == 2
-    buf.append("b", 1, np.array([1.0]))
+    assert _count(buf, "a") == 2
+    _add(buf, "b", 1, 1.0)
     assert evicted[-1] == ("a", "max_series")
-    assert buf.count("b") == 1
+    assert _count(buf, "b") == 1
 
 
 def test_buffer_grows_past_its_initial_capacity() -> None:
     buf = WindowBuffer(window=2, initial_capacity=2)
     for k in range(10):
-        buf.append(f"k{k}", 0, np.array([float(k)]))
-        buf.append(f"k{k}", 1, np.array([float(k) + 0.5]))
+        _add(buf, f"k{k}", 0, float(k))
+        _add(buf, f"k{k}", 1, float(k) + 0.5)
     assert len(buf) == 10
     for k in range(10):
-        np.testing.assert_array_equal(buf.window_at(buf.slot(f"k{k}"))[0][:, 0], [k, k + 0.5])
+        np.testing.assert_array_equal(_window(buf, f"k{k}")[0][:, 0], [k, k + 0.5])
 
 
 def test_drop_tag_forgets_the_keys_of_one_partition() -> None:
     hook = Hook()
     evicted = hook.calls
     buf = WindowBuffer(window=2, on_evict=hook)
-    buf.append("a", 0, np.array([1.0]), tag=0)
-    buf.append("b", 0, np.array([1.0]), tag=1)
-    buf.append("c", 0, np.array([1.0]), tag=1)
-    buf.append("a", 1, np.array([1.0]), tag=1)  # the tag follows the latest append
+    _add(buf, "a", 0, 1.0, tag=0)
+    _add(buf, "b", 0, 1.0, tag=1)
+    _add(buf, "c", 0, 1.0, tag=1)
+    _add(buf, "a", 1, 1.0, tag=1)  # the tag follows the latest point
     assert buf.drop_tag(0) == 0
     assert buf.drop_tag(1) == 3
     assert len(buf) == 0
@@ -152,12 +151,12 @@ def test_evict_idle_uses_the_injected_clock() -> None:
     hook = Hook()
     evicted = hook.calls
     buf = WindowBuffer(window=2, on_evict=hook)
-    buf.append("old", 0, np.array([1.0]), now=100.0)
-    buf.append("new", 0, np.array([1.0]), now=150.0)
+    _add(buf, "old", 0, 1.0, now=100.0)
+    _add(buf, "new", 0, 1.0, now=150.0)
     assert buf.evict_idle(60.0, now=155.0) == 0
     assert buf.evict_idle(60.0, now=161.0) == 1
     assert evicted == [("old", "idle")]
-    assert buf.keys() == ["new"]
+    assert "new" in buf and len(buf) == 1
 
 
 def test_bad_sizes_are_refused() -> None:
@@ -177,7 +176,7 @@ def test_window_timestamps_are_exact_for_regular_and_irregular_series(
         gaps: list[float], window: int) -> None:
     """A key on a steady rhythm keeps no per-point timestamps; one that leaves it gets them.
     Either way every window reports its first and last points' timestamps exactly, through
-    the live path, export/restore and extend (exactly on a rhythm; off it, within the
+    the live path and export/restore (exactly on a rhythm; off it, within the
     float32 resolution of an offset from the key's last point: 2**-23 of the span)."""
     ts = 1_767_225_600.0 + np.concatenate([[0.0], np.cumsum(gaps)])
     ts = np.round(ts * 1000) / 1000  # millisecond timestamps, as ISO strings carry them
@@ -201,8 +200,6 @@ def test_window_timestamps_are_exact_for_regular_and_irregular_series(
     again = WindowBuffer(window=window)
     again.restore("k", *exp)
     same(again.export("k")[4], exp[4])
-    wins, starts, _ = WindowBuffer(window=window).extend("k", ts, np.arange(len(ts)))
-    same(starts, ts[: len(starts)])
 
 
 def test_only_keys_off_their_rhythm_hold_timestamp_rows() -> None:
@@ -210,7 +207,7 @@ def test_only_keys_off_their_rhythm_hold_timestamp_rows() -> None:
     for i in range(20):
         buf.push("steady", 1000.0 + 60 * i, np.ones(1, np.float32), 0, i, 0.0)
         buf.push("jitter", 1000.0 + 60 * i + (i % 3) * 0.5, np.ones(1, np.float32), 0, i, 0.0)
-    steady, jitter = buf.slot("steady"), buf.slot("jitter")
+    steady, jitter = buf._slots["steady"], buf._slots["jitter"]
     assert buf._ts_row[steady] == -1 and buf._ts_row[jitter] >= 0
     buf.drop(["jitter"])
     assert buf._ts_free, "an evicted key gives its timestamp row back"
@@ -220,11 +217,11 @@ def test_lru_eviction_stays_exact_over_many_keys() -> None:
     hook = Hook()
     buf = WindowBuffer(window=2, max_series=1000, on_evict=hook)
     for k in range(1000):
-        buf.append(f"k{k}", 0, np.ones(1))
+        _add(buf, f"k{k}", 0, 1.0)
     for k in range(0, 1000, 2):  # the even keys are seen again
-        buf.append(f"k{k}", 1, np.ones(1))
+        _add(buf, f"k{k}", 1, 1.0)
     for k in range(1000, 1600):
-        buf.append(f"k{k}", 0, np.ones(1))
+        _add(buf, f"k{k}", 0, 1.0)
     # 600 evictions: the 500 odd keys first (oldest first), then the even ones in order
     expected = [f"k{k}" for k in range(1, 1000, 2)] + [f"k{k}" for k in range(0, 200, 2)]
     assert [k for k, _ in hook.calls] == expected
@@ -330,15 +327,15 @@ def test_a_step_back_is_used_in_arrival_order_and_counted_by_default() -> None:
     buf = WindowBuffer(window=3)
     codes = _push(buf, DST)
     assert BACKWARDS not in codes and buf.backwards == 1
-    assert codes[2:] == [buf.slot("k")] * 5  # every point completes a window
-    values, start, end = buf.window_at(buf.slot("k"))
+    assert codes[2:] == [buf._slots["k"]] * 5  # every point completes a window
+    values, start, end = _window(buf, "k")
     np.testing.assert_array_equal(values[:, 0], [4, 5, 6])
     assert (start, end) == (DST[4], DST[6])
     # the window across the step: in arrival order, its start after its end
     buf2 = WindowBuffer(window=3)
     _push(buf2, DST[:5])
     row = np.empty((3, 1), np.float32)
-    assert buf2.copy_window(buf2.slot("k"), row) == (DST[2], DST[4])
+    assert buf2.copy_window(buf2._slots["k"], row) == (DST[2], DST[4])
     assert DST[2] > DST[4]
     exp = buf2.export("k")
     assert exp is not None
@@ -351,7 +348,7 @@ def test_a_key_that_only_goes_back_keeps_its_timestamps() -> None:
     ts = [1e9 - 60.0 * i for i in range(6)]
     buf = WindowBuffer(window=4)
     codes = _push(buf, ts)
-    assert buf.backwards == 5 and buf._ts_row[buf.slot("k")] == -1
+    assert buf.backwards == 5 and buf._ts_row[buf._slots["k"]] == -1
     wins, start, end = buf.windows_of(np.array([codes[-1]]))
     assert (start[0], end[0]) == (ts[2], ts[5])
     exp = buf.export("k")
@@ -370,7 +367,7 @@ def test_refused_step_back_costs_one_point_not_the_hour_after_it() -> None:
     assert codes[4] == BACKWARDS and buf.backwards == 1
     # the points after it go forward from it: used, though before the last used one
     assert codes[5] >= 0 and codes[6] >= 0
-    values, start, end = buf.window_at(buf.slot("k"))
+    values, start, end = _window(buf, "k")
     np.testing.assert_array_equal(values[:, 0], [3, 5, 6])
     assert (start, end) == (DST[3], DST[6])
 
@@ -387,8 +384,7 @@ def test_a_far_future_point_does_not_blind_its_key() -> None:
         assert codes.count(BACKWARDS) == (1 if refuse else 0)
         assert all(c >= 0 for c in codes[7:]), codes
         # windows after it report exact times again; the ones around it finite ones
-        slot = buf.slot("k")
-        values, start, end = buf.window_at(slot)
+        values, start, end = _window(buf, "k")
         assert (start, end) == (ts[7], ts[9])
     buf = WindowBuffer(window=3)
     row = np.empty((3, 1), np.float32)
@@ -413,7 +409,7 @@ def test_redelivery_is_told_by_offset_not_by_timestamp() -> None:
         assert buf.backwards == 0
         # a new offset with an earlier timestamp is new data, not a redelivery
         (code,) = _push(buf, [30.0], start_offset=3, skip_applied=True)
-        assert code == (BACKWARDS if refuse else buf.slot("k")) and buf.backwards == 1
+        assert code == (BACKWARDS if refuse else buf._slots["k"]) and buf.backwards == 1
         (code,) = _push(buf, [90.0], start_offset=4, skip_applied=True)
         assert code not in (SKIPPED, BACKWARDS, NO_WINDOW)
         assert buf.last_offset("k") == 4
@@ -442,7 +438,7 @@ def test_a_key_moved_to_a_partition_with_smaller_offsets_is_not_skipped() -> Non
                                 np.array([[2.0], [0.0]]), np.array([3, 1]),
                                 np.array([7 + i, i]), 0.0, skip_applied=True)
         assert codes is not None and codes[0] == many._slots["k"], codes
-    assert one.count("k") == many.count("k") == 8
+    assert _count(one, "k") == _count(many, "k") == 8
     assert one.last_offset("k") == many.last_offset("k") == 9
     # and a redelivery in the new partition is still skipped
     assert one.push("k", 7.0, np.array([2.0], np.float32), 3, 9, 0.0,

@@ -90,7 +90,7 @@ class CheckpointMixin(DetectorBase):
         parts = {p for _, p in only} if only is not None else None
         buffers = []
         if self.state is not None:
-            for key, _ in self.buffer.take_dirty(parts):
+            for key in self.buffer.take_dirty(parts):
                 exp = self.buffer.export(key)
                 if exp is not None:
                     buffers.append((key, exp))

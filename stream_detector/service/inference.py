@@ -14,7 +14,6 @@ from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
 from stream_detector.decision import Decider
 from stream_detector.guards import finite_rows
-from stream_detector.metrics import observe_many
 from stream_detector.service.base import DetectorBase, InFlight, MetaRow, window_meta
 from stream_detector.service.shadow import Scored
 
@@ -142,7 +141,7 @@ class InferenceMixin(DetectorBase):
         excursion, reasons = decision.excursion, decision.reason
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
-        observe_many(m.reconstruction_error, scores)
+        m.reconstruction_error.observe_many(scores)
         tracker = self.tracker
         # events name the model that scored the window (an incident opened by one
         # version and closed after a promotion carries each one's on its own event)
