@@ -33,6 +33,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike
 
 EvictHook = Callable[[str, str, int], None]  # (key, cause, tag)
+MoveHook = Callable[[str, int], None]  # (key, the tag it had)
 
 NO_WINDOW = -1  # push(): the point was added, no window is due
 SKIPPED = -2  # push(): the point's offset is already in the buffer (a redelivery)
@@ -56,6 +57,8 @@ class WindowBuffer:
     max_series: cap on keys held; the least recently seen key is evicted beyond it.
     on_evict: called with (key, cause, tag) for every key dropped ("max_series", "idle",
         "revoked"), just before it is dropped (its last offset and timestamp still there).
+    on_move: called with (key, old tag) when a key's point comes with another tag than its
+        previous one (its partition changed: partitions were added to the input topic).
     refuse_backwards: :meth:`push` refuses (``BACKWARDS``) a point whose timestamp is before
         its key's previous point's instead of appending it in arrival order.
 
@@ -73,6 +76,7 @@ class WindowBuffer:
         hop: int = 1,
         max_series: int | None = None,
         on_evict: EvictHook | None = None,
+        on_move: MoveHook | None = None,
         initial_capacity: int = 1024,
         refuse_backwards: bool = False,
     ) -> None:
@@ -83,6 +87,7 @@ class WindowBuffer:
         self.hop = hop
         self.max_series = max_series
         self._on_evict = on_evict
+        self._on_move = on_move
         self.refuse_backwards = refuse_backwards
         # points pushed whose timestamp is before their key's previous point's (appended or
         # refused; redeliveries, skipped by offset, are not counted)
@@ -389,6 +394,8 @@ class WindowBuffer:
                     return BACKWARDS
             self._clock += 1
             self._touch[slot] = self._clock
+            if tag != self._tag[slot] and self._on_move is not None:
+                self._on_move(key, int(self._tag[slot]))
             self._tag[slot] = tag
             self._seen[slot] = now - self._t0
         else:
@@ -445,7 +452,11 @@ class WindowBuffer:
         self._clock = clock + int(accepted.sum())
         acc_slots = slots[accepted]
         np.frombuffer(self._touch, np.int64)[acc_slots] = touch[accepted]
-        np.frombuffer(self._tag, np.int32)[acc_slots] = tags[accepted]
+        tag_of = np.frombuffer(self._tag, np.int32)
+        if self._on_move is not None:
+            for m in np.flatnonzero(accepted & (tag_of[slots] != tags)).tolist():
+                self._on_move(keys[m], int(tag_of[slots[m]]))
+        tag_of[acc_slots] = tags[accepted]
         np.frombuffer(self._seen, np.float32)[acc_slots] = now - self._t0
         # points on their key's rhythm are written at once; the rest as push would
         keep = accepted & old

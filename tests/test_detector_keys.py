@@ -148,6 +148,11 @@ def test_a_key_moved_to_a_new_partition_keeps_being_scored(model: Path) -> None:
     det.score_batch()
     assert _value(det, "stream_detector_messages_skipped_total") == 0
     assert _value(det, "stream_detector_windows_scored_total") == 1 + WINDOW
+    # its state moves with it: a tombstone in the old partition's changelog, then its
+    # state in the new one's (a restore of partition 0 must not bring the old one back)
+    det._state_partitions = 4  # as if the changelog had been created (no broker here)
+    records = [(p, key, raw is None) for p, key, raw in det._mark(None).records]
+    assert records == [(0, "a", True), (3, "a", False)], records
 
 
 def test_a_key_evicted_and_back_before_the_checkpoint_keeps_its_state(model: Path) -> None:

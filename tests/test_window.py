@@ -421,8 +421,9 @@ def test_redelivery_is_told_by_offset_not_by_timestamp() -> None:
 def test_a_key_moved_to_a_partition_with_smaller_offsets_is_not_skipped() -> None:
     """After input partitions are added a key can move to a partition whose offsets are
     smaller than the last one it had: its points there are new, not redeliveries."""
-    one = WindowBuffer(window=3)
-    many = WindowBuffer(window=3)
+    moves: dict[str, list[tuple[str, int]]] = {"one": [], "many": []}
+    one = WindowBuffer(window=3, on_move=lambda k, t: moves["one"].append((k, t)))
+    many = WindowBuffer(window=3, on_move=lambda k, t: moves["many"].append((k, t)))
     for buf in (one, many):
         for i in range(5):  # partition 0, offsets 1000..1004
             buf.push("k", float(i), np.array([1.0], np.float32), 0, 1000 + i, 0.0,
@@ -440,6 +441,8 @@ def test_a_key_moved_to_a_partition_with_smaller_offsets_is_not_skipped() -> Non
         assert codes is not None and codes[0] == many._slots["k"], codes
     assert _count(one, "k") == _count(many, "k") == 8
     assert one.last_offset("k") == many.last_offset("k") == 9
+    # each path says once that the key left partition 0 (its state there is stale)
+    assert moves["one"] == moves["many"] == [("k", 0)]
     # and a redelivery in the new partition is still skipped
     assert one.push("k", 7.0, np.array([2.0], np.float32), 3, 9, 0.0,
                     skip_applied=True) == SKIPPED

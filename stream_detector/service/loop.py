@@ -62,7 +62,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
         self.decoder = Decoder(art.n_features, cfg.fields, art.record_mode, art.features,
                                cfg.max_message_bytes)
         self.buffer = WindowBuffer(art.window, art.n_features, self.hop, cfg.max_series,
-                                   on_evict=self._on_evict,
+                                   on_evict=self._on_evict, on_move=self._on_move,
                                    refuse_backwards=cfg.timestamp_policy != "accept")
         self._dlq_backwards = cfg.timestamp_policy == "dlq"
         self._backwards_counted = 0  # of buffer.backwards, already in the metric
@@ -174,6 +174,10 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
         self._forget_shadow(key)
         if self.state is not None and cause != "revoked":
             self._deleted[key] = partition  # gone for good: drop its state too
+
+    def _on_move(self, key: str, old_partition: int) -> None:
+        if self.state is not None:  # its state now lives in its new partition's changelog
+            self._deleted[key] = old_partition
 
     def _close_incident(self, key: str, cause: str, partition: int) -> None:
         """Publish a ``closed`` event for ``key``'s open incident as of its last point."""
