@@ -228,3 +228,16 @@ def test_help_lists_every_choice_and_default(capsys: pytest.CaptureFixture[str])
     assert "(oneof:lstm,conv1d,conv1d-seq,cnn-lstm,bilstm,feedforward)" in text
     assert "(default:0)" in text  # the seed, a default of 0, is shown too
     assert "--no-quiet" in text and "(default:off)" in text
+
+
+def test_exactly_once_is_not_an_option(capsys) -> None:
+    """Removed, not left half-working: `run --exactly-once` is an unknown option (exit 2),
+    and the transactional id cannot come in through --kafka either."""
+    from stream_detector.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(RUN + ["--exactly-once"])
+    assert exc.value.code == 2
+    assert "--exactly-once" in capsys.readouterr().err
+    assert main(RUN + ["--kafka", "transactional.id=detector-0"]) == 2
+    assert "transactional.id" in capsys.readouterr().err

@@ -14,15 +14,13 @@ from typing import Any
 
 import pytest
 from kafka_helpers import produce_json
-from service_helpers import T0, committed_offsets, wait_until, wave
+from service_helpers import T0, committed_offsets, run_config, wait_until, wave
 
 import stream_detector.kafka.admin as admin
 from stream_detector.artifact import load_artifact
-from stream_detector.cli import build_parser
-from stream_detector.config import COMMAND_OPTS, resolve
 from stream_detector.kafka.exceptions import TopicSetupError
 from stream_detector.metrics import Metrics
-from stream_detector.service import Detector, ServiceConfig
+from stream_detector.service import Detector
 
 
 def _refuse(*args: Any, **kw: Any) -> int:
@@ -41,13 +39,8 @@ def test_a_changelog_that_cannot_be_created(broker_bootstrap, topic_factory, gro
     values = wave(60, seed=1)
     produce_json(broker_bootstrap, src, [("a", {"key": "a", "ts": T0 + 60 * i,
                                                 "value": float(values[i])}) for i in range(60)])
-    args = build_parser().parse_args([
-        "run", "--bootstrap-servers", broker_bootstrap, "--input-topic", src,
-        "--output-topic", out, "--group-id", group_id, "--model", str(model),
-        "--commit-interval-ms", "200", "--kafka", "session.timeout.ms=6000",
-        "--kafka", "max.poll.interval.ms=10000",
-        *([] if required else ["--no-state-required"])])
-    cfg = ServiceConfig.from_options(resolve("run", COMMAND_OPTS["run"], args))
+    cfg = run_config(broker_bootstrap, src, out, group_id, model,
+                     *([] if required else ["--no-state-required"]))
     assert cfg.state_required is required
     det = Detector(cfg, load_artifact(model), Metrics.create())
     loop = threading.Thread(target=det.run, daemon=True)

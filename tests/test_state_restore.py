@@ -9,14 +9,12 @@ import time
 
 from confluent_kafka import Producer
 from kafka_helpers import produce_json
-from service_helpers import T0, committed_offsets, wait_until, wave
+from service_helpers import T0, committed_offsets, run_config, wait_until, wave
 
 from stream_detector.artifact import load_artifact
-from stream_detector.cli import build_parser
-from stream_detector.config import COMMAND_OPTS, resolve
 from stream_detector.kafka.admin import ensure_changelog
 from stream_detector.metrics import Metrics
-from stream_detector.service import Detector, ServiceConfig
+from stream_detector.service import Detector
 
 N_STATE = 300_000  # changelog records to read back (foreign layout: read, then skipped)
 
@@ -41,12 +39,7 @@ def test_a_long_restore_keeps_the_loop_alive(broker_bootstrap, topic_factory, gr
     values = wave(40, seed=2)
     produce_json(broker_bootstrap, src, [("a", {"key": "a", "ts": T0 + 60 * i,
                                                 "value": float(values[i])}) for i in range(40)])
-    args = build_parser().parse_args([
-        "run", "--bootstrap-servers", broker_bootstrap, "--input-topic", src,
-        "--output-topic", out, "--group-id", group_id, "--model", str(model),
-        "--commit-interval-ms", "200", "--kafka", "session.timeout.ms=6000",
-        "--kafka", "max.poll.interval.ms=10000"])
-    cfg = ServiceConfig.from_options(resolve("run", COMMAND_OPTS["run"], args))
+    cfg = run_config(broker_bootstrap, src, out, group_id, model)
     assert cfg.changelog_topic
     _fill_changelog(broker_bootstrap, cfg.changelog_topic, N_STATE)
     det = Detector(cfg, load_artifact(model), Metrics.create())
