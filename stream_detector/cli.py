@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -178,8 +179,12 @@ def cmd_replay(cfg: dict[str, Any]) -> int:
 def cmd_broker(cfg: dict[str, Any]) -> int:
     from stream_detector.kafka.embedded import EmbeddedBroker
 
+    def interrupt(*_: object) -> None:  # SIGTERM (docker stop, kill) stops it like Ctrl-C
+        raise KeyboardInterrupt
+
     broker = EmbeddedBroker(port=cfg["port"], host=cfg["host"])
     broker.start()
+    signal.signal(signal.SIGTERM, interrupt)
     print(f"broker listening on {broker.bootstrap_servers} (Ctrl-C to stop)", flush=True)
     try:
         broker.wait()

@@ -176,3 +176,28 @@ def test_committed_offsets_resume_after_restart(
     assert not extra
     assert not seen & again, "committed messages were delivered again"
     assert len(seen | again) == 20
+
+
+@pytest.mark.broker
+def test_the_broker_command_stops_its_broker_on_sigterm(tansu_available: None) -> None:
+    """`stream-detector broker` under docker stop or kill: no orphaned Tansu left behind."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stream_detector", "broker", "--port",
+                             str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "broker listening" in (proc.stdout.readline() if proc.stdout else "")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert children, "the broker runs as a child process"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        deadline = time.monotonic() + 5
+        while any(_alive(int(c)) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(int(c)) for c in children), "Tansu stopped with the command"
+    finally:
+        proc.kill()
+        proc.wait()

@@ -218,7 +218,8 @@ def test_run_reloads_a_version_published_to_s3_and_refuses_a_corrupted_one(
     v1 = S3Source(*parse_s3_url(url), cache_dir=tmp_path / "publisher").publish(model)
     src, out = topic_factory(1), topic_factory(1)
     det = DetectorProcess(broker_bootstrap, src, out, group_id, url,
-                          ["--events", "windows", "--model-poll-s", "0.5"],
+                          ["--events", "windows", "--model-poll-s", "0.5",
+                           "--shadow-windows", "0"],  # served at once (test_shadow: shadow)
                           log=tmp_path / "det.log")
     spiky = wave(600, seed=3)
     for pos in (100, 300, 500):

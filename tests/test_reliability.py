@@ -16,6 +16,7 @@ from service_helpers import (
     T0,
     WINDOW,
     DetectorProcess,
+    committed_offsets,
     events_of,
     run_reference,
     stream,
@@ -156,6 +157,9 @@ def test_connection_cut_makes_not_ready_then_recovers(group_id, eager_model, tmp
         det.wait_value("stream_detector_windows_scored_total",
                        len(keys) * (half // len(keys) - WINDOW + 1))
         assert det.get("/readyz")[0] == 200
+        # cut once the first half is committed: then no window may be scored twice
+        wait_until(lambda: sum(committed_offsets(bs, group_id, "in", 2).values()) == half, 30,
+                   "the first half committed", det._tail)
         proxy.cut()
         t_cut = time.monotonic()
         wait_until(lambda: det.get("/readyz")[0] == 503, 15, "not ready while cut", det._tail)
