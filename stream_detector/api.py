@@ -389,7 +389,7 @@ class OnlineDetector:
 
     def flush(self) -> list[Verdict]:
         """Score and decide every batched window; returns their verdicts in stream order."""
-        from stream_detector.decision import reason_names
+        from stream_detector.decision import decide_windows, reason_names
         from stream_detector.guards import finite_rows
 
         if not len(self.batcher):
@@ -406,10 +406,7 @@ class OnlineDetector:
             keys = [m[0] for m in metas]
         if not keys:
             return []
-        newest = None
-        if self.decider.wants_values:  # the values new to each window: its last hop points
-            newest = windows[:, -min(self.hop, windows.shape[1]):, :]
-        d = self.decider.decide(keys, scores, newest)
+        d = decide_windows(self.decider, keys, scores, windows, self.hop)
         return [
             Verdict(k, s, e, float(sc), float(th), float(a), bool(f), bool(x),
                     tuple(reason_names(int(r))) if f else ())

@@ -31,6 +31,7 @@ from stream_detector.decision.base import (
     Newest,
     Periods,
     Ranges,
+    decide_windows,
     reason_names,
 )
 from stream_detector.decision.composite import Composite
@@ -163,6 +164,7 @@ __all__ = [
     "Periods",
     "Ranges",
     "StaticThreshold",
+    "decide_windows",
     "decision_spec",
     "log10_normal_tail",
     "make_decider",

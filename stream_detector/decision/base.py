@@ -67,3 +67,11 @@ class Decider(Protocol):
     def export(self, key: str) -> bytes | None: ...
 
     def restore(self, key: str, raw: bytes) -> None: ...
+
+
+def decide_windows(decider: Decider, keys: Sequence[str], scores: np.ndarray,
+                   windows: np.ndarray, hop: int) -> Decision:
+    """``decider.decide`` on scored ``windows`` (n, window, features) that came every
+    ``hop`` points: their newest ``min(hop, window)`` points go along when it wants them."""
+    newest = windows[:, -min(hop, windows.shape[1]):, :] if decider.wants_values else None
+    return decider.decide(keys, scores, newest)

@@ -12,7 +12,7 @@ import numpy as np
 
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
-from stream_detector.decision import Decider
+from stream_detector.decision import Decider, decide_windows
 from stream_detector.guards import finite_rows
 from stream_detector.service.base import DetectorBase, InFlight, MetaRow, window_meta
 from stream_detector.service.shadow import Scored
@@ -133,10 +133,7 @@ class InferenceMixin(DetectorBase):
         returns the alarms."""
         m = self.metrics
         n = len(keys)
-        newest = None
-        if decider.wants_values:  # the values new to each window: its last hop points
-            newest = windows[:, -min(self.hop, windows.shape[1]):, :]
-        decision = decider.decide(keys, scores, newest)
+        decision = decide_windows(decider, keys, scores, windows, self.hop)
         thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
         excursion, reasons = decision.excursion, decision.reason
         m.windows_scored.inc(n)

@@ -19,7 +19,7 @@ import numpy as np
 
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
-from stream_detector.decision import Decider
+from stream_detector.decision import Decider, decide_windows
 from stream_detector.errors import InputError, StreamDetectorError
 from stream_detector.metrics import Metrics
 from stream_detector.service.base import MetaRow
@@ -119,10 +119,7 @@ class Shadow:
             return
         windows = batch.windows if ok.all() else batch.windows[idx]
         sel = keys if ok.all() else [keys[i] for i in idx.tolist()]
-        newest = None
-        if self.decider.wants_values:
-            newest = windows[:, -min(hop, windows.shape[1]):, :]
-        flags = self.decider.decide(sel, scores[idx], newest).is_anomaly
+        flags = decide_windows(self.decider, sel, scores[idx], windows, hop).is_anomaly
         counts, need = self.windows, self.need
         for k in sel:
             c = counts[k] = counts.get(k, 0) + 1
