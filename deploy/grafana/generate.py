@@ -248,8 +248,9 @@ def build_dashboard() -> db.Dashboard:
     )
     d.with_panel(_timeseries(
         "Model reloads by result",
-        "Hot-reload attempts per interval: loaded (a new model serves) or refused (the "
-        "candidate failed its checks; the old one keeps serving).",
+        "Hot-reload attempts per interval: loaded (taken into the shadow, or serving at once "
+        "with shadow_windows 0), promoted (serves now) or refused (the candidate failed its "
+        "checks or its promotion gate; the old one keeps serving).",
         [(f"sum by (result) (increase(stream_detector_model_reloads_total{{{SEL}}}[{RATE}]))",
           "{{result}}")], 12, "short"))
 
