@@ -120,3 +120,17 @@ def run_config(bootstrap: str, src: str, out: str, group: str, model: Path, *ext
         "--kafka", "session.timeout.ms=6000", "--kafka", "max.poll.interval.ms=10000", *extra])
     return ServiceConfig.from_options(resolve("run", COMMAND_OPTS["run"], args))
 
+
+def spiky_stream(n: int = 600, spikes: tuple[int, ...] = (100, 300, 500)) -> list[tuple[str, dict]]:
+    """One series, ``spiky``: a clean wave with a +15 spike at each of ``spikes``, as input
+    messages (the hot-reload tests watch which version flags them)."""
+    spiky = wave(n, seed=3)
+    for pos in spikes:
+        spiky[pos] += 15.0
+    return stream({"spiky": spiky})
+
+
+def event_versions(bootstrap: str, topic: str) -> set[str]:
+    """The ``model_version`` of every event on ``topic`` so far."""
+    return {e["value"]["model_version"] for e in events_of(bootstrap, topic)}
+

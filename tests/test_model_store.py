@@ -207,8 +207,9 @@ def test_run_reloads_a_version_published_to_s3_and_refuses_a_corrupted_one(
         WINDOW,
         DetectorProcess,
         cli,
+        event_versions,
         events_of,
-        stream,
+        spiky_stream,
         wait_until,
         wave,
         write_long,
@@ -221,20 +222,14 @@ def test_run_reloads_a_version_published_to_s3_and_refuses_a_corrupted_one(
                           ["--events", "windows", "--model-poll-s", "0.5",
                            "--shadow-windows", "0"],  # served at once (test_shadow: shadow)
                           log=tmp_path / "det.log")
-    spiky = wave(600, seed=3)
-    for pos in (100, 300, 500):
-        spiky[pos] += 15.0
-    msgs = stream({"spiky": spiky})
-
-    def versions() -> set[str]:
-        return {e["value"]["model_version"] for e in events_of(broker_bootstrap, out)}
+    msgs = spiky_stream()
 
     loaded = 'stream_detector_model_reloads_total{result="loaded"}'
     refused = 'stream_detector_model_reloads_total{result="refused"}'
     try:
         det.wait_ready()
         produce_json(broker_bootstrap, src, msgs[:200])
-        wait_until(lambda: v1 in versions(), 60, "events from v1", det._tail)
+        wait_until(lambda: v1 in event_versions(broker_bootstrap, out), 60, "events from v1", det._tail)
         # a new version, published by `train --out s3://...`
         data = write_long(tmp_path / "train.csv", {f"train-{i}": wave(600, seed=200 + i)
                                                    for i in range(2)})
@@ -247,7 +242,7 @@ def test_run_reloads_a_version_published_to_s3_and_refuses_a_corrupted_one(
         assert det.value(f'stream_detector_model_info{{model="conv1d",version="{v2}",'
                          f'window="{WINDOW}"}}') == 1
         produce_json(broker_bootstrap, src, msgs[200:400])
-        wait_until(lambda: v2 in versions(), 60, "events from v2", det._tail)
+        wait_until(lambda: v2 in event_versions(broker_bootstrap, out), 60, "events from v2", det._tail)
         # a corrupted upload: v1's metadata with a damaged model.keras
         good = (model / "model.keras").read_bytes()
         put(bucket, "live/v3/metadata.json", (model / "metadata.json").read_bytes())

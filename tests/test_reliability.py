@@ -17,8 +17,10 @@ from service_helpers import (
     WINDOW,
     DetectorProcess,
     committed_offsets,
+    event_versions,
     events_of,
     run_reference,
+    spiky_stream,
     stream,
     train_wave_model,
     wait_until,
@@ -200,18 +202,12 @@ def test_hot_reload_serves_a_new_model_and_refuses_a_broken_one(
                           ["--events", "windows", "--model-poll-s", "0.5",
                            "--shadow-windows", "0"],  # served at once (test_shadow: shadow)
                           log=tmp_path / "det.log")
-    spiky = wave(600, seed=3)
-    for pos in (100, 300, 500):
-        spiky[pos] += 15.0
-    msgs = stream({"spiky": spiky})
-
-    def versions() -> set[str]:
-        return {e["value"]["model_version"] for e in events_of(broker_bootstrap, out)}
+    msgs = spiky_stream()
 
     try:
         det.wait_ready()
         produce_json(broker_bootstrap, src, msgs[:200])
-        wait_until(lambda: v1 in versions(), 60, "events from v1")
+        wait_until(lambda: v1 in event_versions(broker_bootstrap, out), 60, "events from v1")
         # a new valid version: model first, metadata last (as train writes it)
         shutil.copy(other / "model.keras", live / "model.keras.tmp")
         (live / "model.keras.tmp").replace(live / "model.keras")
@@ -221,7 +217,7 @@ def test_hot_reload_serves_a_new_model_and_refuses_a_broken_one(
         assert det.value(f'stream_detector_model_info{{model="conv1d",version="{v2}",'
                          f'window="{WINDOW}"}}') == 1
         produce_json(broker_bootstrap, src, msgs[200:400])
-        wait_until(lambda: v2 in versions(), 60, "events from v2")
+        wait_until(lambda: v2 in event_versions(broker_bootstrap, out), 60, "events from v2")
         # a broken one: truncated model file, metadata touched
         data = (live / "model.keras").read_bytes()
         (live / "model.keras").write_bytes(data[: len(data) // 3])
