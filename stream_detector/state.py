@@ -112,12 +112,11 @@ class StateStore:
     """
 
     def __init__(self, topic: str, producer: Producer, consumer_conf: Mapping[str, Any],
-                 producer_conf: Mapping[str, Any] | None = None) -> None:
+                 producer_conf: Mapping[str, Any]) -> None:
         self.topic = topic
         self._producer = producer
         self._consumer_conf = dict(consumer_conf)
-        self._producer_conf = dict(producer_conf if producer_conf is not None else {
-            "bootstrap.servers": self._consumer_conf.get("bootstrap.servers", "")})
+        self._producer_conf = dict(producer_conf)  # the restore's own marker producer
         self.bytes_written = 0
         self.records_written = 0
 
