@@ -177,6 +177,18 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def check_model_digest(model_dir: str | Path, meta: dict[str, Any], name: str | None = None
+                       ) -> None:
+    """Raise :class:`ArtifactError` (naming the file, or ``name``) unless ``model.keras``
+    hashes to ``meta``'s ``model_sha256``."""
+    digest = sha256_file(Path(model_dir) / MODEL_FILE)
+    if digest != meta["model_sha256"]:
+        raise ArtifactError(
+            f"{name or Path(model_dir) / MODEL_FILE}: sha256 {digest[:12]}... does not match "
+            f"metadata.json ({meta['model_sha256'][:12]}...): the file is damaged or from "
+            "another model")
+
+
 def load_artifact(model_dir: str | Path) -> Artifact:
     """Load and verify an artifact; raises :class:`ArtifactError` naming the bad file."""
     d = Path(model_dir)
@@ -184,12 +196,7 @@ def load_artifact(model_dir: str | Path) -> Artifact:
     model_path = d / MODEL_FILE
     if not model_path.is_file():
         raise ArtifactError(f"{model_path}: missing")
-    digest = sha256_file(model_path)
-    if digest != meta["model_sha256"]:
-        raise ArtifactError(
-            f"{model_path}: sha256 {digest[:12]}... does not match metadata.json "
-            f"({meta['model_sha256'][:12]}...): the file is damaged or from another model"
-        )
+    check_model_digest(d, meta)
     # TensorFlow takes seconds to import: only once the cheap checks have passed (and
     # through models.base, which quiets TensorFlow's C++ logging before the import)
     from stream_detector.models.base import KerasAutoencoder, load_keras_model

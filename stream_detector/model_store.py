@@ -36,7 +36,12 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from stream_detector.artifact import METADATA_FILE, MODEL_FILE, read_metadata, sha256_file
+from stream_detector.artifact import (
+    METADATA_FILE,
+    MODEL_FILE,
+    check_model_digest,
+    read_metadata,
+)
 from stream_detector.errors import ArtifactError, InputError, ModelStoreError
 
 log = logging.getLogger(__name__)
@@ -248,12 +253,7 @@ class S3Source:
             meta = read_metadata(local)
         except ArtifactError as exc:
             raise ArtifactError(str(exc).replace(str(local), self.url(version))) from None
-        digest = sha256_file(local / MODEL_FILE)
-        if digest != meta["model_sha256"]:
-            raise ArtifactError(
-                f"{self.url(version, MODEL_FILE)}: sha256 {digest[:12]}... does not match "
-                f"metadata.json ({meta['model_sha256'][:12]}...): damaged or from another "
-                "model")
+        check_model_digest(local, meta, self.url(version, MODEL_FILE))
 
     def _prune(self, keep: set[str | None]) -> None:
         """Only the serving and the newest version stay in the cache."""
@@ -283,8 +283,7 @@ class S3Source:
         version = version or str(meta["version"])
         if not _VERSION_NAME.fullmatch(version):
             raise InputError(f"{version!r} is not a version name (letters, digits, . _ -)")
-        if sha256_file(local / MODEL_FILE) != meta["model_sha256"]:
-            raise ArtifactError(f"{local / MODEL_FILE}: sha256 does not match metadata.json")
+        check_model_digest(local, meta)
         try:
             for name in (MODEL_FILE, METADATA_FILE):
                 self.client.upload_file(str(local / name), self.bucket,
