@@ -104,9 +104,10 @@ class RebalanceMixin(DetectorBase):
             self._restorer.start(tps)
             return
         # consumed meanwhile: no restore (it would go back in time), checkpoint on
+        assert self.state is not None
         try:
             self._state_partitions = admin.ensure_changelog(
-                self.cfg.bootstrap_servers, self.state.topic if self.state else "",
+                self.cfg.bootstrap_servers, self.state.topic,
                 max(p for _, p in tps) + 1, producer_properties(self.cfg.kafka),
                 like=self.cfg.input_topic)
         except (TopicSetupError, KafkaException) as exc:
@@ -114,7 +115,7 @@ class RebalanceMixin(DetectorBase):
             return
         self._state_missing -= {tp for tp in tps if tp[1] < self._state_partitions}
 
-    def _apply_state(self, records: Records) -> int:
+    def _apply_state(self, records: Records) -> None:
         """Load restored changelog records into the buffers, incidents and decider."""
         n = 0
         w, f = self.art.window, self.art.n_features
@@ -133,7 +134,6 @@ class RebalanceMixin(DetectorBase):
                 n += 1
         self.metrics.state_restored_keys.inc(n)
         log.info("restored %d series of partitions %s", n, sorted(records))
-        return n
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
