@@ -311,7 +311,7 @@ class OnlineDetector:
         fixed_shapes: bool = True,
     ) -> None:
         from stream_detector.batcher import MicroBatcher
-        from stream_detector.decision import make_decider
+        from stream_detector.decision import make_decider, overlap_of
         from stream_detector.window import TIMESTAMP_POLICIES, WindowBuffer
 
         art = self.artifact = _artifact(artifact)
@@ -331,7 +331,7 @@ class OnlineDetector:
         spec = _spec(art, decision, decision_params)
         try:
             self.decider = make_decider(art.thresholds, spec, art.value_ranges,
-                                        art.periods_at(self.hop))
+                                        art.periods_at(self.hop), overlap_of(art.window, self.hop))
         except ValueError as exc:
             raise InputError(f"decision: {exc}") from None
         if fixed_shapes:

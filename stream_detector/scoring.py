@@ -17,7 +17,7 @@ import numpy as np
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
-from stream_detector.decision import Decider, Newest, make_decider, reason_names
+from stream_detector.decision import Decider, Newest, make_decider, overlap_of, reason_names
 from stream_detector.errors import InputError
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.guards import finite_rows
@@ -115,6 +115,40 @@ def decide_series(
     ``new_points``: how many of a window's rows are new to it (``min(hop, window)``);
     their values go to deciders that check them (``Decider.wants_values``).
     """
+    return decide_many(decider, thresholds, [s], [scores], [end_idx], new_points)[0]
+
+
+def decide_many(
+    decider: Decider, thresholds: Thresholds, series: list[Series],
+    scores: list[np.ndarray], end_idx: list[np.ndarray], new_points: int = 1,
+) -> list[ScoredSeries]:
+    """:func:`decide_series` for several series at once: their windows go to the decider
+    in one call (each series' in stream order), as a batch from many keys would."""
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    for sc, ends in zip(scores, end_idx):
+        sc = np.asarray(sc, np.float64)
+        keep = finite_rows(sc)
+        # an overflowed error decides nothing (guards.py); rows carry on
+        kept.append((sc, np.asarray(ends)) if keep is None else (sc[keep], np.asarray(ends)[keep]))
+    keys = [s.key for s, (sc, _) in zip(series, kept) for _ in range(len(sc))]
+    all_scores = np.concatenate([sc for sc, _ in kept]) if kept else np.zeros(0)
+    newest = None
+    if decider.wants_values and len(all_scores):
+        newest = np.concatenate([newest_values(s.values, ends, new_points)
+                                 for s, (sc, ends) in zip(series, kept) if len(sc)])
+    d = decider.decide(keys, all_scores, newest)
+    out = []
+    at = 0
+    for s, (sc, ends) in zip(series, kept):
+        part = slice(at, at + len(sc))
+        at += len(sc)
+        out.append(_carry(s, thresholds, sc, ends, [f[part] for f in d]))
+    return out
+
+
+def _carry(s: Series, thresholds: Thresholds, scores: np.ndarray, end_idx: np.ndarray,
+           d: list[np.ndarray]) -> ScoredSeries:
+    """Each row gets the result of the latest window ending at or before it."""
     n = len(s)
     wscore = np.full(n, np.nan)
     wthr = np.full(n, np.nan)
@@ -122,19 +156,14 @@ def decide_series(
     wflag = np.zeros(n, dtype=bool)
     wexc = np.zeros(n, dtype=bool)
     wreason = np.zeros(n, dtype=np.uint8)
-    keep = finite_rows(np.asarray(scores, np.float64))
-    if keep is not None:  # an overflowed error decides nothing (guards.py); rows carry on
-        scores, end_idx = np.asarray(scores)[keep], np.asarray(end_idx)[keep]
     if len(scores):
-        newest = newest_values(s.values, end_idx, new_points) if decider.wants_values else None
-        d = decider.decide([s.key] * len(scores), np.asarray(scores, np.float64), newest)
+        threshold, anomaly, flag, excursion, reason = d
         wscore[end_idx] = scores
-        wthr[end_idx] = d.threshold
-        wa[end_idx] = d.anomaly_score
-        wflag[end_idx] = d.is_anomaly
-        wexc[end_idx] = d.excursion
-        wreason[end_idx] = d.reason
-    # carry each window's result forward to the points before the next window ends
+        wthr[end_idx] = threshold
+        wa[end_idx] = anomaly
+        wflag[end_idx] = flag
+        wexc[end_idx] = excursion
+        wreason[end_idx] = reason
     has = ~np.isnan(wscore)
     pos = np.where(has, np.arange(n), -1)
     np.maximum.accumulate(pos, out=pos)
@@ -158,17 +187,17 @@ def score_dataset(
     ``decision`` overrides the artifact's decision spec (``metadata["decision"]``);
     the decider is built by :func:`~stream_detector.decision.make_decider`, as in ``run``.
     ``fine_tune``: keep learning normal windows while scoring (see ``window_scores``).
+    All series are decided together, each in stream order (as ``run`` decides a batch
+    from many keys).
     """
     scores, series_idx, end_idx = window_scores(art, dataset, max_batch, fine_tune)
     spec = decision if decision is not None else art.metadata.get("decision")
-    decider = make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(art.hop))
-    out = []
-    for i, s in enumerate(dataset.series):
-        sel = series_idx == i
-        out.append(decide_series(decider, art.thresholds, s, scores[sel], end_idx[sel],
-                                 min(art.hop, art.window)))
-        decider.forget(s.key)  # keys are unique per dataset; keep memory flat
-    return out
+    decider = make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(art.hop),
+                           overlap_of(art.window, art.hop))
+    sel = [series_idx == i for i in range(len(dataset.series))]
+    return decide_many(decider, art.thresholds, list(dataset.series),
+                       [scores[m] for m in sel], [end_idx[m] for m in sel],
+                       min(art.hop, art.window))
 
 
 def _fmt(x: float) -> str:

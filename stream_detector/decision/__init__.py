@@ -8,12 +8,14 @@ paths decide identically. Per-key state is exported as bytes for the state chang
 and restored with the window buffers.
 
 Methods (``spec["method"]``; the other keys of ``spec`` are the method's parameters):
-``static`` (static.py, the seed's quantile rule), and the stateful ``pot``,
-``likelihood``, ``normalized`` and ``dynamic`` (one file each), built as a
-:class:`~stream_detector.decision.composite.Composite`: the method's tail statistics
-on the key's error history (history.py), the range and seasonal checks and
-suppression (filters.py), the state codec (codec.py). ``pot`` is the default
-(``DEFAULT_DECISION``): it does best on real streams (docs/quality.md).
+``adaptive`` (engine.py, the default, ``DEFAULT_DECISION``): every key's state in
+one column table (keytable.py), O(1) per key, a batch decided at once, its alarm
+boundary a false-incident rate; ``static`` (static.py, the seed's quantile rule); and
+the history-based ``pot``, ``likelihood``, ``normalized`` and ``dynamic`` (one file
+each), built as a :class:`~stream_detector.decision.composite.Composite`: the
+method's tail statistics on the key's error history (history.py), the range and
+seasonal checks and suppression (filters.py), the state codec (codec.py).
+docs/quality.md compares them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stream_detector.decision.base import (
+    ACTIVITY,
     ERROR,
     RANGE,
     REASONS,
@@ -36,10 +39,11 @@ from stream_detector.decision.base import (
 )
 from stream_detector.decision.composite import Composite
 from stream_detector.decision.dynamic import DynamicThreshold
+from stream_detector.decision.engine import AdaptiveDecider
 from stream_detector.decision.history import TailMethod
 from stream_detector.decision.likelihood import Likelihood
 from stream_detector.decision.normalized import Normalized
-from stream_detector.decision.params import COMMON, FILTERS, Param
+from stream_detector.decision.params import ADAPTIVE, COMMON, FILTERS, Param
 from stream_detector.decision.pot import PeaksOverThreshold
 from stream_detector.decision.static import StaticThreshold
 from stream_detector.decision.tails import log10_normal_tail, normal_tail_quantile
@@ -50,20 +54,27 @@ _METHODS: dict[str, type[TailMethod]] = {
 }
 #: named presets: a method and parameters of its own
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
-DECIDERS = ("static", *_METHODS, *_PRESETS)
-DEFAULT_DECISION = "pot"
+DECIDERS = ("adaptive", "static", *_METHODS, *_PRESETS)
+DEFAULT_DECISION = "adaptive"
 
 
 def _known(method: str) -> dict[str, Param]:
+    if method == "adaptive":
+        return ADAPTIVE
     base = _PRESETS[method][0] if method in _PRESETS else method
     return {**COMMON, **FILTERS, **_METHODS[base].PARAMS}
+
+
+def overlap_of(window: int, hop: int) -> int:
+    """How many consecutive windows share a point: ``window / hop`` (at least 1)."""
+    return max(1, int(window) // max(1, min(int(hop), int(window))))
 
 
 def method_params(method: str) -> dict[str, Any]:
     """The parameters of ``method`` and their defaults."""
     if method == "static":
         return {}
-    if method not in _METHODS and method not in _PRESETS:
+    if method not in _METHODS and method not in _PRESETS and method != "adaptive":
         raise ValueError(f"unknown decision method {method!r} (choose from {', '.join(DECIDERS)})")
     out = {n: d.default for n, d in _known(method).items()}
     if method in _PRESETS:
@@ -120,16 +131,26 @@ def make_decider(
     spec: Mapping[str, Any] | None = None,
     ranges: Ranges | None = None,
     periods: Periods | None = None,
+    overlap: int = 1,
 ) -> Decider:
     """Build the decider named by ``spec["method"]`` (none: static).
 
     ``ranges``: each trained key's value range (``Artifact.value_ranges``), where the
     range check of a key starts; ``periods``: each trained key's period
-    (``Artifact.periods``), for ``season=trained``."""
+    (``Artifact.periods``), for ``season=trained``; ``overlap``: how many windows share
+    a point (``window / hop``, :func:`overlap_of`), which the ``adaptive`` boundary
+    corrects for."""
     spec = dict(spec or {})
     method = spec.pop("method", "static")
     if method == "static":
         return StaticThreshold(thresholds)
+    if method == "adaptive":
+        unknown = sorted(set(spec) - set(ADAPTIVE))
+        if unknown:
+            raise ValueError(f"decision method 'adaptive' has no parameter(s) "
+                             f"{', '.join(unknown)}")
+        typed = {k: ADAPTIVE[k].type(v) for k, v in spec.items()}
+        return AdaptiveDecider(thresholds, ranges, periods, overlap=overlap, **typed)
     if method not in _METHODS and method not in _PRESETS:
         raise ValueError(f"unknown decision method {method!r} (choose from {', '.join(DECIDERS)})")
     known = _known(method)
@@ -147,6 +168,8 @@ def make_decider(
 
 
 __all__ = [
+    "ACTIVITY",
+    "AdaptiveDecider",
     "DECIDERS",
     "DEFAULT_DECISION",
     "ERROR",
@@ -170,6 +193,7 @@ __all__ = [
     "make_decider",
     "method_params",
     "normal_tail_quantile",
+    "overlap_of",
     "reason_names",
     "resolve_spec",
 ]

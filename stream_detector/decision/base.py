@@ -8,8 +8,9 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 #: the checks that can flag a window, as bits of :attr:`Decision.reason`
-ERROR, RANGE, SEASON = 1, 2, 4
-REASONS: tuple[tuple[int, str], ...] = ((ERROR, "error"), (RANGE, "range"), (SEASON, "season"))
+ERROR, RANGE, SEASON, ACTIVITY = 1, 2, 4, 8
+REASONS: tuple[tuple[int, str], ...] = (
+    (ERROR, "error"), (RANGE, "range"), (SEASON, "season"), (ACTIVITY, "activity"))
 
 # per window, its newest points (those no earlier window ended with): (n, points, features)
 Newest = np.ndarray

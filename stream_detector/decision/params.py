@@ -43,3 +43,23 @@ FILTERS: dict[str, Param] = {
     ),
     "season_span": Param(int, 64, "values per window in the seasonal residual"),
 }
+
+#: the default decision's (engine.py, checks.py)
+ADAPTIVE: dict[str, Param] = {
+    "false_alarms": Param(
+        float, 10_000,
+        "at most one false incident per key per N windows on data like the key's past"),
+    "tail": Param(int, 20, "largest errors kept per key (the tail reservoir)"),
+    "horizon": Param(int, 1000, "windows an error stays in the reservoir"),
+    "warmup": Param(int, 100, "windows of a key decided by the static rule first"),
+    "floor": Param(float, 0.5, "errors below this times the static threshold never alarm"),
+    "range": Param(
+        float, 0.05,
+        "a window whose newest values leave the key's range so far by more than this "
+        "fraction of it is anomalous (0: off)"),
+    "activity": Param(str, "on", "stuck values and flat lines check: on or off"),
+    "season": Param(
+        str, "trained",
+        "seasonal check: off, trained (each key's period found by train) or a period N"),
+    "suppress": Param(str, "on", "alarm once per excursion unless it grows: on or off"),
+}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_detector.decision import decision_spec, make_decider
+from stream_detector.decision import decision_spec, make_decider, overlap_of
 from stream_detector.evaluation import nab
 from stream_detector.evaluation.events import (
     EventScore,
@@ -207,7 +207,8 @@ def run_nab(
         for label, spec in decisions.items():
             t3 = time.perf_counter()
             r = decide_series(
-                make_decider(thresholds, spec, ranges, periods), thresholds, series, scores,
+                make_decider(thresholds, spec, ranges, periods, overlap_of(window or 64, 1)),
+                thresholds, series, scores,
                 end_idx,
             )
             decide_s[label] += time.perf_counter() - t3
@@ -416,9 +417,10 @@ class Scored:
     thresholds: Thresholds
     ranges: dict[str, tuple[list[float], list[float]]]
     periods: dict[str, int]
+    overlap: int = 64  # windows sharing a point: train's default window at hop 1
 
     def decider(self, spec: Mapping[str, Any]) -> Any:
-        return make_decider(self.thresholds, spec, self.ranges, self.periods)
+        return make_decider(self.thresholds, spec, self.ranges, self.periods, self.overlap)
 
 
 def _fit_and_score(
@@ -426,7 +428,8 @@ def _fit_and_score(
 ) -> Scored:
     art = train(train_ds, opts)
     scores, _, end_idx = window_scores(art, test_ds, fine_tune=fine_tune)
-    return Scored(scores, end_idx, art.thresholds, art.value_ranges, art.periods_at(art.hop))
+    return Scored(scores, end_idx, art.thresholds, art.value_ranges, art.periods_at(art.hop),
+                  overlap_of(art.window, art.hop))
 
 
 def _cached(cache: Path | None, tag: str, name: str, make: Callable[[], Scored]) -> Scored:
@@ -438,12 +441,13 @@ def _cached(cache: Path | None, tag: str, name: str, make: Callable[[], Scored])
             return Scored(
                 z["scores"], z["end_idx"], Thresholds.from_dict(meta["thresholds"]),
                 {k: (v[0], v[1]) for k, v in meta["ranges"].items()}, meta["periods"],
+                int(meta.get("overlap", 64)),
             )
     got = make()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"thresholds": got.thresholds.to_dict(), "ranges": got.ranges,
-                "periods": got.periods}
+                "periods": got.periods, "overlap": got.overlap}
         np.savez(path, scores=got.scores, end_idx=got.end_idx, meta=json.dumps(meta))
     return got
 

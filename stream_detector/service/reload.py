@@ -9,7 +9,7 @@ import logging
 import threading
 
 from stream_detector.artifact import Artifact, load_artifact
-from stream_detector.decision import Decider, make_decider, resolve_spec
+from stream_detector.decision import Decider, make_decider, overlap_of, resolve_spec
 from stream_detector.errors import InputError, ModelStoreError
 from stream_detector.finetune import make_tuner
 from stream_detector.model_store import ModelSource
@@ -46,8 +46,9 @@ class ReloadMixin(DetectorBase):
         try:
             spec = resolve_spec(art.metadata.get("decision"), self.cfg.decision,
                                 self.cfg.decision_params)
-            return make_decider(art.thresholds, spec, art.value_ranges,
-                                art.periods_at(self.cfg.hop or art.hop))
+            hop = self.cfg.hop or art.hop
+            return make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(hop),
+                                overlap_of(art.window, hop))
         except ValueError as exc:
             raise InputError(f"--decision: {exc}") from None
 
