@@ -46,6 +46,9 @@ INVALID_REASONS = (
 # what a refused message was: an anomaly event, a dead letter, a state record
 TOPIC_KINDS = ("events", "dlq", "state")
 
+# why a state changelog record was not restored (or, decision_state, not in full)
+STATE_SKIP_REASONS = ("damaged", "other_layout", "decision_state")
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 _ERROR_BUCKETS = (
@@ -141,6 +144,7 @@ class Metrics:
     ready: Gauge
     state_restore_seconds: Histogram
     state_restored_keys: Counter
+    state_records_skipped: Counter
     state_records_written: Counter
     state_bytes_written: Counter
     checkpoint_seconds: Histogram
@@ -290,6 +294,15 @@ class Metrics:
                 f"{p}_state_restored_keys", "Series restored from the state changelog.",
                 registry=reg,
             ),
+            state_records_skipped=Counter(
+                f"{p}_state_records_skipped",
+                "State changelog records not restored, by reason: damaged (cut or garbage: "
+                "the key starts empty), other_layout (another model's window or features, "
+                "another version), decision_state (the window was restored, the decision "
+                "method refused its own state).",
+                ["reason"],
+                registry=reg,
+            ),
             state_records_written=Counter(
                 f"{p}_state_records_written",
                 "Records written to the state changelog (changed keys and tombstones).",
@@ -384,6 +397,8 @@ class Metrics:
             m.model_reloads.labels(result=result)
         for agreement in ("agree", "disagree"):
             m.shadow_decisions.labels(agreement=agreement)
+        for reason in STATE_SKIP_REASONS:
+            m.state_records_skipped.labels(reason=reason)
         for action in TIMESTAMP_POLICIES:
             m.timestamps_backwards.labels(action=action)
         return m

@@ -12,11 +12,20 @@ restored window never holds a point twice.
 The end of a state partition is found without watermarks (which some brokers report
 wrongly): the restorer writes a unique marker record into the partition and reads until
 it sees it, then deletes the marker with a tombstone.
+
+A record is written in layout version 2: timestamps as the newest (float64) and the step
+of a regular series, or int32 offsets back from the newest in s, ms or us, whichever first
+gives every timestamp back to the microsecond (event times show milliseconds), else
+float64 (flagged per record). Version 1 (float64 timestamps) is still read. A detector
+that only knows version 1 treats a version-2 record as another layout (the key starts
+empty), so a rollback loses windows, not correctness. A record of this layout that
+cannot be read raises :class:`DamagedStateRecord`; the restore skips and counts it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import threading
 import time
@@ -33,15 +42,36 @@ from stream_detector.kafka.produce import produce
 log = logging.getLogger(__name__)
 
 _MAGIC = 0x5D
-_VERSION = 1
-# magic, version, flags, window, n_features, count, last_offset
+_VERSION = 2  # written; 1 (float64 timestamps) is still read
+# magic, version, flags, window, n_features, count, last_offset (23 bytes)
 _HEAD = struct.Struct("<BBBHHqq")
 # incident: id (8 bytes), started, ended, peak, windows, normal_run
 _INCIDENT = struct.Struct("<8sdddii")
 _FLAG_INCIDENT = 1
 _FLAG_DECISION = 2
+# version 2: how the timestamps are stored (flags bits 2-3), and the unit of OFFSETS
+# (bits 4-5: 1 s, 1 ms, 1 us)
+_TS_SHIFT = 2
+_TS_F64 = 0  # every timestamp as float64 (the fallback)
+_TS_REGULAR = 1  # the newest (float64), the step in whole microseconds (int64)
+_TS_OFFSETS = 2  # the newest (float64), the older ones as int32 units back from it
+_UNIT_SHIFT = 4
+_UNITS = (1, 1000, 1_000_000)  # per second
+_FLAGS_V1 = _FLAG_INCIDENT | _FLAG_DECISION
+_FLAGS_V2 = _FLAGS_V1 | 3 << _TS_SHIFT | 3 << _UNIT_SHIFT
+_REGULAR = struct.Struct("<dq")
+_F64 = struct.Struct("<d")
 _LEN = struct.Struct("<I")
+# compact timestamps only within +-1e12 s (year 33658): their microseconds fit an int64
+_TS_LIMIT = 1e12
+_INT32 = 2**31
 MARKER_PREFIX = b"__stream_detector_marker__/"
+
+
+class DamagedStateRecord(ValueError):
+    """A changelog record of this detector's layout that cannot be read (cut, or
+    garbage after a valid start): the key's state is lost, the rest of the partition is
+    not."""
 
 
 @dataclass
@@ -56,15 +86,74 @@ class KeyState:
     decision: bytes | None = None  # the decider's own per-key state
 
 
+def micros(ts: np.ndarray) -> np.ndarray:
+    """Whole microseconds of epoch-second timestamps, rounded as
+    ``datetime.fromtimestamp`` rounds them (half to even on the fraction), so two
+    timestamps with the same micros give the same event time strings."""
+    frac, whole = np.modf(np.asarray(ts, np.float64))
+    out: np.ndarray = whole.astype(np.int64) * 1_000_000 + np.rint(frac * 1e6).astype(np.int64)
+    return out
+
+
+def _micros1(t: float) -> int:
+    """:func:`micros` of one timestamp."""
+    frac, whole = math.modf(t)
+    return int(whole) * 1_000_000 + round(frac * 1e6)
+
+
+def _encode_ts(ts: np.ndarray) -> tuple[int, list[bytes]]:
+    """(flag bits, parts) of the smallest layout that gives back every timestamp to the
+    microsecond (what event times show: milliseconds): regular, int32 offsets in s, ms or
+    us, else float64. Deterministic: the first layout that holds, in that order."""
+    held = len(ts)
+    # NaN, inf and timestamps beyond the limit: float64 (NaN fails the comparison)
+    if held == 0 or not float(np.abs(ts).max()) <= _TS_LIMIT:
+        return _TS_F64 << _TS_SHIFT, [ts.tobytes()]
+    newest = float(ts[-1])
+    if held == 1:
+        return _TS_REGULAR << _TS_SHIFT, [_REGULAR.pack(newest, 0)]
+    older = ts[:-1]
+    # on a rhythm of whole microseconds: exactly what the window buffer exports then
+    step = _micros1(newest) - _micros1(float(ts[-2]))
+    if abs(step) * held < 2**62 and np.array_equal(_regular_ts(newest, step, held)[:-1],
+                                                   older):
+        return _TS_REGULAR << _TS_SHIFT, [_REGULAR.pack(newest, step)]
+    want: np.ndarray | None = None
+    back = newest - older
+    for code, unit in enumerate(_UNITS):
+        k = np.rint(back * unit)
+        if not float(np.abs(k).max()) < _INT32:
+            continue
+        got = newest - k / unit  # as decode computes it
+        if np.array_equal(got, older) or np.array_equal(
+                micros(got), want if want is not None else (want := micros(older))):
+            return (_TS_OFFSETS << _TS_SHIFT | code << _UNIT_SHIFT,
+                    [_F64.pack(newest), k.astype("<i4").tobytes()])
+    return _TS_F64 << _TS_SHIFT, [ts.tobytes()]
+
+
+def _regular_ts(newest: float, step: int, held: int) -> np.ndarray:
+    """``held`` timestamps ``step`` us apart ending at ``newest`` (which is kept exact)."""
+    back = np.arange(held - 1, -1, -1, dtype=np.int64)
+    out: np.ndarray = (_micros1(newest) - step * back) / 1e6
+    out[-1] = newest
+    return out
+
+
 def encode(state: KeyState, window: int) -> bytes:
-    """Compact binary encoding: a 24-byte header, float32 values, float64 timestamps."""
-    flags = (_FLAG_INCIDENT if state.incident is not None else 0) | (
+    """Compact binary encoding (version 2): a 23-byte header, float32 values, the
+    timestamps in the smallest layout that keeps them to the microsecond (16 bytes for a
+    regular series, 4 per point for an irregular one), the incident, the decider's bytes.
+    """
+    ts = np.ascontiguousarray(state.ts, dtype="<f8")
+    ts_flags, ts_parts = _encode_ts(ts)
+    flags = ts_flags | (_FLAG_INCIDENT if state.incident is not None else 0) | (
         _FLAG_DECISION if state.decision else 0)
     n_features = state.values.shape[1] if state.values.ndim == 2 else 1
     parts = [
         _HEAD.pack(_MAGIC, _VERSION, flags, window, n_features, state.count, state.last_offset),
         np.ascontiguousarray(state.values, dtype="<f4").tobytes(),
-        np.ascontiguousarray(state.ts, dtype="<f8").tobytes(),
+        *ts_parts,
     ]
     if state.incident is not None:
         iid, started, ended, peak, windows, normal_run = state.incident
@@ -76,32 +165,88 @@ def encode(state: KeyState, window: int) -> bytes:
     return b"".join(parts)
 
 
+class _Reader:
+    """Takes the parts of a record in order; too few bytes left: :class:`DamagedStateRecord`."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> int:
+        """The offset of the next ``n`` bytes (``what`` names them), consumed."""
+        pos = self.pos
+        if n < 0 or pos + n > len(self.raw):
+            raise DamagedStateRecord(
+                f"state record of {len(self.raw)} bytes cut in its {what} "
+                f"({n} bytes at {pos})")
+        self.pos = pos + n
+        return pos
+
+    def unpack(self, st: struct.Struct, what: str) -> tuple[Any, ...]:
+        return st.unpack_from(self.raw, self.take(st.size, what))
+
+    def array(self, dtype: str, n: int, what: str) -> np.ndarray:
+        size = np.dtype(dtype).itemsize
+        return np.frombuffer(self.raw, dtype=dtype, count=n, offset=self.take(n * size, what))
+
+
+def _decode_ts(r: _Reader, version: int, flags: int, held: int) -> np.ndarray:
+    mode = _TS_F64 if version == 1 else flags >> _TS_SHIFT & 3
+    unit = flags >> _UNIT_SHIFT & 3
+    if mode != _TS_OFFSETS and unit:
+        raise DamagedStateRecord(f"state record: flags {flags:#x} name no timestamp layout")
+    if mode == _TS_F64:
+        return r.array("<f8", held, "timestamps").astype(np.float64)
+    if held == 0:
+        raise DamagedStateRecord("state record: compact timestamps without points")
+    if mode == _TS_REGULAR:
+        newest, step = r.unpack(_REGULAR, "timestamps")
+        if held > 1 and not (np.isfinite(newest) and abs(newest) <= _TS_LIMIT
+                             and abs(step) * held < 2**62):
+            raise DamagedStateRecord(f"state record: timestamps {newest!r} + {step} us")
+        return _regular_ts(newest, step, held) if held > 1 else np.array([newest])
+    if mode == _TS_OFFSETS and unit < len(_UNITS):
+        (newest,) = r.unpack(_F64, "timestamps")
+        back = r.array("<i4", held - 1, "timestamps").astype(np.float64)
+        return np.append(newest - back / _UNITS[unit], newest)
+    raise DamagedStateRecord(f"state record: flags {flags:#x} name no timestamp layout")
+
+
 def decode(raw: bytes, window: int, n_features: int) -> KeyState | None:
-    """Inverse of :func:`encode`; None for a record of another layout (e.g. another model)."""
-    if len(raw) < _HEAD.size:
+    """Inverse of :func:`encode` (reads versions 1 and 2).
+
+    None for a record of another layout (another magic or version, another model's window
+    or feature count); :class:`DamagedStateRecord` for one of this layout that cannot be
+    read (cut, too long, impossible flags or count).
+    """
+    if not raw or raw[0] != _MAGIC or (len(raw) > 1 and raw[1] not in (1, 2)):
         return None
-    magic, version, flags, w, f, count, last_offset = _HEAD.unpack_from(raw)
-    if magic != _MAGIC or version != _VERSION or w != window or f != n_features:
+    r = _Reader(raw)
+    _, version, flags, w, f, count, last_offset = r.unpack(_HEAD, "header")
+    if version not in (1, 2) or w != window or f != n_features:
         return None
+    if flags & ~(_FLAGS_V1 if version == 1 else _FLAGS_V2):
+        raise DamagedStateRecord(f"state record: unknown flags {flags:#x}")
+    if count < 0:
+        raise DamagedStateRecord(f"state record: count {count}")
     held = min(count, window)
-    pos = _HEAD.size
-    nv = held * f * 4
-    values = np.frombuffer(raw, dtype="<f4", count=held * f, offset=pos).reshape(held, f)
-    pos += nv
-    ts = np.frombuffer(raw, dtype="<f8", count=held, offset=pos)
-    pos += held * 8
+    values = r.array("<f4", held * f, "values").reshape(held, f).astype(np.float32)
+    ts = _decode_ts(r, version, flags, held)
     incident = None
     if flags & _FLAG_INCIDENT:
-        iid, started, ended, peak, windows, normal_run = _INCIDENT.unpack_from(raw, pos)
+        iid, started, ended, peak, windows, normal_run = r.unpack(_INCIDENT, "incident")
         incident = (iid.hex(), started, ended, peak, windows, normal_run)
-        pos += _INCIDENT.size
     decision = None
     if flags & _FLAG_DECISION:
-        (n,) = _LEN.unpack_from(raw, pos)
-        pos += _LEN.size
+        (n,) = r.unpack(_LEN, "decision state length")
+        if n == 0:
+            raise DamagedStateRecord("state record: empty decision state")
+        pos = r.take(n, "decision state")
         decision = bytes(raw[pos : pos + n])
-    return KeyState(count, last_offset, values.astype(np.float32), ts.astype(np.float64),
-                    incident, decision)
+    if r.pos != len(raw):
+        raise DamagedStateRecord(
+            f"state record: {len(raw) - r.pos} bytes after its end ({r.pos} bytes)")
+    return KeyState(count, last_offset, values, ts, incident, decision)
 
 
 class StateStore:

@@ -171,3 +171,31 @@ def test_a_key_evicted_and_back_before_the_checkpoint_keeps_its_state(model: Pat
     assert last[(0, "a")] is not None, "a's live state is written after its tombstone"
     restored = decode_state(last[(0, "a")], WINDOW, 1)
     assert restored is not None and restored.count == 10 and restored.last_offset == 29
+
+
+def test_a_restore_skips_and_counts_the_records_it_cannot_use(model: Path) -> None:
+    """Damaged, another layout, refused decision state: each counted by reason; the
+    other keys of the partition are restored and score their next point."""
+    from stream_detector.state import KeyState, encode
+
+    det, _ = _detector(model, "--decision", "pot")  # a method with per-key state
+    det._state_partitions = 1
+    v = wave(WINDOW, seed=7)
+
+    def record(decision: bytes | None = None, window: int = WINDOW) -> bytes:
+        return encode(KeyState(WINDOW, WINDOW - 1, v.reshape(-1, 1).astype(np.float32),
+                               T0 + 60.0 * np.arange(WINDOW), None, decision), window)
+
+    good = record()
+    det._apply_state({0: {"a": good, "cut": good[:23], "garbage": good[:23] + b"\xff" * 40,
+                          "other": record(window=WINDOW + 1), "foreign": b"\0" * 64,
+                          "decision": record(decision=b"not a decider's state")}})
+    skipped = "stream_detector_state_records_skipped_total"
+    assert _value(det, skipped, reason="damaged") == 2
+    assert _value(det, skipped, reason="other_layout") == 2
+    assert _value(det, skipped, reason="decision_state") == 1
+    assert _value(det, "stream_detector_state_restored_keys_total") == 2  # a, decision
+    assert "cut" not in det.buffer and "other" not in det.buffer
+    det.handle_many(_msgs("a", wave(1, seed=8), offset=WINDOW, start=WINDOW))
+    det.score_batch()
+    assert _value(det, "stream_detector_windows_scored_total") == 1

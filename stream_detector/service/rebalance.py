@@ -16,7 +16,7 @@ from stream_detector.kafka.exceptions import TopicSetupError
 from stream_detector.kafka.properties import producer_properties
 from stream_detector.service.base import TP, DetectorBase
 from stream_detector.service.restoring import Records
-from stream_detector.state import RestoreCancelled
+from stream_detector.state import DamagedStateRecord, RestoreCancelled
 from stream_detector.state import decode as decode_state
 
 log = logging.getLogger(__name__)
@@ -116,13 +116,28 @@ class RebalanceMixin(DetectorBase):
         self._state_missing -= {tp for tp in tps if tp[1] < self._state_partitions}
 
     def _apply_state(self, records: Records) -> None:
-        """Load restored changelog records into the buffers, incidents and decider."""
+        """Load restored changelog records into the buffers, incidents and decider.
+
+        A record that cannot be used is skipped and counted
+        (``state_records_skipped_total{reason}``): its key starts empty (``damaged``,
+        ``other_layout``) or without its decision state (``decision_state``); the rest of
+        the partition is restored.
+        """
         n = 0
         w, f = self.art.window, self.art.n_features
+        skipped = self.metrics.state_records_skipped
+        topic = self.state.topic if self.state is not None else "the changelog"
         for p, recs in records.items():
             for key, raw in recs.items():
-                ks = decode_state(raw, w, f)
+                try:
+                    ks = decode_state(raw, w, f)
+                except DamagedStateRecord as exc:
+                    log.error("state record of key %r in partition %d of %s skipped, the "
+                              "key starts empty: %s", key, p, topic, exc)
+                    skipped.labels(reason="damaged").inc()
+                    continue
                 if ks is None:
+                    skipped.labels(reason="other_layout").inc()
                     continue
                 self.buffer.restore(key, p, ks.count, ks.last_offset, ks.values, ks.ts)
                 self.tracker.restore(key, ks.incident)
@@ -130,7 +145,13 @@ class RebalanceMixin(DetectorBase):
                     try:
                         self.decider.restore(key, ks.decision)
                     except ValueError as exc:  # written by another decision method
-                        log.warning("decision state of %r not restored: %s", key, exc)
+                        log.warning("decision state of %r (partition %d) not restored: %s",
+                                    key, p, exc)
+                        skipped.labels(reason="decision_state").inc()
+                    except Exception:  # the decider's bug: its state, not the loop
+                        log.exception("decision state of %r (partition %d) not restored",
+                                      key, p)
+                        skipped.labels(reason="decision_state").inc()
                 n += 1
         self.metrics.state_restored_keys.inc(n)
         log.info("restored %d series of partitions %s", n, sorted(records))
