@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Benchmark: model-only throughput, the machine's matmul limit, end to end through the
-embedded broker, produce-to-event latency and memory per series, all in one run.
+embedded broker, produce-to-event latency, memory per series, and scale (RSS, changelog
+bytes and restore time against the number of active series), all in one run.
 
-    python scripts/bench.py                      # the full benchmark (a few minutes)
+    python scripts/bench.py                      # the full benchmark (minutes)
     python scripts/bench.py --json bench.json    # also write every figure as JSON
     python scripts/bench.py --quick              # tiny sizes (the smoke test uses this)
+    python scripts/bench.py --scale --scale-sizes 1000,5000,20000   # the scale part alone
 
 Every figure comes from this one process/run, so ratios between them hold on a noisy
-machine. Windows are 64 points of 1 feature; models have their default sizes.
+machine. Windows are 64 points of 1 feature; models have their default sizes. Models are
+trained at train's defaults and detectors run at run's defaults (the report's first line
+says so and names any exception, e.g. --quick's short training).
 """
 
 from __future__ import annotations
@@ -181,8 +185,57 @@ def _produce(bs: str, topic: str, n_keys: int, per_key: int, rate_s: float = 0.0
     return n
 
 
-# the service's own checkpoint cadence (the test helper's default is a faster 200 ms)
-SERVICE_ARGS = ["--state", "none", "--commit-interval-ms", "1000"]
+# -- the settings: every figure at train's and run's defaults ---------------------------
+def run_default(name: str) -> Any:
+    """``run``'s default for its option ``name`` (read, never restated here)."""
+    from stream_detector.config import RUN_OPTS
+
+    return next(o.default for o in RUN_OPTS if o.name == name)
+
+
+def default_args() -> list[str]:
+    """What puts a ``DetectorProcess`` back at ``run``'s defaults: that test harness sets a
+    faster 200 ms commit interval of its own. (Its other setting, a faster group join,
+    ``FAST_GROUP``, is kept: it only shortens a detector's start; the report says so.)"""
+    return ["--commit-interval-ms", f"{run_default('commit_interval_ms'):g}"]
+
+
+# the e2e and latency parts' detector arguments beyond run's defaults (main() adds
+# --max-batch when asked for another than run's, and --detector-arg); the report names them
+EXTRA_ARGS: list[str] = []
+# models are trained at train's defaults (None); --quick trains a few epochs, and says so
+TRAIN_EPOCHS: int | None = None
+
+
+def train_model(path: Path, kind: str = "conv1d") -> Path:
+    """The bench's model of ``kind`` (trained once per run, at train's defaults: model size,
+    window, epochs with early stopping, decision) on the family the bench streams."""
+    from stream_detector.artifact import read_metadata
+    from stream_detector.testing import train_wave_model
+
+    if not path.exists():
+        train_wave_model(path, window=None, kind=kind, epochs=TRAIN_EPOCHS, decision=None)
+    meta = read_metadata(path)
+    if int(meta["window"]) != WINDOW:
+        raise RuntimeError(f"train's default window is now {meta['window']}, the bench "
+                           f"streams and counts windows of {WINDOW}: update WINDOW")
+    return path
+
+
+def decision_of(model: Path) -> str:
+    """The decision method a model was trained with (its artifact says; train's default)."""
+    return str(_decision_spec(model)["method"])
+
+
+def settings_line(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    train = "train's defaults" + (f", except {s['epochs']} epochs" if s["epochs"] else "")
+    run = "run's defaults" + (f", except {' '.join(s['extra'])} (e2e and latency parts)"
+                              if s["extra"] else "")
+    dec = f"; decision {s['decision']} (train's default)" if s.get("decision") else ""
+    return (f"settings: models trained at {train}{dec}; detectors at {run}, hop 1 (the "
+            f"artifact's), state in the changelog; each detector joins its group with "
+            f"{' '.join(s['fast_group'][1::2])} (a faster start only)")
 
 
 def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key: int,
@@ -198,8 +251,7 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
     n = _produce(bs, src, n_keys, per_key)
     windows = n_keys * (per_key - WINDOW + 1)
     det = DetectorProcess(bs, src, out, f"bench-{tag}", model,
-                          ["--max-batch", str(max_batch), *SERVICE_ARGS],
-                          log=work / f"{kind}-e2e.log")
+                          [*default_args(), *EXTRA_ARGS], log=work / f"{kind}-e2e.log")
     try:
         wait_until(lambda: det.value("stream_detector_messages_consumed_total") > 0, 120,
                    "first message", det._tail)
@@ -313,8 +365,7 @@ def latency(kind: str, bs: str, work: Path, model: Path, n_keys: int, rate_s: fl
     rx = _Receiver(bs, out)
     rx.start()
     det = DetectorProcess(bs, src, out, f"bench-lat-{tag}", model,
-                          ["--max-batch", str(max_batch), *SERVICE_ARGS],
-                          log=work / f"{kind}-lat.log")
+                          [*default_args(), *EXTRA_ARGS], log=work / f"{kind}-lat.log")
     try:
         det.wait_ready()
         per_key = int(WINDOW + rate_s * seconds / n_keys)
@@ -414,15 +465,16 @@ def _checkpointed(det: Any, records: int) -> None:
 def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
     from stream_detector.kafka.admin import ensure_topics
     from stream_detector.kafka.produce import produce
-    from stream_detector.testing import DetectorProcess, train_wave_model
+    from stream_detector.testing import DetectorProcess
 
-    model = work / "conv1d-model"
-    if not model.exists():
-        model = train_wave_model(model, window=WINDOW, epochs=1)
+    model = train_model(work / "conv1d-model")
     tag = f"mem-{os.getpid()}"
     ensure_topics(bs, {tag: 4, tag + "-out": 1})
-    det = DetectorProcess(bs, tag, tag + "-out", tag, model,
-                          ["--max-series", str(n_series * 2)], log=work / "mem.log")
+    # not run's default max-series when the series would not fit in it (the report says so)
+    max_series = max(run_default("max_series"), n_series * 2)
+    extra = [] if max_series == run_default("max_series") else ["--max-series", str(max_series)]
+    det = DetectorProcess(bs, tag, tag + "-out", tag, model, [*default_args(), *extra],
+                          log=work / "mem.log")
     try:
         det.wait_ready()
         # the baseline holds some series too, so both readings are of a detector whose heap
@@ -451,12 +503,201 @@ def memory(bs: str, work: Path, n_series: int) -> dict[str, Any]:
         active = det.value("stream_detector_active_series")
     finally:
         det.terminate()
-    return {"series": n_series, "active": active, "rss_before_mb": rss0, "rss_after_mb": rss1,
+    return {"series": n_series, "active": active, "extra_args": extra,
+            "rss_before_mb": rss0, "rss_after_mb": rss1,
             "bytes_per_series": (rss1 - rss0) * 1024 * 1024 / n_series,
             "peak_rss_mb": peak, "peak_bytes_per_series": (peak - rss0) * 1024 * 1024 / n_series}
 
 
-PARTS = ("model", "e2e", "latency", "memory")
+# -- 4. scale ------------------------------------------------------------------------------
+def _produce_series(bs: str, topic: str, n_keys: int, per_key: int, prefix: str) -> int:
+    """``per_key`` points of each of ``n_keys`` series (the wave family the model was trained
+    on), in time order across the keys, in big producer batches."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bs, "linger.ms": 50, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 500_000,
+                  "queue.buffering.max.kbytes": 1_048_576})
+    rng = np.random.default_rng(2)
+    keys = [f"{prefix}-{k:07d}" for k in range(n_keys)]
+    kbytes = [k.encode() for k in keys]
+    phase = np.arange(n_keys)
+    for i in range(per_key):
+        ts = 1_767_225_600 + 60 * i
+        vals = (10.0 + 2.0 * np.sin(2 * np.pi * i / 20 + phase)
+                + rng.normal(0, 0.1, n_keys)).tolist()
+        for key, kb, v in zip(keys, kbytes, vals, strict=True):
+            value = orjson.dumps({"key": key, "ts": ts, "value": v})
+            while True:
+                try:
+                    p.produce(topic, value, kb)
+                    break
+                except BufferError:  # the local queue is full: let it drain
+                    p.poll(0.05)
+        p.poll(0)
+    if p.flush(300):
+        raise RuntimeError(f"{topic}: input not delivered")
+    return n_keys * per_key
+
+
+def changelog_sizes(bs: str, topic: str, timeout: float = 300) -> dict[str, float]:
+    """Per key of a state changelog, the length (key + value) of its latest record
+    (the restore's markers and deleted keys left out): keys, mean, max, total bytes."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from stream_detector.state import MARKER_PREFIX
+
+    c = Consumer({"bootstrap.servers": bs, "group.id": f"bench-changelog-{os.getpid()}",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in parts}
+        todo = {p for p in parts if ends[p] > 0}
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
+        latest: dict[bytes, int] = {}
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            for msg in c.consume(10_000, 1.0):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(msg.partition())
+                    continue
+                key, value = msg.key() or b"", msg.value()
+                if key.startswith(MARKER_PREFIX):
+                    pass
+                elif value is None:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = len(key) + len(value)
+                part, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+                if offset + 1 >= ends[part]:
+                    todo.discard(part)
+        if todo:
+            raise RuntimeError(f"{topic}: not read to its end in {timeout} s")
+    finally:
+        c.close()
+    sizes = np.array(list(latest.values()), dtype=np.float64)
+    return {"keys": len(sizes), "mean": float(sizes.mean()) if len(sizes) else 0.0,
+            "max": float(sizes.max()) if len(sizes) else 0.0, "total": float(sizes.sum())}
+
+
+def scale_one(bs: str, work: Path, model: Path, n: int, windows_per_key: int) -> dict[str, Any]:
+    """``n`` active series through ``run`` (at its defaults), each past a full window and
+    ``windows_per_key`` windows: RSS, the changelog's bytes per key, and the time a fresh
+    detector on the same group takes to restore them all."""
+    from stream_detector.kafka.admin import ensure_topics
+    from stream_detector.testing import DetectorProcess, wait_until
+
+    tag = f"scale-{n}-{os.getpid()}"
+    src, out = f"{tag}-in", f"{tag}-out"
+    ensure_topics(bs, {src: 4, out: 1})
+    # not run's default max-series where n would not fit in it (the report says so)
+    extra = [] if n <= run_default("max_series") else ["--max-series", str(n)]
+    args = [*default_args(), *extra]
+    t_start = time.monotonic()
+    det = DetectorProcess(bs, src, out, tag, model, args, log=work / f"{tag}.log")
+    try:
+        det.wait_ready(180)
+        start_s = time.monotonic() - t_start  # an empty state: the start itself
+        rss0 = det.rss_mb()
+        t0 = time.monotonic()
+        msgs = _produce_series(bs, src, n, WINDOW - 1 + windows_per_key, tag)
+        det.wait_value("stream_detector_windows_scored_total", n * windows_per_key, 1800)
+        feed_s = time.monotonic() - t0
+        # every key's state written by the checkpoints after its last point, confirmed by
+        # the broker (then their buffers are freed and the heap trimmed): an idle detector
+        # takes no more, so wait until none has completed for a few commit intervals
+        _quiesced(det)
+        rss1, peak = det.rss_mb(), det.rss_mb("VmHWM")
+        active = det.value("stream_detector_active_series")
+    finally:
+        code, stop_s = det.terminate(120)  # graceful: its last checkpoint, then leave
+    if code != 0:
+        raise RuntimeError(f"detector exited {code}: {det._tail()}")
+    cl = changelog_sizes(bs, f"{tag}-state")
+    # a fresh detector on the same group: from its start until every key is restored
+    t0 = time.monotonic()
+    det2 = DetectorProcess(bs, src, out, tag, model, args, log=work / f"{tag}-restore.log")
+    try:
+        def restored() -> bool:
+            m = det2.metrics()
+            return (m.get("stream_detector_state_ready") == 1.0
+                    and m.get("stream_detector_state_restored_keys_total", 0.0) >= n)
+
+        wait_until(restored, 900, f"{n} keys restored", det2._tail)
+        restart_s = time.monotonic() - t0
+        m2 = det2.metrics()
+        rss_restored = det2.rss_mb()
+    finally:
+        det2.terminate(120)
+    return {"series": n, "windows_per_key": windows_per_key, "messages": msgs,
+            "extra_args": extra, "feed_s": feed_s, "active": active,
+            "rss_idle_mb": rss0, "rss_mb": rss1, "peak_rss_mb": peak,
+            "rss_bytes_per_series": (rss1 - rss0) * 1024 * 1024 / n,
+            "changelog_keys": cl["keys"], "changelog_mean_bytes": cl["mean"],
+            "changelog_max_bytes": cl["max"], "changelog_total_bytes": cl["total"],
+            "stop_s": stop_s, "start_s": start_s, "restart_s": restart_s,
+            "restore_s": m2.get("stream_detector_state_restore_seconds_sum", float("nan")),
+            "restored_keys": m2.get("stream_detector_state_restored_keys_total", 0.0),
+            "restored_active": m2.get("stream_detector_active_series", 0.0),
+            "rss_restored_mb": rss_restored}
+
+
+def _quiesced(det: Any, timeout: float = 300) -> None:
+    """Wait until the detector has completed no checkpoint for 3 commit intervals."""
+    quiet_s = 3 * run_default("commit_interval_ms") / 1000.0
+    deadline = time.monotonic() + timeout
+    last = det.value("stream_detector_checkpoint_seconds_count")
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = det.value("stream_detector_checkpoint_seconds_count")
+        if now == last:
+            return
+        last = now
+    raise RuntimeError(f"the detector kept checkpointing for {timeout} s after its input")
+
+
+def scale(bs: str, work: Path, sizes: list[int], windows_per_key: int) -> dict[str, Any]:
+    model = train_model(work / "conv1d-model")
+    rows = [scale_one(bs, work, model, n, windows_per_key) for n in sorted(sizes)]
+    for prev, row in zip([None, *rows], rows, strict=False):
+        row["rss_slope_bytes_per_series"] = (
+            row["rss_bytes_per_series"] if prev is None else
+            (row["rss_mb"] - prev["rss_mb"]) * 1024 * 1024 / (row["series"] - prev["series"]))
+    last = rows[-1]
+    million = 1_000_000
+    spec = _decision_spec(model)
+    return {"rows": rows, "decision": spec.get("method"), "history": spec.get("history"),
+            "windows_per_key": windows_per_key,
+            "projection_1m": {
+                "rss_gb": (last["rss_mb"] * 1024 * 1024
+                           + last["rss_slope_bytes_per_series"] * (million - last["series"]))
+                / 1e9,
+                "changelog_gb": last["changelog_mean_bytes"] * million / 1e9,
+                "restore_s": _linear(rows, "restore_s", million),
+                "restart_s": _linear(rows, "restart_s", million)}}
+
+
+def _linear(rows: list[dict[str, Any]], field: str, n: int) -> float:
+    """``field`` at ``n`` series on the line through the smallest and the largest N (through
+    0 with one row); never below the largest N's own figure."""
+    a, b = rows[0], rows[-1]
+    if a is b:
+        return float(b[field] / b["series"] * n)
+    slope = (b[field] - a[field]) / (b["series"] - a["series"])
+    return float(b[field] + max(0.0, slope) * (n - b["series"]))
+
+
+def _decision_spec(model: Path) -> dict[str, Any]:
+    from stream_detector.artifact import read_metadata
+
+    return dict(read_metadata(model)["decision"])
+
+
+PARTS = ("model", "e2e", "latency", "memory", "scale")
+SCALE_SIZES = [1000, 2000, 5000, 10000]
 
 
 def main() -> int:
@@ -480,30 +721,51 @@ def main() -> int:
                     help="extra argument for the e2e and latency parts' detector `run` "
                          "(repeatable; the memory part keeps its own arguments), e.g. "
                          "--detector-arg=--inference-threads --detector-arg=1")
-    ap.add_argument("--max-batch", type=int, default=256,
-                    help="the detector's --max-batch (its largest scoring shape)")
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="the e2e and latency parts' detector --max-batch (its largest scoring "
+                         "shape; default: run's default)")
+    ap.add_argument("--scale", action="store_true",
+                    help="only the scale part (same as --parts scale)")
+    ap.add_argument("--scale-sizes", default=None, metavar="N,N,...",
+                    help=f"active series per step of the scale part (default: "
+                         f"{','.join(map(str, SCALE_SIZES))}; --quick: 50,100)")
+    ap.add_argument("--scale-windows", type=int, default=150, metavar="N",
+                    help="windows each series of the scale part is fed past its first full "
+                         "window (default: %(default)s, past the decision's warm-up)")
     ap.add_argument("--parallel-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.parallel_child:
         kind, secs, bs = args.parallel_child
         print(json.dumps(_parallel_child(kind, float(secs), [int(b) for b in bs.split(",")])))
         return 0
-    SERVICE_ARGS.extend(args.detector_arg)
+    global TRAIN_EPOCHS
+    max_batch = args.max_batch or run_default("max_batch")
+    if max_batch != run_default("max_batch"):
+        EXTRA_ARGS.extend(["--max-batch", str(max_batch)])
+    EXTRA_ARGS.extend(args.detector_arg)
+    if args.quick:
+        TRAIN_EPOCHS = 2  # a smoke run; the report says so
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parts = set(args.parts.split(","))
     if unknown := parts - set(PARTS):
         ap.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
     if args.skip_e2e:
         parts = {"model"}
+    if args.scale:
+        parts = {"scale"}
     if "latency" in parts and "e2e" not in parts and args.latency_rate is None:
         ap.error("--latency-rate is needed when the e2e part does not run")
     q = args.quick
     seconds = 0.3 if q else 3.0
     batches = [1, 32] if q else [1, 32, 256, 1024]
     kinds = args.kinds.split(",")
+    from stream_detector.testing import FAST_GROUP
+
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "settings": {"epochs": TRAIN_EPOCHS, "extra": list(EXTRA_ARGS),
+                     "fast_group": list(FAST_GROUP)},
     }
     import tensorflow as tf
 
@@ -513,9 +775,8 @@ def main() -> int:
         res["model_only"] = [model_only(k, batches, seconds) for k in kinds]
         for mo in res["model_only"]:
             mo["parallel"] = model_parallel(mo["kind"], batches, seconds)
-    if parts & {"e2e", "latency", "memory"}:
+    if parts & {"e2e", "latency", "memory", "scale"}:
         from stream_detector.kafka.embedded import EmbeddedBroker
-        from stream_detector.testing import train_wave_model
 
         work = Path(tempfile.mkdtemp(prefix="bench-"))
         broker = EmbeddedBroker(log_path=work / "broker.log")
@@ -526,19 +787,26 @@ def main() -> int:
             lat_s = args.latency_seconds or (3 if q else 20)
             res["end_to_end"] = []
             for k in kinds if parts & {"e2e", "latency"} else []:
-                model = train_wave_model(work / f"{k}-model", window=WINDOW, kind=k, epochs=5)
-                row: dict[str, Any] = {"kind": k}
+                model = train_model(work / f"{k}-model", k)
+                res["settings"]["decision"] = decision_of(model)
+                row: dict[str, Any] = {"kind": k, "decision": decision_of(model)}
                 if "e2e" in parts:
-                    row.update(sustained(k, bs, work, model, n_keys, per_key, args.max_batch,
+                    row.update(sustained(k, bs, work, model, n_keys, per_key, max_batch,
                                          broker.pid))
                 if "latency" in parts:
                     # half the steady-state rate: there every message makes a window
                     r = args.latency_rate or row["sustained_windows_s"] / 2
-                    row.update(latency(k, bs, work, model, n_keys, r, lat_s, args.max_batch,
+                    row.update(latency(k, bs, work, model, n_keys, r, lat_s, max_batch,
                                        broker.pid, args.producer_linger_ms))
                 res["end_to_end"].append(row)
             if "memory" in parts:
                 res["memory"] = memory(bs, work, 2000 if q else 100_000)
+                res["settings"]["decision"] = decision_of(work / "conv1d-model")
+            if "scale" in parts:
+                sizes = ([int(x) for x in args.scale_sizes.split(",")] if args.scale_sizes
+                         else [50, 100] if q else SCALE_SIZES)
+                res["scale"] = scale(bs, work, sizes, args.scale_windows)
+                res["settings"]["decision"] = res["scale"]["decision"]
         finally:
             broker.stop()
             if args.keep:
@@ -581,6 +849,7 @@ def _e2e_share(e: dict[str, Any], model_only: list[dict[str, Any]]) -> dict[str,
 
 def report(r: dict[str, Any]) -> None:
     print(f"\nstream_detector benchmark, {r['date']}, {r['machine']}, TF {r['tensorflow']}")
+    print(settings_line(r))
     if "matmul_gflops" in r:
         print(f"machine limit: float32 matmul 2048x2048 = {r['matmul_gflops']:.1f} GFLOP/s\n")
         print("1. model only (window 64, 1 feature, default sizes), windows/s")
@@ -603,7 +872,7 @@ def report(r: dict[str, Any]) -> None:
                       f"{gf:6.1f} GFLOP/s = {gf / r['matmul_gflops']:5.1%} of matmul"
                       + ("" if cpu is None else f", {cpu:.1f} us of CPU per window") + ")")
     for e in r.get("end_to_end", []):
-        print(f"\n2. end to end, {e['kind']}, hop 1")
+        print(f"\n2. end to end, {e['kind']}, hop 1, decision {e['decision']}")
         if "sustained_msgs_s" in e:
             share = "(model-only part not run)"
             if "model_only_ref_windows_s" in e:
@@ -652,11 +921,64 @@ def report(r: dict[str, Any]) -> None:
                   f"(producer, event consumer) {e['cores_bench']:.2f}, of {os.cpu_count()}")
     if "memory" in r:
         m = r["memory"]
-        print(f"\n3. memory: {m['series']} extra series (window 64): RSS "
+        print(f"\n3. memory: {m['series']} extra series of one point each (window 64, not "
+              f"filled; the scale part fills windows and decision state)"
+              + (f", with {' '.join(m['extra_args'])} to hold them (not run's default)"
+                 if m["extra_args"] else "") + ": RSS "
               f"{m['rss_before_mb']:.1f} -> {m['rss_after_mb']:.1f} MB = "
               f"{m['bytes_per_series']:.0f} bytes per series (active {m['active']:.0f}; "
               f"after the checkpoint that wrote every key's state; peak during it "
               f"{m['peak_rss_mb']:.1f} MB = {m['peak_bytes_per_series']:.0f} bytes per series)")
+    if "scale" in r:
+        print(scale_report(r["scale"]))
+
+
+def scale_report(sc: dict[str, Any]) -> str:
+    rows = sc["rows"]
+    w = sc["windows_per_key"]
+    lines = [f"\n4. scale: N active series through `run` (conv1d, decision {sc['decision']}), each "
+             f"fed {WINDOW - 1 + w} points ({w} windows past its first full one); then "
+             f"SIGTERM and a fresh detector on the same group restores them"]
+    if sc.get("history") and w < sc["history"]:
+        lines.append(f"  (the decision keeps {sc['history']} errors per key: at {w} windows "
+                     f"that history is {w / sc['history']:.0%} full, so a key's state, in "
+                     f"the changelog and in memory, is below its steady state; "
+                     f"--scale-windows {sc['history']} measures it full)")
+    for r in rows:
+        if r["extra_args"]:
+            lines.append(f"  N {r['series']}: with {' '.join(r['extra_args'])} (not run's "
+                         f"default) to hold them")
+    lines.append(f"  {'N':>8} {'RSS MB':>8} {'B/series':>9} {'slope B':>8} "
+                 f"{'changelog B/key':>16} {'restore s':>10} {'restart s':>10} "
+                 f"{'start s':>8} {'feed s':>7}")
+    lines.append(f"  {'':>8} {'':>8} {'(vs idle)':>9} {'(ΔRSS/ΔN)':>8} {'mean / max':>16} "
+                 f"{'(metric)':>10} {'(to all)':>10} {'(empty)':>8} {'':>7}")
+    for r in rows:
+        lines.append(
+            f"  {r['series']:>8} {r['rss_mb']:>8.1f} {r['rss_bytes_per_series']:>9.0f} "
+            f"{r['rss_slope_bytes_per_series']:>8.0f} "
+            f"{r['changelog_mean_bytes']:>7.0f} / {r['changelog_max_bytes']:<6.0f} "
+            f"{r['restore_s']:>10.2f} {r['restart_s']:>10.1f} {r['start_s']:>8.1f} "
+            f"{r['feed_s']:>7.1f}")
+    p = sc["projection_1m"]
+    lines.append(
+        "  RSS: the detector's resident set after a checkpoint has written every key; "
+        "B/series: over the same detector idle before its first message; slope: between "
+        "consecutive N (the first row: vs idle). changelog: per key, its latest record's "
+        "key + value in <group>-state. restore: stream_detector_state_restore_seconds; "
+        "restart: a fresh process's start until state_ready = 1 and every key restored; "
+        "start: the first detector's start to ready, empty state. feed: produce + score.")
+    lines.append(
+        f"  projected to 1M series (RSS: the largest N plus its slope; restore, restart: "
+        f"the line through the smallest and the largest N): RSS {p['rss_gb']:.2f} GB, "
+        f"changelog {p['changelog_gb']:.2f} GB, restore {p['restore_s']:.0f} s, restart "
+        f"{p['restart_s']:.0f} s")
+    for r in rows:
+        if r["changelog_keys"] != r["series"] or r["restored_active"] < r["series"]:
+            lines.append(f"  N {r['series']}: changelog holds {r['changelog_keys']} keys, the "
+                         f"fresh detector restored {r['restored_keys']:.0f} "
+                         f"(active {r['restored_active']:.0f})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

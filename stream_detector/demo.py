@@ -81,13 +81,22 @@ def _watch_events(bootstrap: str, topic: str, live: _Live, stop: threading.Event
                     inc.setdefault("started", ev["window_end"])
                     inc.setdefault("ended", ev["window_end"])
                     if not quiet:
-                        print(f"  ANOMALY  {ev['key']:<12} at {ev['window_end']}  "
-                              f"score {ev['score']:.3f} (threshold {ev['threshold']:.3f})",
-                              flush=True)
+                        print(anomaly_line(ev), flush=True)
                 elif ev["type"] == "closed":
                     inc.update(started=ev["started"], ended=ev["ended"], windows=ev["windows"])
     finally:
         c.close()
+
+
+def anomaly_line(ev: Mapping[str, Any]) -> str:
+    """One live-view line per flagged window: its key and time, the decision's evidence
+    (``anomaly_score``, flagged at 0.5 or above) and the checks that flagged it (``reason``),
+    then the error test's ``score`` against its ``threshold``. A range or season hit may
+    have an error below the threshold; the line says which check fired."""
+    reason = "+".join(ev.get("reason") or []) or "-"
+    return (f"  ANOMALY  {ev['key']:<12} at {ev['window_end']}  "
+            f"anomaly_score {float(ev['anomaly_score']):.2f} ({reason})  "
+            f"error {float(ev['score']):.3f} vs threshold {float(ev['threshold']):.3f}")
 
 
 def _counter(metrics: Metrics, name: str) -> float:

@@ -58,13 +58,21 @@ def write_long(path: Path, series: dict[str, np.ndarray], start: float = 1_767_2
     return path
 
 
-def train_wave_model(out: Path, window: int = 32, kind: str = "conv1d", epochs: int = 12) -> Path:
-    """Train a small model on clean waves (the family the tests and the bench stream)."""
+def train_wave_model(out: Path, window: int | None = 32, kind: str = "conv1d",
+                     epochs: int | None = 12, decision: str | None = "static") -> Path:
+    """Train a small model on clean waves (the family the tests and the bench stream).
+
+    ``window``, ``epochs`` or ``decision`` None: train's default (no flag). The tests keep
+    the seed's fixed threshold (``static``): they steer it (with_threshold) and count its
+    flags; the bench trains at train's defaults.
+    """
     data = out.parent / f"{out.name}-train.csv"
     write_long(data, {f"train-{i}": wave(600, seed=100 + i) for i in range(4)})
-    # the seed's fixed threshold: tests steer it (with_threshold) and count its flags
-    cli("train", "--model", kind, "--input", str(data), "--window", str(window), "--epochs",
-        str(epochs), "--out", str(out), "--seed", "1", "--quiet", "--decision", "static")
+    flags = [*(["--window", str(window)] if window is not None else []),
+             *(["--epochs", str(epochs)] if epochs is not None else []),
+             *(["--decision", decision] if decision is not None else [])]
+    cli("train", "--model", kind, "--input", str(data), *flags, "--out", str(out), "--seed",
+        "1", "--quiet")
     return out
 
 

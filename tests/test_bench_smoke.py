@@ -61,3 +61,27 @@ def test_bench_quick_end_to_end_latency_and_memory_parts_run(tmp_path):
     m = res["memory"]
     assert m["active"] >= m["series"] and m["rss_after_mb"] > 0
     assert "produce of the spike" in proc.stdout and "bytes per series" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_bench_scale_part_runs_alone_at_run_defaults(tmp_path):
+    """The scale part (``--scale``), tiny: every row has figures from a real detector, its
+    changelog holds every key, and a fresh detector restored them all."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--scale",
+         "--scale-sizes", "50,100", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    rows = res["scale"]["rows"]
+    assert [r["series"] for r in rows] == [50, 100]
+    for r in rows:
+        assert r["active"] >= r["series"] and r["rss_mb"] > 0
+        assert r["changelog_keys"] == r["series"] and r["changelog_mean_bytes"] > 0
+        assert r["restored_keys"] >= r["series"] and r["restart_s"] > 0
+        assert r["extra_args"] == []  # run's defaults
+    assert res["scale"]["projection_1m"]["rss_gb"] > 0
+    assert "train's defaults" in proc.stdout and "run's defaults" in proc.stdout
+    assert "4. scale" in proc.stdout and "projected to 1M series" in proc.stdout

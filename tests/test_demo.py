@@ -1,0 +1,23 @@
+"""The demo's live view: each anomaly line says why the window was flagged."""
+
+from __future__ import annotations
+
+from stream_detector.demo import anomaly_line
+
+
+def _event(**kw):
+    ev = {"key": "s-1", "window_end": "2026-01-01T00:10:00Z", "score": 0.12,
+          "threshold": 0.5, "anomaly_score": 0.93, "reason": ["range"], "type": "opened"}
+    return {**ev, **kw}
+
+
+def test_a_range_hit_below_the_error_threshold_reads_as_a_range_hit():
+    line = anomaly_line(_event())
+    assert "anomaly_score 0.93 (range)" in line
+    assert "error 0.120 vs threshold 0.500" in line
+    assert line.startswith("  ANOMALY  s-1")
+
+
+def test_several_checks_are_joined_and_none_is_a_dash():
+    assert "(season+error)" in anomaly_line(_event(reason=["season", "error"]))
+    assert "(-)" in anomaly_line(_event(reason=[]))
