@@ -84,6 +84,32 @@ def test_synthetic_anomalies_are_found(
     assert total.precision >= 0.5
 
 
+def test_clean_series_raise_at_most_one_false_incident_per_10000_windows(
+    tmp_path: Path, record_property: RecordProperty,
+) -> None:
+    # The default decision's boundary is a false-incident rate (adaptive: one per key
+    # per 10,000 windows on data like the key's past): series with no anomaly at all,
+    # trained on their first 40 %, must stay below it over the rest.
+    n_series, length = 10, 3000
+    data = generate(n_series=n_series, length=length, seed=7, clean_keys=n_series)
+    assert not data.anomalies
+    ds = read_dataset([write_long_csv(data, tmp_path / "clean.csv")], "long")
+    art = train(ds, TrainOptions(train_fraction=data.clean_prefix / length, seed=SEED))
+    windows = incidents = 0
+    for r in score_dataset(art, ds):
+        scored = ~np.isnan(r.window_score)
+        scored[: data.clean_prefix] = False
+        windows += int(scored.sum())
+        incidents += sum(
+            1 for a, _ in incidents_from_decisions(r.is_anomaly, r.excursion, DEFAULT_WINDOW // 2)
+            if a >= data.clean_prefix)
+    rate = incidents / windows * 10_000
+    print(f"\nclean series: {incidents} false incidents in {windows} windows "
+          f"({rate:.2f} per 10,000)")
+    record_property("clean_false_per_10k", rate)
+    assert rate <= 1.0
+
+
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_DETECTOR_")}
     return subprocess.run(

@@ -5,8 +5,11 @@ Per key, in O(1) state (~240 bytes with a period, ~180 without):
 
 - **Error tail**: a reservoir of the ``tail`` largest errors of the key's last
   ``horizon`` windows. A generalised Pareto tail is fitted by moments to the excesses
-  over the smallest kept error; a window's tail probability is the smaller of the
-  GPD's and the empirical one, and an error past a bounded tail's end point is certain.
+  over the smallest kept error, its shape kept >= 0: a bounded tail fitted on a few
+  strongly correlated windows makes any error just past its end point "certain",
+  which is where false alarms come from. Beyond the largest error the key has shown, a
+  window's tail probability is the smaller of the GPD's and the empirical one; below
+  it, the empirical one.
 - **The boundary** is a false-alarm rate a user can read: at most one false incident
   per key per ``false_alarms`` windows on data like the key's past. Overlapping
   windows share ``overlap - 1`` of their points (``window / hop``), so a window's
@@ -56,7 +59,7 @@ from stream_detector.threshold import Thresholds
 
 LN10 = math.log(10.0)
 SUPPRESS_BLOCKS, SUPPRESS_BLOCK = 4, 16  # block maxima: the last 48-64 windows
-SHAPE_MIN, SHAPE_MAX = -0.25, 0.5
+SHAPE_MIN, SHAPE_MAX = 0.0, 0.5  # no bounded tail: nothing is certain
 THRESHOLD_CAP = 100.0  # a threshold is at most this times the key's largest error seen
 
 _MAGIC = b"SDE1"
@@ -246,7 +249,9 @@ class AdaptiveDecider:
             base = np.maximum(1.0 + gamma * e / sigma, 1e-300)
             log_tail = np.where(gamma == 0, log_ft - e / (sigma * LN10),
                                 log_ft - np.log10(base) / g)
-        log_p = np.where(x > t0, np.minimum(log_tail, log_emp), log_emp)
+        # the fitted tail speaks only beyond the largest error the key has shown: an
+        # error it already exceeded is as rare as the count says, never "certain"
+        log_p = np.where(x > top, np.minimum(log_tail, log_emp), log_emp)
         u = -np.minimum(log_p, 0.0)
         a = u / (u + self.ustar)
         return a, (t0, sigma, gamma, log_ft, top)
