@@ -25,6 +25,8 @@ from stream_detector.threshold import Thresholds
 THR = Thresholds(global_=1.0, per_key={"a": 0.8})
 # small histories and warm-ups so the statistics take over within a short test stream
 SPECS = {
+    "adaptive": {"method": "adaptive", "warmup": 40, "tail": 12, "horizon": 200},
+    "adaptive-nosuppress": {"method": "adaptive", "warmup": 40, "suppress": "off"},
     "pot": {"method": "pot", "history": 200, "warmup": 40},
     "pot-nosuppress": {"method": "pot", "history": 200, "warmup": 40, "suppress": 0},
     "likelihood": {"method": "likelihood", "history": 200, "warmup": 40, "suppress": 0},
@@ -444,3 +446,93 @@ def test_state_without_a_season_restores_and_starts_one() -> None:
     assert again.export("a") == grown
     with pytest.raises(ValueError, match="wrong length"):
         make_decider(THR, SEASON, periods={"a": PERIOD}).restore("a", grown[:20] + grown[-20:])
+
+
+# -- adaptive, the default -------------------------------------------------------------
+def _wave(n: int, period: int = 24, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return (np.sin(2 * np.pi * t / period) + 0.1 * rng.normal(size=n)).astype(np.float32)
+
+
+def test_adaptive_is_the_default_and_its_state_is_at_most_256_bytes() -> None:
+    assert DEFAULT_DECISION == "adaptive"
+    d = make_decider(THR, {"method": "adaptive"}, periods={"a": 24})
+    n = 3000
+    d.decide(["a"] * n, errors(n, seed=2), _wave(n).reshape(n, 1, 1))
+    d.decide(["b"] * n, errors(n, seed=3), _wave(n, 31).reshape(n, 1, 1))
+    for key in ("a", "b"):
+        raw = d.export(key)
+        assert raw is not None and len(raw) <= 256
+    assert len(d.export("a") or b"") == d.state_bytes(1, 24)  # type: ignore[attr-defined]
+
+
+def test_adaptive_decides_keys_in_rounds_with_values_whatever_the_batch() -> None:
+    """Several keys interleaved, values and a season: one call, per-key calls and random
+    batch cuts give the same decisions."""
+    n = 1200
+    keys = ["a", "b", "c"]
+    data = {k: (errors(n, seed=i), _wave(n, 20 + 3 * i, seed=i)) for i, k in enumerate(keys)}
+    order = [k for i in range(n) for k in keys]
+    rng = np.random.default_rng(0)
+    rng.shuffle(order[600:])  # keep each key's own order: reassign positions per key
+    pos = {k: 0 for k in keys}
+    x_all, v_all = [], []
+    for k in order:
+        x_all.append(data[k][0][pos[k]])
+        v_all.append(data[k][1][pos[k]])
+        pos[k] += 1
+    x_all_a, v_all_a = np.array(x_all), np.array(v_all, np.float32).reshape(-1, 1, 1)
+    periods = {"a": 20, "b": 23, "c": 26}
+    whole = make_decider(THR, {"method": "adaptive"}, periods=periods).decide(
+        order, x_all_a, v_all_a)
+    d = make_decider(THR, {"method": "adaptive"}, periods=periods)
+    cuts = [0, *sorted(rng.choice(np.arange(1, len(order)), 40, replace=False)), len(order)]
+    parts = [d.decide(order[lo:hi], x_all_a[lo:hi], v_all_a[lo:hi])
+             for lo, hi in zip(cuts[:-1], cuts[1:])]
+    for i, field in enumerate(whole):
+        np.testing.assert_array_equal(field, np.concatenate([p[i] for p in parts]))
+    single = make_decider(THR, {"method": "adaptive"}, periods=periods)
+    mine = np.array([k == "b" for k in order])
+    alone = single.decide(["b"] * n, data["b"][0], data["b"][1].reshape(n, 1, 1))
+    for i, field in enumerate(whole):
+        np.testing.assert_array_equal(field[mine], alone[i])
+
+
+def test_adaptive_thresholds_are_finite_whatever_the_errors() -> None:
+    d = make_decider(THR, {"method": "adaptive", "warmup": 10})
+    n = 400
+    x = np.concatenate([np.full(200, 1e-3), np.geomspace(1e-3, 1e30, 200)])
+    thr, a, *_ = d.decide(["a"] * n, x, np.zeros((n, 1, 1), np.float32))
+    assert np.all(np.isfinite(thr)) and np.all(thr > 0)
+    assert np.all((a >= 0) & (a <= 1))
+    const = make_decider(THR, {"method": "adaptive", "warmup": 10})
+    thr, *_ = const.decide(["c"] * n, np.full(n, 0.25), np.zeros((n, 1, 1), np.float32))
+    assert np.all(np.isfinite(thr))
+
+
+def test_adaptive_flags_a_flat_line_and_a_level_never_seen() -> None:
+    n = 1500
+    v = _wave(n, 30, seed=4)
+    v[1000:1100] = v[1000]  # stuck
+    v[1300] = 8.0  # far outside the range
+    x = errors(n, seed=5) * 0.1  # the model reconstructs both well
+    d = make_decider(THR, {"method": "adaptive"})
+    _, _, flag, _, reason = d.decide(["a"] * n, x, v.reshape(n, 1, 1))
+    flat = np.flatnonzero(flag & (reason & 8 > 0))
+    assert len(flat) and 1000 <= flat[0] < 1064
+    assert flag[1300] and reason[1300] & 2
+    assert not flag[200:1000].any()
+
+
+def test_adaptive_refuses_another_methods_state() -> None:
+    pot = make_decider(THR, SPECS["pot"])
+    pot.decide(["a"] * 100, errors(100))
+    with pytest.raises(ValueError):
+        make_decider(THR, {"method": "adaptive"}).restore("a", pot.export("a") or b"")
+    d = make_decider(THR, {"method": "adaptive"})
+    d.decide(["a"] * 100, errors(100), np.zeros((100, 1, 1), np.float32))
+    raw = d.export("a") or b""
+    for cut in range(len(raw)):
+        with pytest.raises(ValueError):
+            make_decider(THR, {"method": "adaptive"}).restore("a", raw[:cut])
