@@ -63,16 +63,20 @@ def cmd_train(cfg: dict[str, Any]) -> int:
         decision=cfg["decision"], decision_params=cfg["decision_param"],
     )
     _check_positive(cfg, "epochs", "batch_size", "hop", "max_windows")
+    if cfg["patience"] is not None and cfg["patience"] < 0:
+        raise InputError(f"--patience must be >= 0, got {cfg['patience']}")
     if cfg["window"] is not None and cfg["window"] < 1:
         raise InputError("--window must be >= 1")
     art = _train_to(cfg["out"], ds, opts)
     if not quiet:
         t = art.metadata["training"]
+        how = (f"robust z {art.thresholds.factor:g} among the rows"
+               if art.thresholds.method == "robust_mad"
+               else f"q{art.thresholds.quantile:g} x {art.thresholds.factor:g}")
         print(
             f"model {art.kind} {art.version}: {t['series']} series, {t['windows']} windows, "
             f"{t['epochs_run']} epochs, threshold {art.thresholds.global_:.4g} "
-            f"(q{art.thresholds.quantile:g} x {art.thresholds.factor:g}), decision "
-            f"{art.metadata['decision']['method']} -> {cfg['out']}"
+            f"({how}), decision {art.metadata['decision']['method']} -> {cfg['out']}"
         )
     return 0
 

@@ -94,3 +94,28 @@ def calibrate(
             if n >= MIN_WINDOWS_PER_KEY:
                 per_key[str(key)] = float(np.quantile(chunk, quantile)) * factor
     return Thresholds(global_=max(g, 1e-12), per_key=per_key, quantile=quantile, factor=factor)
+
+
+#: the outlier cutoff of :func:`robust_boundary`, in robust sigmas: Iglewicz and Hoaglin's
+#: 3.5 for the modified z-score (0.6745 (x - median) / MAD)
+ROBUST_Z = 3.5
+_MAD_SIGMA = 1.4826  # MAD -> standard deviation of a normal sample
+
+
+def robust_boundary(errors: np.ndarray, z: float = ROBUST_Z) -> Thresholds:
+    """One pooled threshold ``z`` robust sigmas above the errors' median:
+    ``median + z * 1.4826 * MAD``.
+
+    For errors that are samples of one process (``wide`` rows): the median and the MAD
+    barely move when a few of the errors are outliers, unlike a high quantile of a few
+    dozen values. No per-key values. (On the raw errors, not their logarithms: those
+    stretch the small errors and squeeze the large ones, the tail that matters.)
+
+    >>> robust_boundary(np.array([1.0, 1.0, 1.0, 100.0])).global_  # MAD 0
+    1.0
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    med = float(np.median(e))
+    mad = float(np.median(np.abs(e - med)))
+    return Thresholds(global_=max(med + z * _MAD_SIGMA * mad, 1e-12), method="robust_mad",
+                      quantile=0.5, factor=z)

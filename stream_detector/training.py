@@ -15,10 +15,16 @@ from stream_detector.decision import DEFAULT_DECISION, decision_spec
 from stream_detector.errors import InputError
 from stream_detector.scaling import ScalerSet, fit_scaler
 from stream_detector.season import detect_period
-from stream_detector.threshold import calibrate
+from stream_detector.threshold import ROBUST_Z, Thresholds, calibrate, robust_boundary
 from stream_detector.window import series_windows
 
 DEFAULT_WINDOW = 64
+# ``--format wide``: each row is one sample, so a fit sees one window per row; these
+# budgets give it hundreds of gradient steps (the series defaults give ~30)
+WIDE_EPOCHS, WIDE_PATIENCE = 300, 30
+#: folds of the cross-fit that gives every training row an error from a model that did not
+#: see it (wide input, at least ``2 * WIDE_FOLDS`` rows)
+WIDE_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -26,9 +32,9 @@ class TrainOptions:
     """Everything ``train`` can be told; defaults are the seed design's."""
 
     kind: str = "conv1d"
-    window: int | None = None  # None: 64 for series, 1 for records
+    window: int | None = None  # None: 64 for series, 1 for records, the row for wide
     hop: int = 1
-    epochs: int = 30
+    epochs: int | None = None  # None: 30 (WIDE_EPOCHS for wide)
     batch_size: int = 64
     threshold_quantile: float = 0.995
     threshold_factor: float = 1.5
@@ -37,7 +43,7 @@ class TrainOptions:
     scaler: str = "robust"
     model_params: dict[str, Any] = field(default_factory=dict)
     validation_split: float = 0.1
-    patience: int = 3
+    patience: int | None = None  # None: 3 (WIDE_PATIENCE for wide)
     learning_rate: float = 1e-3
     max_windows: int = 100_000
     verbose: int = 0
@@ -79,20 +85,45 @@ def find_periods(parts: list[Series]) -> dict[str, int]:
     return {k: v for k, v in found.items() if v}
 
 
+def _default_window(dataset: Dataset, fraction: float) -> int:
+    if dataset.fmt == "records":
+        return 1
+    if dataset.fmt == "wide":  # the seed's: one window per row (the shortest row's length)
+        return min((len(s.head(fraction)) for s in dataset.series), default=DEFAULT_WINDOW)
+    return DEFAULT_WINDOW
+
+
 def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
-    """Fit, calibrate and return an (unsaved) artifact for ``dataset``."""
+    """Fit, calibrate and return an (unsaved) artifact for ``dataset``.
+
+    ``wide`` input (rows are samples of one process) is fitted and decided among the
+    rows: see :func:`_fit_rows`.
+    """
     record_mode = dataset.fmt == "records"
+    wide = dataset.fmt == "wide"
     if record_mode and opts.kind != "feedforward":
         raise InputError(f"--format records needs --model feedforward (got {opts.kind!r})")
-    window = opts.window if opts.window is not None else (1 if record_mode else DEFAULT_WINDOW)
-    if record_mode and window != 1:
-        raise InputError("--format records scores each record on its own: use --window 1")
     if not 0.0 < opts.train_fraction <= 1.0:
         raise InputError(f"--train-fraction must be in (0, 1], got {opts.train_fraction}")
-    try:
-        decision = decision_spec(opts.decision, opts.decision_params)
-    except ValueError as exc:
-        raise InputError(f"--decision: {exc}") from None
+    window = opts.window if opts.window is not None else _default_window(
+        dataset, opts.train_fraction)
+    if record_mode and window != 1:
+        raise InputError("--format records scores each record on its own: use --window 1")
+    epochs = opts.epochs if opts.epochs is not None else (WIDE_EPOCHS if wide else 30)
+    patience = opts.patience if opts.patience is not None else (WIDE_PATIENCE if wide else 3)
+    if wide:
+        # a row is judged among the rows: one pooled boundary, no per-key state, so the
+        # stateful methods (and a default that may be one) do not apply
+        if opts.decision not in ("static", DEFAULT_DECISION) or opts.decision_params:
+            raise InputError(
+                f"--format wide decides each row among the rows (one pooled threshold, "
+                f"decision static); --decision {opts.decision} does not apply")
+        decision: dict[str, Any] = {"method": "static"}
+    else:
+        try:
+            decision = decision_spec(opts.decision, opts.decision_params)
+        except ValueError as exc:
+            raise InputError(f"--decision: {exc}") from None
     for s in dataset.series:
         n = len(s.head(opts.train_fraction))
         if n < window:
@@ -116,7 +147,7 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
     parts = [s.head(opts.train_fraction) for s in dataset.series]
     global_scaler = fit_scaler(np.concatenate([p.values for p in parts]), opts.scaler)
     per_key = {}
-    if not record_mode:
+    if not record_mode and not wide:  # wide: the rows share one process, one scaler
         for p in parts:
             if len(p) >= _min_points_for_key_stats(window):
                 per_key[p.key] = fit_scaler(p.values, opts.scaler, fallback=global_scaler)
@@ -129,17 +160,25 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
         pick = np.sort(rng.choice(len(windows), opts.max_windows, replace=False))
         windows, keys = windows[pick], keys[pick]
 
-    # Step 3. Fit.
-    model = models.build(opts.kind, window, dataset.n_features, opts.model_params)
-    history = model.fit(
-        windows, epochs=opts.epochs, batch_size=opts.batch_size,
-        validation_split=opts.validation_split, patience=opts.patience,
-        learning_rate=opts.learning_rate, verbose=opts.verbose, seed=opts.seed,
-    )
+    def fit(x: np.ndarray) -> tuple[Any, dict[str, list[float]]]:
+        m = models.build(opts.kind, window, dataset.n_features, opts.model_params)
+        h = m.fit(
+            x, epochs=epochs, batch_size=opts.batch_size,
+            validation_split=opts.validation_split, patience=patience,
+            learning_rate=opts.learning_rate, verbose=opts.verbose, seed=opts.seed,
+        )
+        return m, h
 
-    # Step 4. Calibrate the decision on the training errors, through the inference path.
-    errors = model.score_batch(windows)
-    thresholds = calibrate(errors, keys, opts.threshold_quantile, opts.threshold_factor)
+    rows: dict[str, Any] | None = None
+    if wide:
+        # Steps 3 and 4 among the rows: cross-fit, pooled robust boundary, final fit.
+        model, history, errors, thresholds, rows = _fit_rows(fit, windows, keys, opts.seed)
+    else:
+        # Step 3. Fit.
+        model, history = fit(windows)
+        # Step 4. Calibrate the decision on the training errors, through the inference path.
+        errors = model.score_batch(windows)
+        thresholds = calibrate(errors, keys, opts.threshold_quantile, opts.threshold_factor)
     metadata = {
         "model": opts.kind,
         "model_params": model.params,
@@ -169,14 +208,65 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
                 q: float(np.quantile(errors, float(q))) for q in ("0.5", "0.9", "0.99", "0.999")
             },
             "seed": opts.seed,
+            "epochs": epochs,
+            "patience": patience,
             "batch_size": opts.batch_size,
             "seconds": round(time.time() - started, 2),
         },
     }
+    if rows is not None:
+        metadata["training"]["rows"] = rows
     from stream_detector.artifact import library_versions
 
     metadata["libraries"] = library_versions()
     return Artifact(model=model, scalers=scalers, thresholds=thresholds, metadata=metadata)
+
+
+def _fit_rows(
+    fit: Any, windows: np.ndarray, keys: np.ndarray, seed: int | None
+) -> tuple[Any, dict[str, list[float]], np.ndarray, Thresholds, dict[str, Any]]:
+    """Fit and calibrate on rows that are samples of one process (``wide`` input).
+
+    A row is anomalous when it is an outlier among the rows, and a few training rows
+    may be anomalous themselves. An autoencoder reconstructs the rows it was fitted on,
+    an odd one included, so their in-sample errors hide it: each row's error comes from a
+    model that did not see it (``WIDE_FOLDS``-fold cross-fit over the rows). The
+    boundary is a robust outlier rule on those errors, pooled over all rows:
+    ``median + ROBUST_Z * MAD`` (MAD scaled to a normal sigma; ``robust_boundary``), so
+    a few outlying rows move neither the median nor the MAD much. As the errors are
+    those of unseen rows, the boundary holds for new rows too. The rows beyond it are left out of
+    the final fit, so they stay unexplained by the served model. With fewer than
+    ``2 * WIDE_FOLDS`` rows there is nothing to cross-fit: the final fit's own errors are
+    used.
+    """
+    uniq = np.unique(keys)
+    if len(uniq) >= 2 * WIDE_FOLDS:
+        rng = np.random.default_rng(seed)
+        fold_of = {k: i % WIDE_FOLDS for i, k in enumerate(rng.permutation(uniq))}
+        fold = np.fromiter((fold_of[k] for k in keys), dtype=np.int64, count=len(keys))
+        held_out = np.zeros(len(windows), dtype=np.float64)
+        for f in range(WIDE_FOLDS):
+            m, _ = fit(windows[fold != f])
+            held_out[fold == f] = m.score_batch(windows[fold == f])
+        boundary = robust_boundary(held_out)
+        outlying = set(keys[held_out > boundary.global_].tolist())
+        inliers = np.fromiter((k not in outlying for k in keys), dtype=bool, count=len(keys))
+        model, history = fit(windows[inliers])
+        errors = held_out
+    else:
+        model, history = fit(windows)
+        errors = model.score_batch(windows)
+        boundary = robust_boundary(errors)
+        outlying = set(keys[errors > boundary.global_].tolist())
+    rows = {
+        "cross_fit_folds": WIDE_FOLDS if len(uniq) >= 2 * WIDE_FOLDS else 0,
+        "robust_z": ROBUST_Z,
+        "error_median": float(np.median(errors)),
+        "error_mad": float(np.median(np.abs(errors - np.median(errors)))),
+        # training rows beyond the boundary (left out of the final fit when cross-fitted)
+        "outlying": sorted(str(k) for k in outlying),
+    }
+    return model, history, errors, boundary, rows
 
 
 def train_and_save(dataset: Dataset, opts: TrainOptions, out_dir: str | Path) -> Artifact:

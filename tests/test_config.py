@@ -51,7 +51,7 @@ def config_file(tmp_path: Path) -> Path:
 
 def test_defaults() -> None:
     cfg = _resolve(TRAIN)
-    assert cfg["epochs"] == 30 and cfg["batch_size"] == 64 and cfg["model"] == "conv1d"
+    assert cfg["epochs"] is None and cfg["batch_size"] == 64 and cfg["model"] == "conv1d"
     assert cfg["window"] is None and cfg["threshold_factor"] == 1.5 and cfg["quiet"] is False
     assert cfg["input"] == ["x.csv"] and cfg["out"] == "m"
 
@@ -63,7 +63,7 @@ def test_flag_beats_env_beats_file_beats_default(config_file: Path) -> None:
     assert cfg["batch_size"] == 32  # env
     assert cfg["model"] == "lstm"  # file, top level
     assert cfg["learning_rate"] == 0.01  # file, command section
-    assert cfg["patience"] == 3  # default
+    assert cfg["patience"] is None  # default (train: 3, or 30 for wide)
 
 
 def test_config_file_from_the_environment(config_file: Path) -> None:
