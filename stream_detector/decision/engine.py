@@ -155,7 +155,7 @@ class AdaptiveDecider:
         table = self._ensure(v.shape[2] if v is not None else max(self.n_features, 1))
         slots, new = table.slots(keys)
         if new.any():
-            for i in np.flatnonzero(new):
+            for i in np.flatnonzero(new).tolist():
                 self._init_slot(keys[i], int(slots[i]))
         for idx in rounds(slots):
             got = self._round(slots[idx], x[idx], None if v is None else v[idx])

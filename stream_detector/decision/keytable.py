@@ -52,7 +52,7 @@ class KeyTable:
         out = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         new = out < 0
         if new.any():
-            for i in np.flatnonzero(new):
+            for i in np.flatnonzero(new).tolist():
                 s = self._slot.get(keys[i])
                 out[i] = s if s is not None else self._add(keys[i])
         return out, new
