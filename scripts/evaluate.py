@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("STREAM_DETECTOR_DATA", REPO.parent / "shared" / "data"))
 # the methods of the summary table (the default among them)
-DEFAULT_DECISIONS = ["static", "pot", "dynamic", "likelihood"]
+DEFAULT_DECISIONS = ["adaptive", "static", "pot", "dynamic", "likelihood"]
 QUICK_NAB = [
     "artificialWithAnomaly/art_daily_jumpsup.csv",
     "realKnownCause/nyc_taxi.csv",
