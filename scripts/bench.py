@@ -239,19 +239,21 @@ def settings_line(r: dict[str, Any]) -> str:
 
 
 def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key: int,
-              max_batch: int, broker_pid: int | None) -> dict[str, Any]:
+              max_batch: int, broker_pid: int | None,
+              extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Consume a pre-filled topic: input events/s and windows/s through the whole service,
-    and the cores the detector and the broker use in the steady state."""
+    and the cores the detector and the broker use in the steady state (``extra``: more
+    `run` options, for a comparison row)."""
     from stream_detector.kafka.admin import ensure_topics
     from stream_detector.testing import DetectorProcess, wait_until
 
-    tag = f"{kind}-{os.getpid()}"
+    tag = f"{kind}-{os.getpid()}" + "".join(a.strip("-") for a in extra)
     src, out = f"bench-in-{tag}", f"bench-out-{tag}"
     ensure_topics(bs, {src: 4, out: 1})
     n = _produce(bs, src, n_keys, per_key)
     windows = n_keys * (per_key - WINDOW + 1)
     det = DetectorProcess(bs, src, out, f"bench-{tag}", model,
-                          [*default_args(), *EXTRA_ARGS], log=work / f"{kind}-e2e.log")
+                          [*default_args(), *EXTRA_ARGS, *extra], log=work / f"{tag}-e2e.log")
     try:
         wait_until(lambda: det.value("stream_detector_messages_consumed_total") > 0, 120,
                    "first message", det._tail)
@@ -793,6 +795,10 @@ def main() -> int:
                 if "e2e" in parts:
                     row.update(sustained(k, bs, work, model, n_keys, per_key, max_batch,
                                          broker.pid))
+                    # the same run deciding with the seed's rule: what the default costs
+                    st = sustained(k, bs, work, model, n_keys, per_key, max_batch,
+                                   broker.pid, ("--decision", "static"))
+                    row["static_windows_s"] = st["sustained_windows_s"]
                 if "latency" in parts:
                     # half the steady-state rate: there every message makes a window
                     r = args.latency_rate or row["sustained_windows_s"] / 2
@@ -884,6 +890,10 @@ def report(r: dict[str, Any]) -> None:
                   f"{e['sustained_msgs_s']:.0f} input events/s over the whole topic; steady "
                   f"state {e['sustained_windows_s']:.0f} input events/s = windows/s (mean batch "
                   f"{e['mean_batch']:.0f}); {share}")
+            if e.get("static_windows_s"):
+                print(f"  the same run with `run --decision static` (comparison): "
+                      f"{e['static_windows_s']:.0f} windows/s; the default decision keeps "
+                      f"{e['sustained_windows_s'] / e['static_windows_s']:.1%} of it")
             if e.get("steady_cores_detector") is not None:
                 print(f"  cores in the steady state: detector {e['steady_cores_detector']:.2f} "
                       f"({e['steady_detector_cpu_us_per_window']:.1f} us of CPU per window), "
