@@ -76,7 +76,7 @@ def _detector(bootstrap: str, model: Path, *extra: str) -> tuple[Detector, Recor
     det.consumer.close()
     stub = RecordingConsumer()
     det.consumer = stub  # type: ignore[assignment]
-    det._assigned = {("in", 0)}
+    det.parts.assign({("in", 0)}, restoring=False)
     return det, stub
 
 
