@@ -52,7 +52,11 @@ def test_a_long_restore_keeps_the_loop_alive(broker_bootstrap, topic_factory, gr
         t_assigned = time.monotonic()
         stale = 0.0  # the oldest the loop's heartbeat got while the restore ran
         not_ready = []
+        consumed_while_restoring = 0.0
         while det._restorer.pending and time.monotonic() - t_assigned < 120:
+            consumed = _sample(det, "stream_detector_messages_consumed_total")
+            if det._restorer.pending:  # read before the restore was applied
+                consumed_while_restoring = max(consumed_while_restoring, consumed)
             stale = max(stale, time.monotonic() - det._heartbeat)
             ok, why = det.ready()
             if not ok:
@@ -64,6 +68,9 @@ def test_a_long_restore_keeps_the_loop_alive(broker_bootstrap, topic_factory, gr
         assert stale < min(0.5, restore_s / 3), (
             f"the loop stood still for {stale:.2f} s of a {restore_s:.2f} s restore")
         assert any("restoring the state" in w for w in not_ready), not_ready[:3]
+        # paused while restoring: a point consumed before its key's state is back would
+        # start the key afresh (issue #26: this test passed with the pause deleted)
+        assert consumed_while_restoring == 0, "input consumed before its state was restored"
         # consumed only after the restore, and to the end
         wait_until(lambda: committed_offsets(broker_bootstrap, group_id, src, 1)[0] == 40,
                    60, "input consumed after the restore")
