@@ -47,7 +47,7 @@ INVALID_REASONS = (
 TOPIC_KINDS = ("events", "dlq", "state")
 
 # why a state changelog record was not restored (or, decision_state, not in full)
-STATE_SKIP_REASONS = ("damaged", "other_layout", "decision_state")
+STATE_SKIP_REASONS = ("damaged", "other_layout", "decision_state", "max_series")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -299,7 +299,8 @@ class Metrics:
                 "State changelog records not restored, by reason: damaged (cut or garbage: "
                 "the key starts empty), other_layout (another model's window or features, "
                 "another version), decision_state (the window was restored, the decision "
-                "method refused its own state).",
+                "method refused its own state), max_series (beyond --max-series: not "
+                "loaded, kept in the changelog).",
                 ["reason"],
                 registry=reg,
             ),

@@ -24,14 +24,16 @@ cannot be read raises :class:`DamagedStateRecord`; the restore skips and counts 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -274,15 +276,32 @@ class StateStore:
         self.bytes_written += len(value or b"") + len(key)
 
     def restore(self, partitions: Iterable[int], timeout: float = 60.0,
-                cancel: threading.Event | None = None) -> dict[int, dict[str, bytes]]:
+                cancel: threading.Event | None = None,
+                progress: dict[int, PartitionRestore] | None = None,
+                wants: Callable[[int], bool] | None = None,
+                max_keys: int | None = None) -> dict[int, dict[str, bytes]]:
         """Read the latest state record of every key in ``partitions`` of the changelog.
 
-        Raises :class:`TimeoutError` when a partition is not read to its end in
-        ``timeout`` s, :class:`RestoreCancelled` once ``cancel`` is set.
+        - The deadline is one of *progress*: :class:`TimeoutError` when ``timeout`` s pass
+          without a record (or the end marker) arriving, however long the whole read takes.
+        - It resumes: ``progress`` (per partition; filled in place) holds how far an earlier
+          attempt got, so a retry after a failure reads on from there, not from offset 0.
+        - ``wants(p)`` False: partition ``p`` is no longer needed (revoked while read); it
+          is dropped at once, and its records with it.
+        - At most ``max_keys`` keys are held, across the partitions: the most recently
+          written ones (the changelog's order); the others are let go as they fall out,
+          counted in :attr:`PartitionRestore.let_go`, and never deleted from the changelog.
+        - Every end marker written is tombstoned again, whether the read succeeded or not.
+
+        Returns each partition's records, least recently written first. Raises
+        :class:`RestoreCancelled` once ``cancel`` is set.
         """
         parts = sorted(set(partitions))
         if not parts:
             return {}
+        progress = {} if progress is None else progress
+        for p in parts:
+            progress.setdefault(p, PartitionRestore())
         markers = {p: MARKER_PREFIX + uuid.uuid4().hex.encode() for p in parts}
         marker_producer = Producer(self._producer_conf)
         try:
@@ -291,37 +310,62 @@ class StateStore:
             if marker_producer.flush(timeout):
                 raise TimeoutError(
                     f"state topic {self.topic}: marker not confirmed in {timeout} s")
-            out = self._read_to_markers(parts, markers, timeout, cancel)
-            for p, marker in markers.items():  # tombstones: compaction removes the markers
-                produce(marker_producer, self.topic, key=marker, value=None, partition=p)
+            self._read_to_markers(parts, markers, timeout, cancel, progress,
+                                  wants or (lambda p: True), max_keys)
         finally:
+            # tombstones, so that compaction removes the markers: a failed attempt's too
+            for p, marker in markers.items():
+                try:
+                    produce(marker_producer, self.topic, key=marker, value=None, partition=p)
+                except Exception as exc:  # best effort: the read's outcome stands
+                    log.warning("state restore: marker tombstone not queued: %s", exc)
             marker_producer.flush(5.0)
-        return out
+        return {p: {k: raw for k, (_, raw) in progress[p].records.items()}
+                for p in parts if p in progress}
 
     def _read_to_markers(self, parts: list[int], markers: dict[int, bytes], timeout: float,
-                         cancel: threading.Event | None) -> dict[int, dict[str, bytes]]:
+                         cancel: threading.Event | None, progress: dict[int, PartitionRestore],
+                         wants: Callable[[int], bool], max_keys: int | None) -> None:
         conf = {**self._consumer_conf, "group.id": f"restore-{uuid.uuid4().hex}",
                 "enable.auto.commit": False, "auto.offset.reset": "earliest"}
         consumer = Consumer(conf)
-        out: dict[int, dict[str, bytes]] = {p: {} for p in parts}
         pending = set(parts)
+        start = {p: progress[p].offset for p in parts}
+        held = sum(len(progress[p].records) for p in parts)
         deadline = time.monotonic() + timeout
         try:
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+            consumer.assign([TopicPartition(self.topic, p, start[p]) for p in parts])
             while pending:
                 if cancel is not None and cancel.is_set():
                     raise RestoreCancelled(f"state topic {self.topic}: restore cancelled")
+                for p in [p for p in pending if not wants(p)]:  # revoked meanwhile
+                    pending.discard(p)
+                    consumer.pause([TopicPartition(self.topic, p)])
+                    held -= len(progress.pop(p).records)
+                if not pending:
+                    break
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"state topic {self.topic}: partitions {sorted(pending)} not read "
-                        f"to their end in {timeout} s")
-                for msg in consumer.consume(1000, 0.5):
+                        f"state topic {self.topic}: no progress reading partitions "
+                        f"{sorted(pending)} for {timeout} s")
+                msgs = consumer.consume(1000, 0.5)
+                for msg in msgs:
                     err = msg.error()
                     if err is not None:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("state restore: %s", err)
                         continue
                     p = msg.partition()
+                    if p not in pending:
+                        continue
+                    deadline = time.monotonic() + timeout  # progress
+                    pr = progress[p]
+                    offset = msg.offset()
+                    if offset < start[p]:  # the resume point is gone: read from the start
+                        held -= len(pr.records)
+                        pr.records.clear()
+                        start[p] = -1
+                    pr.offset = offset + 1
                     key = msg.key() or b""
                     if key.startswith(MARKER_PREFIX):
                         if key == markers.get(p):
@@ -330,13 +374,45 @@ class StateStore:
                         continue
                     value = msg.value()
                     k = key.decode("utf-8", "replace")
-                    if value is None:
-                        out[p].pop(k, None)
-                    else:
-                        out[p][k] = value
+                    old = pr.records.pop(k, None)
+                    held -= old is not None
+                    if value is not None:
+                        pr.records[k] = (next(_SEQ), value)
+                        held += 1
+                        if max_keys is not None and held > max_keys:
+                            held -= _let_go_oldest(progress, parts)
         finally:
             consumer.close()
-        return out
+
+
+def _let_go_oldest(progress: dict[int, PartitionRestore], parts: list[int]) -> int:
+    """Drop the least recently written key of the partitions (1), or none (0)."""
+    oldest = None
+    for p in parts:
+        pr = progress.get(p)
+        if pr is not None and pr.records:
+            seq = next(iter(pr.records.values()))[0]
+            if oldest is None or seq < oldest[0]:
+                oldest = (seq, pr)
+    if oldest is None:
+        return 0
+    oldest[1].records.popitem(last=False)
+    oldest[1].let_go += 1
+    return 1
+
+
+_SEQ = itertools.count()  # the order in which restores read records (all partitions)
+
+
+@dataclass
+class PartitionRestore:
+    """How far the restore of one changelog partition got: the next offset to read, and
+    the latest record of every key read so far (key -> (read order, record)), least
+    recently written first. Kept across a failed attempt, so the next one resumes."""
+
+    offset: int = OFFSET_BEGINNING
+    records: OrderedDict[str, tuple[int, bytes]] = field(default_factory=OrderedDict)
+    let_go: int = 0  # records let go beyond max_keys
 
 
 class RestoreCancelled(Exception):

@@ -585,6 +585,20 @@ def test_state_topic_is_compacted_and_partitioned_like_the_input(overlay):
             assert int(spec["config"]["min.insync.replicas"]) < spec["replicas"], name
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_state_topic_keeps_its_dirty_tail_small(overlay):
+    """A restore reads the changelog's whole uncompacted tail (issue #26, item 4): the
+    active segment is never compacted, so it must roll well before Kafka's 1 GiB / 7 days,
+    the cleaner must run before half the log is dirty, and within a bounded lag."""
+    names = kafka_names(f"overlays/{overlay}")
+    config = kafka_topics(STRIMZI[overlay])[names["state"]]["spec"]["config"]
+    assert int(config["segment.bytes"]) <= 128 * 2**20
+    assert int(config["segment.ms"]) <= 24 * 3600 * 1000
+    assert float(config["min.cleanable.dirty.ratio"]) <= 0.25
+    assert int(config["max.compaction.lag.ms"]) <= 24 * 3600 * 1000
+    assert "delete" not in config["cleanup.policy"], "never deleted by time"
+
+
 def test_dev_shares_no_kafka_name_with_prod():
     """Dev pods must never join prod's group or write into prod's topics."""
     dev, prod = kafka_names("overlays/dev"), kafka_names("overlays/prod")

@@ -85,7 +85,7 @@ def test_an_idle_key_s_open_incident_is_closed(flagging_model: Path) -> None:
 def test_revocation_closes_incidents_without_a_changelog_and_hands_them_on_with_one(
         flagging_model: Path) -> None:
     det, events = _detector(flagging_model, "--state", "none")
-    det._assigned = {("in", 0), ("in", 1)}
+    det.parts.assign({("in", 0), ("in", 1)}, restoring=False)
     det.handle_many(_msgs("a", wave(WINDOW, seed=1), partition=0)
                     + _msgs("b", wave(WINDOW, seed=2), partition=1))
     det._on_revoke(det.consumer, [TopicPartition("in", 0)])
@@ -98,7 +98,7 @@ def test_revocation_closes_incidents_without_a_changelog_and_hands_them_on_with_
     written: list[tuple[int, str, bytes | None]] = []
     det._write_records = written.extend  # type: ignore[method-assign]
     det._state_partitions = 2
-    det._assigned = {("in", 0)}
+    det.parts.assign({("in", 0)}, restoring=False)
     det.handle_many(_msgs("a", wave(WINDOW, seed=1), partition=0))
     det._on_revoke(det.consumer, [TopicPartition("in", 0)])
     assert [e["type"] for e in events] == ["opened"], "handed on, not closed"
@@ -198,4 +198,37 @@ def test_a_restore_skips_and_counts_the_records_it_cannot_use(model: Path) -> No
     assert "cut" not in det.buffer and "other" not in det.buffer
     det.handle_many(_msgs("a", wave(1, seed=8), offset=WINDOW, start=WINDOW))
     det.score_batch()
+    assert _value(det, "stream_detector_windows_scored_total") == 1
+
+
+@pytest.mark.parametrize("submitted", [False, True])
+def test_windows_of_a_lost_partition_are_dropped_with_it(flagging_model: Path,
+                                                          submitted: bool) -> None:
+    """Issue #26, item 7: windows of a lost partition still batched or in flight when it
+    is lost are never decided: no incident opens for a key this replica no longer holds
+    (nothing would ever close it), no decider state comes back for it; the windows of the
+    partitions it keeps are decided as usual."""
+    det, events = _detector(flagging_model)
+    decided: list[str] = []
+    real = det.decider.decide
+
+    def spy(keys: Any, scores: np.ndarray, newest: Any = None) -> Any:
+        decided.extend(keys)  # what gets decided gets decider state (per-key methods)
+        return real(keys, scores, newest)
+
+    det.decider.decide = spy  # type: ignore[method-assign]
+    det.parts.assign({("in", 0), ("in", 1)}, restoring=False)
+    det.handle_many(_msgs("a", wave(WINDOW, seed=1), partition=0)
+                    + _msgs("b", wave(WINDOW, seed=2), partition=1))
+    if submitted:
+        det.submit_batch()
+        assert det._inflight and not len(det.batcher)
+    else:
+        assert len(det.batcher) == 2 and not det._inflight
+    det._on_lost(det.consumer, [TopicPartition("in", 0)])
+    det.score_batch()
+    assert [(e["key"], e["type"]) for e in events] == [("b", "opened")], events
+    assert not det.tracker.is_open("a") and det.tracker.is_open("b")
+    assert decided == ["b"], decided
+    assert "a" not in det.buffer
     assert _value(det, "stream_detector_windows_scored_total") == 1

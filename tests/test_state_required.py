@@ -46,7 +46,7 @@ def test_a_changelog_that_cannot_be_created(broker_bootstrap, topic_factory, gro
     loop = threading.Thread(target=det.run, daemon=True)
     loop.start()
     try:
-        wait_until(lambda: det._assigned, 60, "an assignment")
+        wait_until(lambda: det.parts.assigned, 60, "an assignment")
         if required:
             time.sleep(3.0)
             assert _sample(det, "stream_detector_messages_consumed_total") == 0

@@ -23,6 +23,7 @@ from stream_detector.window import WindowBuffer
 if TYPE_CHECKING:
     from stream_detector.service.checkpoint import Checkpoint
     from stream_detector.service.config import ServiceConfig
+    from stream_detector.service.partitions import Partitions
     from stream_detector.service.restoring import Restorer
     from stream_detector.service.shadow import Shadow
 
@@ -45,6 +46,8 @@ class InFlight(NamedTuple):
     art: Artifact
     decider: Decider
     shadow: Shadow | None
+    # input partitions revoked or lost since submit: their windows are dropped, not decided
+    dropped: set[int]
 
 
 def kafka_ts(msg: Message) -> float | None:
@@ -85,11 +88,10 @@ class DetectorBase:
     _stop: bool
     _positions: dict[TP, int]
     _committed: dict[TP, int]
-    _assigned: set[TP]
+    parts: Partitions
     _deleted: dict[str, int]
     _records_since_trim: int
     _state_partitions: int
-    _state_missing: set[TP]
     _state_error: str
     _state_retry: float
     _restorer: Restorer

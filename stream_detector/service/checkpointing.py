@@ -107,8 +107,11 @@ class CheckpointMixin(DetectorBase):
         """The mark's batches are applied: encode the changed keys' state as of now."""
         # tombstones first: a key evicted and back since the last checkpoint has both,
         # and its live record, written after, is the one compaction keeps
+        # (never for a partition given away: its keys' state is another replica's now)
+        given_away = self.parts.given_away
         records: list[StateRecord] = [(p, key, None) for key, p in ck.deleted
-                                      if 0 <= p < self._state_partitions]
+                                      if 0 <= p < self._state_partitions
+                                      and not given_away(p)]
         records += [rec for key, exp in ck.buffers
                     if key in self.buffer and (rec := self._state_record(key, exp)) is not None]
         ck.scored(records)
@@ -120,6 +123,8 @@ class CheckpointMixin(DetectorBase):
         tag, count, last_offset, values, ts = exp
         if tag >= self._state_partitions:
             return None  # the changelog could not grow to this partition (logged)
+        if self.parts.given_away(tag):
+            return None  # another replica's key (a window of it came back late)
         return tag, key, encode_state(KeyState(count, last_offset, values, ts,
                                                self.tracker.export(key),
                                                self.decider.export(key)), self.art.window)
@@ -164,7 +169,7 @@ class CheckpointMixin(DetectorBase):
             _commit_failed(err)
             return
         for tp in partitions:
-            if tp.error is None and (tp.topic, tp.partition) in self._assigned:
+            if tp.error is None and self.parts.owns((tp.topic, tp.partition)):
                 self._committed[(tp.topic, tp.partition)] = tp.offset
 
     def _uncommitted(self, only: set[TP] | None = None) -> list[TopicPartition]:

@@ -54,6 +54,9 @@ class ServiceConfig:
     state: str = run_default("state")
     state_topic: str | None = run_default("state_topic")
     state_required: bool = run_default("state_required")
+    # a restore fails after this long without progress (not in total: a large changelog
+    # takes as long as it takes while records keep arriving)
+    state_restore_timeout_s: float = 60.0
     model_poll_s: float = run_default("model_poll_s")
     shadow_windows: int = run_default("shadow_windows")
     promotion_gate: str = run_default("promotion_gate")

@@ -67,7 +67,7 @@ class InferenceMixin(DetectorBase):
 
         self._submitted += 1
         self._inflight.append(InFlight(self._submitted, batch, keys, self._pool.submit(infer),
-                                       art, self.decider, shadow))
+                                       art, self.decider, shadow, set()))
         while len(self._inflight) > self.max_inflight:
             self._complete_one()
 
@@ -94,9 +94,11 @@ class InferenceMixin(DetectorBase):
         m.inference_seconds.observe(seconds)
         m.inference_batch_size.observe(len(batch))
         windows, metas = batch.windows, batch.metas
+        if job.dropped:  # partitions revoked or lost since submit: not decided here
+            scores, shadow_scores = self._drop_gone(job, scores, shadow_scores)
         keep = finite_rows(scores)
         if keep is not None:  # inf or NaN error: never decided, in no history, no event
-            self._refuse_nonfinite(batch, scores)
+            self._refuse_nonfinite(batch, scores, job.dropped)
             scores, windows = scores[keep], windows[keep]
             keys = [keys[i] for i in keep.tolist()]
             metas = [metas[i] for i in keep.tolist()]
@@ -117,8 +119,29 @@ class InferenceMixin(DetectorBase):
             self._scored(ck)
         return n
 
-    def _refuse_nonfinite(self, batch: Batch[MetaRow], scores: np.ndarray) -> None:
-        bad = np.flatnonzero(~np.isfinite(scores))
+    def _drop_gone(self, job: InFlight, scores: np.ndarray, shadow_scores: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores with NaN for the windows of partitions given away since ``job`` was
+        submitted (so that neither the decider nor the shadow sees them)."""
+        gone = np.array([meta[1].partition() in job.dropped for meta in job.batch.metas])
+        if not gone.any():
+            return scores, shadow_scores
+        log.info("%d window(s) of partitions %s dropped: revoked or lost while scored",
+                 int(gone.sum()), sorted(job.dropped))
+        scores = np.array(scores, dtype=np.float64)
+        scores[gone] = np.nan
+        if shadow_scores is not None:
+            shadow_scores = np.array(shadow_scores, dtype=np.float64)
+            shadow_scores[gone] = np.nan
+        return scores, shadow_scores
+
+    def _refuse_nonfinite(self, batch: Batch[MetaRow], scores: np.ndarray,
+                          dropped: set[int]) -> None:
+        bad = np.flatnonzero(~np.isfinite(scores)
+                             & np.array([m[1].partition() not in dropped
+                                         for m in batch.metas]))
+        if not len(bad):  # only dropped windows
+            return
         self.metrics.nonfinite_scores.inc(len(bad))
         key, msg, _, _ = batch.metas[int(bad[0])]
         log.warning("%d window(s) with a non-finite reconstruction error skipped (not "

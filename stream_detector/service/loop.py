@@ -37,6 +37,7 @@ from stream_detector.service.checkpoint import Checkpoint
 from stream_detector.service.checkpointing import CheckpointMixin
 from stream_detector.service.config import ServiceConfig
 from stream_detector.service.inference import InferenceMixin
+from stream_detector.service.partitions import Life, Partitions
 from stream_detector.service.rebalance import RebalanceMixin
 from stream_detector.service.reload import ReloadMixin
 from stream_detector.service.restoring import Restorer
@@ -88,7 +89,8 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
         self._records_since_trim = 0
         self._positions: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
-        self._assigned: set[TP] = set()
+        # the life of every input partition (assigned, restoring, live, revoked, lost)
+        self.parts = Partitions()
         self._heartbeat = time.monotonic()
         self._broker_down: str | None = None
         self._last_sweep = time.monotonic()
@@ -101,9 +103,8 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
         self.state: StateStore | None = None
         self._deleted: dict[str, int] = {}  # evicted keys whose state must be tombstoned
         self._state_partitions = 0
-        # assigned input partitions whose changelog is unusable (and why): not ready;
-        # with --state-required they are paused until it works
-        self._state_missing: set[TP] = set()
+        # why the changelog is unusable for the partitions that are missing it (not
+        # ready; with --state-required they are paused until it works)
         self._state_error = ""
         self._state_retry = 0.0
         if cfg.changelog_topic:
@@ -117,9 +118,9 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
                              or str(cfg.kafka.get("group.protocol", "")).lower() == "consumer")
         m = metrics
         m.active_series.set_function(lambda: len(self.buffer))
-        m.assigned_partitions.set_function(lambda: len(self._assigned))
+        m.assigned_partitions.set_function(lambda: len(self.parts.assigned))
         m.ready.set_function(lambda: 1.0 if self.ready()[0] else 0.0)
-        m.state_ready.set_function(lambda: 0.0 if self._state_missing else 1.0)
+        m.state_ready.set_function(lambda: 0.0 if self.parts.missing else 1.0)
         self._show_model(art)
 
     def alive(self) -> tuple[bool, str]:
@@ -131,15 +132,17 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
             return False, f"delivery failed, stopping without commit: {self.sink.failed}"
         if self._broker_down:
             return False, f"broker unreachable: {self._broker_down}"
-        restoring = self._restorer.pending - self._state_missing
+        missing = self.parts.missing
+        restoring = self.parts.in_state(Life.RESTORING) - missing
         if restoring:
             return False, f"restoring the state of partition(s) {sorted(p for _, p in restoring)}"
-        if self._state_missing:
+        if missing:
             return False, (f"state changelog unusable for partition(s) "
-                           f"{sorted(p for _, p in self._state_missing)}: {self._state_error}")
-        if not self._assigned:
+                           f"{sorted(p for _, p in missing)}: {self._state_error}")
+        assigned = self.parts.assigned
+        if not assigned:
             return False, "no partitions assigned yet"
-        return True, f"model {self.art.version}, {len(self._assigned)} partition(s)"
+        return True, f"model {self.art.version}, {len(assigned)} partition(s)"
 
     # -- librdkafka callbacks --------------------------------------------------------------
     def _on_error(self, err: KafkaError) -> None:
@@ -157,7 +160,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
             self._broker_down = None
         for topic, t in stats.get("topics", {}).items():
             for p, pd in t.get("partitions", {}).items():
-                if p == "-1" or (topic, int(p)) not in self._assigned:
+                if p == "-1" or not self.parts.owns((topic, int(p))):
                     continue
                 lag = pd.get("consumer_lag", -1)
                 if lag is not None and lag >= 0:
@@ -165,6 +168,15 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
 
     def _on_evict(self, key: str, cause: str, partition: int) -> None:
         self.metrics.series_evicted.labels(cause=cause).inc()
+        if cause != "revoked" and self.parts.given_away(partition):
+            # a key of a partition another replica holds now: its incident and its state
+            # are that replica's, so no closed event, no tombstone from here
+            log.warning("series %r of partition %d (no longer held here) dropped", key,
+                        partition)
+            self.tracker.forget(key)
+            self.decider.forget(key)
+            self._forget_shadow(key)
+            return
         if self.tracker.is_open(key) and (cause != "revoked" or self.state is None):
             # never dropped silently: closed here, unless the changelog hands it on
             # with the key's state (revoked: written by the revoke checkpoint)
