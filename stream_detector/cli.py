@@ -188,9 +188,10 @@ def cmd_broker(cfg: dict[str, Any]) -> int:
 
     broker = EmbeddedBroker(port=cfg["port"], host=cfg["host"])
     broker.start()
-    signal.signal(signal.SIGTERM, interrupt)
-    print(f"broker listening on {broker.bootstrap_servers} (Ctrl-C to stop)", flush=True)
     try:
+        # inside the try: a SIGTERM right after the line is printed still stops cleanly
+        signal.signal(signal.SIGTERM, interrupt)
+        print(f"broker listening on {broker.bootstrap_servers} (Ctrl-C to stop)", flush=True)
         broker.wait()
     except KeyboardInterrupt:
         pass
