@@ -19,7 +19,6 @@ from stream_detector.kafka.admin import ensure_topics
 from stream_detector.kafka.embedded import EmbeddedBroker, broker_binary
 from stream_detector.kafka.exceptions import BrokerBinaryNotFound
 
-
 # CI installs every tool and has the shared data: there a skipped test is a failure
 # (a missing install step must not pass as green)
 SKIP_FAILS = os.environ.get("CI") == "true"
