@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +27,8 @@ from stream_detector.scaling import ScalerSet
 from stream_detector.threshold import Thresholds
 
 SCHEMA_VERSION = 1
+#: a version's name (metadata.json's ``version``, an S3 version folder)
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 _REQUIRED = {
@@ -146,7 +150,7 @@ def save_artifact(
 
 
 def read_metadata(model_dir: str | Path) -> dict[str, Any]:
-    """Read and check ``metadata.json`` (shape of the document only)."""
+    """Read ``metadata.json`` and check all of it (:func:`check_metadata`)."""
     d = Path(model_dir)
     if not d.is_dir():
         raise ArtifactError(f"{d}: model directory does not exist")
@@ -157,24 +161,101 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{meta_path}: not valid JSON ({exc})") from None
+    check_metadata(meta, str(meta_path))
+    return meta  # type: ignore[no-any-return]
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numbers(v: Any, n: int) -> bool:
+    """``v`` is a list of ``n`` finite numbers."""
+    return (isinstance(v, list) and len(v) == n and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        for x in v))
+
+
+def check_metadata(meta: Any, where: str) -> None:
+    """The one check of an artifact's ``metadata.json`` document (``where`` names it in
+    the refusal): every field the serving path reads has its type and shape, so nothing
+    read from a loaded :class:`Artifact` can fail later (in the loop, at a reload, at a
+    restart). Raises :class:`ArtifactError` with the first problem found."""
     if not isinstance(meta, dict):
-        raise ArtifactError(f"{meta_path}: expected a JSON object")
+        raise ArtifactError(f"{where}: expected a JSON object")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise ArtifactError(
-            f"{meta_path}: schema_version {meta.get('schema_version')!r} is not supported "
+            f"{where}: schema_version {meta.get('schema_version')!r} is not supported "
             f"(this build reads {SCHEMA_VERSION})"
         )
     for field, typ in _REQUIRED.items():
-        if not isinstance(meta.get(field), typ):
-            raise ArtifactError(f"{meta_path}: field {field!r} missing or not a {typ.__name__}")
+        v = meta.get(field)
+        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+            raise ArtifactError(f"{where}: field {field!r} missing or not a {typ.__name__}")
+
+    def bad(field: str, what: str) -> ArtifactError:
+        return ArtifactError(f"{where}: field {field!r} {what}")
+
+    nf = meta["n_features"]
+    for field in ("window", "hop", "n_features"):
+        if meta[field] < 1:
+            raise bad(field, f"must be >= 1, got {meta[field]}")
+    if not VERSION_NAME.fullmatch(meta["version"]):
+        raise bad("version", "must be 1-128 letters, digits, '.', '_' or '-'")
+    if not re.fullmatch(r"[0-9a-f]{64}", meta["model_sha256"]):
+        raise bad("model_sha256", "is not a sha256 hex digest")
+    feats = meta["features"]
+    if len(feats) != nf:
+        raise ArtifactError(f"{where}: 'features' does not have n_features entries")
+    if not all(isinstance(f, str) and f for f in feats) or len(set(feats)) != len(feats):
+        raise bad("features", "must be distinct non-empty names")
     try:
-        ScalerSet.from_dict(meta["scaler"])
-        Thresholds.from_dict(meta["threshold"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{meta_path}: bad scaler or threshold section ({exc})") from None
-    if len(meta["features"]) != meta["n_features"]:
-        raise ArtifactError(f"{meta_path}: 'features' does not have n_features entries")
-    return meta
+        created = datetime.fromisoformat(meta["created_at"])
+        created.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise bad("created_at", f"is not an ISO-8601 time: {meta['created_at'][:40]!r}"
+                  ) from None
+    for field, typ in (("record_mode", bool), ("model_params", dict), ("training", dict)):
+        if field in meta and not isinstance(meta[field], typ):
+            raise bad(field, f"must be a {typ.__name__}")
+    try:
+        scalers = ScalerSet.from_dict(meta["scaler"])
+        thresholds = Thresholds.from_dict(meta["threshold"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"{where}: bad scaler or threshold section ({exc})") from None
+    for key, sc in [("global", scalers.global_), *scalers.per_key.items()]:
+        for part in ("center", "scale"):
+            arr = getattr(sc, part)
+            if arr.shape != (nf,) or not np.all(np.isfinite(arr)):
+                raise bad("scaler", f"{key!r} {part}: expected {nf} finite number(s) (the "
+                          f"model's features), got shape {arr.shape}")
+        if np.any(sc.scale == 0):
+            raise bad("scaler", f"{key!r} scale: has a zero")
+    values = [thresholds.global_, *thresholds.per_key.values()]
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise bad("threshold", "values must be finite and >= 0")
+    ranges = meta.get("value_range", {})
+    if not isinstance(ranges, dict) or not all(
+            isinstance(r, list) and len(r) == 2 and _numbers(r[0], nf) and _numbers(r[1], nf)
+            for r in ranges.values()):
+        raise bad("value_range", f"must map keys to [lo, hi], each {nf} finite number(s)")
+    periods = meta.get("period", {})
+    if not isinstance(periods, dict) or not all(
+            _int(v) and 1 <= v < 2**31 for v in periods.values()):
+        raise bad("period", "must map keys to whole numbers >= 1")
+    spec = meta.get("decision")
+    if spec is not None:
+        if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
+            raise bad("decision", "must be an object with a 'method'")
+        from stream_detector.decision import decision_spec, make_decider, overlap_of
+
+        rest = {k: v for k, v in spec.items() if k != "method"}
+        try:
+            typed = decision_spec(spec["method"], rest)
+            make_decider(thresholds, typed, {k: (r[0], r[1]) for k, r in ranges.items()},
+                         periods, overlap_of(meta["window"], meta["hop"]))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise bad("decision", f"is refused: {exc}") from None
 
 
 def check_model_digest(model_dir: str | Path, meta: dict[str, Any], name: str | None = None

@@ -128,7 +128,7 @@ def cmd_score(cfg: dict[str, Any]) -> int:
         from stream_detector.plotting import require_matplotlib
 
         require_matplotlib()  # before scoring, which can take minutes
-    art = load_artifact(open_source(cfg["model"]).open())
+    art = load_artifact(open_source(cfg["model"]).open(refusals=False))
     try:
         decision = resolve_spec(art.metadata.get("decision"), cfg["decision"],
                                 cfg["decision_param"])

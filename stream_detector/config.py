@@ -319,6 +319,16 @@ RUN_OPTS = (
         "a new model version first decides in shadow (counted, never published) and is "
         "promoted, its decision state warm, once every key it scored has this many "
         "windows (0: it serves at once, cold, unless a gate is asked)", metavar="N"),
+    Opt("shadow_coverage", float, 0.99,
+        "promote once this share of the keys the shadow scored have --shadow-windows "
+        "windows (keys whose new-model error is inf or NaN count as not ready)", metavar="F"),
+    Opt("shadow_max_s", float, 3600.0,
+        "promote a shadow that passed its gate after this long in shadow even if too few "
+        "keys are warm (new keys trickling in, slow series); they start cold (0: no "
+        "deadline)", metavar="S"),
+    Opt("model_max_bytes", int, 64 * 1024 * 1024,
+        "a model version in S3 larger than this (model.keras + metadata.json) is refused "
+        "before it fills the download directory", metavar="N"),
     Opt("promotion_gate", str, "none",
         "also promote only if `stream-detector backtest` of the new version against the "
         "serving one on --gate-input passes", choices=("none", "backtest")),

@@ -117,12 +117,18 @@ def test_publish_then_open_and_poll_new_versions(bucket, tmp_path):
     assert local2 is not None and local2.name == name2
     assert (local2 / "metadata.json").read_text() == (v2 / "metadata.json").read_text()
     assert reader.poll() is None
+    cache = tmp_path / "reader"
+    assert {p.name for p in cache.iterdir()} == {name1, name2}
+    # a third version: the cache keeps the one served before and the newest only
+    name3 = store.publish(fake_artifact(tmp_path / "v3", 3))
+    local3 = reader.poll()
+    assert local3 is not None and local3.name == name3
+    assert {p.name for p in cache.iterdir()} == {name2, name3}
     # a rollback is LATEST pointing at the old version again
     put(bucket, "prod/LATEST", f"{name1}\n".encode())
     rolled = reader.poll()
     assert rolled is not None and rolled.name == name1
-    # the cache keeps the serving and the newest version only
-    assert {p.name for p in (tmp_path / "reader").iterdir()} <= {name1, name2}
+    assert {p.name for p in cache.iterdir()} == {name3, name1}
 
 
 def test_a_corrupted_version_is_refused_once_and_not_retried(bucket, tmp_path):
@@ -167,6 +173,107 @@ def test_a_missing_version_is_refused_then_picked_up_once_uploaded(bucket, tmp_p
         put(bucket, f"m/early/{name}", (v2 / name).read_bytes())
     got = store.poll()
     assert got is not None and got.name == "early"
+
+
+def test_a_version_or_pointer_over_the_size_limit_is_refused(bucket, tmp_path):
+    v1 = fake_artifact(tmp_path / "v1", 1)
+    size = sum((v1 / n).stat().st_size for n in ("model.keras", "metadata.json"))
+    store = S3Source(bucket, "m", cache_dir=tmp_path / "cache", max_bytes=size - 1)
+    name = store.publish(v1)
+    with pytest.raises(ArtifactError, match=r"m/.*/model.keras: \d+ bytes, over the \d+ "
+                                            r"bytes a version may take \(--model-max-bytes\)"):
+        store.open()
+    assert not any((tmp_path / "cache").iterdir()), "nothing of it stays"
+    assert S3Source(bucket, "m", cache_dir=tmp_path / "c2", max_bytes=size).open().name == name
+    put(bucket, "m/LATEST", b"v" * 5000)
+    with pytest.raises(ModelStoreError, match=r"m/LATEST: 5000 bytes, not a version name"):
+        store.latest()
+
+
+class _Detector:
+    """What ModelWatcher asks of the detector, serving ``version``."""
+
+    def __init__(self, version: str) -> None:
+        from collections import deque
+        from types import SimpleNamespace
+
+        from stream_detector.metrics import Metrics
+
+        self.art = SimpleNamespace(version=version)
+        self.metrics = Metrics.create()
+        self.cfg = SimpleNamespace(max_batch=8, hop=None)
+        self.refusals: deque = deque()
+        self.offered: list = []
+
+    def current_model(self):
+        return self.art
+
+    def offer_model(self, art) -> None:
+        self.offered.append(art)
+
+    def refused(self) -> float:
+        return self.metrics.registry.get_sample_value(
+            "stream_detector_model_reloads_total", {"result": "refused"}) or 0.0
+
+
+def test_a_version_refused_after_download_is_retried_and_the_serving_one_kept(bucket, tmp_path):
+    """The fake artifacts pass the store's checks but not Keras: refused by the watcher
+    after download. Tried again when LATEST is written again; the serving version's files
+    stay in the cache through the refusal and the next version."""
+    from stream_detector.service.reload import ModelWatcher
+
+    store = S3Source(bucket, "m", cache_dir=tmp_path / "publisher")
+    name1 = store.publish(fake_artifact(tmp_path / "v1", 1))
+    reader = S3Source(bucket, "m", cache_dir=tmp_path / "cache")
+    assert reader.open().name == name1
+    det = _Detector(name1)
+    watcher = ModelWatcher(reader, 1.0, det)  # type: ignore[arg-type]
+    name2 = store.publish(fake_artifact(tmp_path / "v2", 2))
+    watcher.check()
+    assert det.refused() == 1 and not det.offered
+    assert not (tmp_path / "cache" / name2).exists()
+    watcher.check()
+    assert det.refused() == 1, "refused once per publication, not at every poll"
+    time.sleep(1.1)  # Last-Modified has seconds
+    put(bucket, "m/LATEST", f"{name2}\n".encode())
+    watcher.check()
+    assert det.refused() == 2, "LATEST written again: tried again"
+    name3 = store.publish(fake_artifact(tmp_path / "v3", 3))
+    got = reader.poll({name1})
+    assert got is not None and got.name == name3
+    assert (tmp_path / "cache" / name1 / "model.keras").is_file(), "the serving version stays"
+
+
+def test_a_refusal_is_kept_in_the_store_and_a_restart_serves_what_kept_serving(
+        bucket, tmp_path):
+    store = S3Source(bucket, "m", cache_dir=tmp_path / "publisher")
+    v2 = fake_artifact(tmp_path / "v2", 2)
+    name1 = store.publish(fake_artifact(tmp_path / "v1", 1))
+    reader = S3Source(bucket, "m", cache_dir=tmp_path / "cache")
+    reader.open()
+    name2 = store.publish(v2)
+    assert reader.poll() is not None  # into the shadow; the gate refuses it:
+    sha = json.loads((v2 / "metadata.json").read_text())["model_sha256"]
+    reader.persist_refusal(name2, sha, "candidate F1 0.2 vs serving 0.9", name1)
+    doc = json.loads(boto3.client("s3").get_object(
+        Bucket=bucket, Key=f"m/{name2}/REFUSED")["Body"].read())
+    assert doc["version"] == name2 and doc["serving"] == name1
+    restarted = S3Source(bucket, "m", cache_dir=tmp_path / "restart")
+    assert restarted.open().name == name1, "what served when it was refused"
+    assert restarted.poll() is None, "and it is not tried again"
+    time.sleep(1.1)
+    put(bucket, "m/LATEST", f"{name2}\n".encode())
+    with pytest.raises(ArtifactError, match=r"refused by the promotion gate .*F1 0.2"):
+        restarted.poll()
+    time.sleep(1.1)
+    store.publish(v2)  # published again: the marker goes, it is tried again
+    again = restarted.poll()
+    assert again is not None and again.name == name2
+    # nothing to fall back to: a start-up refuses with the reason
+    put(bucket, "m/LATEST", f"{name2}\n".encode())
+    put(bucket, f"m/{name2}/REFUSED", b"{}")
+    with pytest.raises(InputError, match="no version to fall back to"):
+        S3Source(bucket, "m", cache_dir=tmp_path / "r2").open()
 
 
 def test_unreadable_store_or_pointer_is_a_store_error(bucket, tmp_path, monkeypatch):

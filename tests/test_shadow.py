@@ -155,9 +155,10 @@ def test_the_promoted_decider_sees_every_window_once_in_order(model, tmp_path):
 def test_a_new_version_shadows_unpublished_then_is_promoted_warm(
         broker_bootstrap, topic_factory, group_id, model, tmp_path):
     """v1 serves; the candidate (a POT decider whose static rule never flags: blind until
-    its statistics are warm) goes into shadow, is counted, publishes nothing, and is
-    promoted after 60 windows; it then flags a spike 30 points after promotion, which a
-    decider started at promotion could not (50 windows of warm-up)."""
+    its statistics are warm) goes into shadow, is counted, publishes nothing (not even the
+    dip it flags in shadow, once its range check is warm), and is promoted after 60
+    windows; it then flags a spike 30 points after promotion, which a decider started at
+    promotion could not (50 windows of warm-up)."""
     live = tmp_path / "live"
     shutil.copytree(model, live)
     v1 = json.loads((live / "metadata.json").read_text())["version"]
@@ -170,6 +171,7 @@ def test_a_new_version_shadows_unpublished_then_is_promoted_warm(
                            "--shadow-windows", "60"], log=tmp_path / "det.log")
     values = wave(340, seed=7)
     values[100] += 15.0  # v1 flags this one
+    values[252] -= 15.0  # in shadow, after its warm-up: the candidate flags it (range)
     values[290] += 15.0  # after promotion
     msgs = stream({"k": values})
     scored = "stream_detector_windows_scored_total"
@@ -201,7 +203,15 @@ def test_a_new_version_shadows_unpublished_then_is_promoted_warm(
         assert m[info(v1)] == 1
         assert all(e["model_version"] == v1 for e in published()), "a shadow never publishes"
 
-        produce_json(broker_bootstrap, src, msgs[240:280])
+        produce_json(broker_bootstrap, src, msgs[240:256])  # 56 windows: still not enough
+        det.wait_value("stream_detector_shadow_windows_total", 56)
+        det.wait_value("stream_detector_shadow_anomalies_total", 1)  # the dip at 252
+        wait_until(lambda: any(e["source"]["offset"] >= 252 for e in published()), 30,
+                   "v1's events for the dip at 252")
+        assert det.value('stream_detector_model_reloads_total{result="promoted"}') == 0
+        assert all(e["model_version"] == v1 for e in published()), "a shadow never publishes"
+
+        produce_json(broker_bootstrap, src, msgs[256:280])
         det.wait_value('stream_detector_model_reloads_total{result="promoted"}', 1, timeout=30)
         m = det.metrics()
         assert m[info("cand-pot")] == 1 and info(v1) not in m

@@ -59,6 +59,9 @@ class ServiceConfig:
     state_restore_timeout_s: float = 60.0
     model_poll_s: float = run_default("model_poll_s")
     shadow_windows: int = run_default("shadow_windows")
+    shadow_coverage: float = run_default("shadow_coverage")
+    shadow_max_s: float = run_default("shadow_max_s")
+    model_max_bytes: int = run_default("model_max_bytes")
     promotion_gate: str = run_default("promotion_gate")
     gate_input: tuple[str, ...] = ()
     gate_format: str = run_default("gate_format")
@@ -92,6 +95,12 @@ class ServiceConfig:
                                           cfg.get("fine_tune_param"))
         if cfg.get("shadow_windows", 0) < 0:
             raise InputError(f"--shadow-windows must be >= 0, got {cfg['shadow_windows']}")
+        if not 0.0 < cfg.get("shadow_coverage", 1.0) <= 1.0:
+            raise InputError(f"--shadow-coverage must be in (0, 1], got {cfg['shadow_coverage']}")
+        if cfg.get("shadow_max_s", 0.0) < 0:
+            raise InputError(f"--shadow-max-s must be >= 0, got {cfg['shadow_max_s']}")
+        if cfg.get("model_max_bytes", 1) < 1:
+            raise InputError(f"--model-max-bytes must be >= 1, got {cfg['model_max_bytes']}")
         gate = cfg.get("promotion_gate") or "none"
         if gate == "backtest" and not cfg.get("gate_input"):
             raise InputError("--promotion-gate backtest needs --gate-input CSV file(s)")
@@ -112,6 +121,9 @@ class ServiceConfig:
             state_required=cfg.get("state_required", True) is not False,
             model_poll_s=cfg["model_poll_s"],
             shadow_windows=cfg.get("shadow_windows", run_default("shadow_windows")),
+            shadow_coverage=cfg.get("shadow_coverage", run_default("shadow_coverage")),
+            shadow_max_s=cfg.get("shadow_max_s", run_default("shadow_max_s")),
+            model_max_bytes=cfg.get("model_max_bytes", run_default("model_max_bytes")),
             promotion_gate=gate, gate_input=tuple(cfg.get("gate_input") or ()),
             gate_format=cfg.get("gate_format") or "long",
             gate_margin=cfg.get("gate_margin", run_default("gate_margin")),

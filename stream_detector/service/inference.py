@@ -60,9 +60,16 @@ class InferenceMixin(DetectorBase):
                 m.fine_tune_windows.labels(result="learnt").inc(tuner.learnt - learnt)
                 m.fine_tune_windows.labels(result="refused").inc(tuner.refused - refused)
             shadow_scores = None
-            if cand is not None:
-                shadow_scores = cand.model.score_batch(
-                    cand.scalers.transform_windows(keys, batch.windows))
+            if cand is not None and shadow is not None:
+                try:  # the candidate's failure refuses it; this batch is served anyway
+                    shadow_scores = np.asarray(cand.model.score_batch(
+                        cand.scalers.transform_windows(keys, batch.windows)))
+                    if shadow_scores.shape != (len(keys),):
+                        raise ValueError(f"{shadow_scores.shape} scores for {len(keys)} "
+                                         "windows")
+                except Exception as exc:
+                    shadow.fail("its scoring", exc)
+                    shadow_scores = None
             return Scored(scores, seconds, shadow_scores)
 
         self._submitted += 1
@@ -113,7 +120,10 @@ class InferenceMixin(DetectorBase):
             at = slice(None) if keep is None else keep
             done[at] = True
             full[at] = flags
-            sh.decide(batch, job.keys, shadow_scores, self.hop, full, done)
+            try:
+                sh.decide(batch, job.keys, shadow_scores, self.hop, full, done)
+            except Exception as exc:  # the candidate's failure, never the loop's
+                sh.fail("its decider", exc)
         ck = self._pending
         if ck is not None and ck.batch == job.seq:
             self._scored(ck)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 
 from stream_detector.artifact import Artifact, load_artifact
 from stream_detector.decision import Decider, make_decider, overlap_of, resolve_spec
@@ -25,10 +26,14 @@ class ReloadMixin(DetectorBase):
     _pending_art: Artifact | None
     _shadow: Shadow | None
     _gate: Gate | None
+    # candidates refused in shadow (gate, failure): (candidate, why, serving version),
+    # for the watcher to persist off the hot path
+    refusals: deque[tuple[Artifact, str, str]]
 
     def _init_reload(self) -> None:
         self._pending_art = None
         self._shadow = None
+        self.refusals = deque()
         cfg = self.cfg
         self._gate = None
         if cfg.promotion_gate == "backtest":
@@ -69,20 +74,24 @@ class ReloadMixin(DetectorBase):
             log.info("shadow %s replaced by %s before promotion", old.art.version, art.version)
         if art.version == self.art.version:
             return  # back to the serving version: nothing to shadow
+        # a candidate's failure is a refusal, never the loop's
         try:
             decider = self._make_decider(art)
-        except InputError as exc:
+            need = self.cfg.shadow_windows
+            if need <= 0 and self._gate is None:
+                self._promote(art, decider)
+                self.metrics.model_reloads.labels(result="loaded").inc()
+                return
+            sh = Shadow(art, decider, need, self.metrics, self.cfg.shadow_coverage,
+                        self.cfg.shadow_max_s, self.buffer.__contains__)
+            if self._gate is not None:
+                sh.start_gate(self._gate, self.art)
+        except Exception as exc:
             self.metrics.model_reloads.labels(result="refused").inc()
-            log.error("new model refused, still serving %s: %s", self.art.version, exc)
+            log.error("new model %s refused, still serving %s: %s", art.version,
+                      self.art.version, " ".join(str(exc).split())[:300] or repr(exc))
             return
-        need = self.cfg.shadow_windows
-        if need <= 0 and self._gate is None:
-            self._promote(art, decider)
-            self.metrics.model_reloads.labels(result="loaded").inc()
-            return
-        sh = self._shadow = Shadow(art, decider, need, self.metrics)
-        if self._gate is not None:
-            sh.start_gate(self._gate, self.art)
+        self._shadow = sh
         self.metrics.model_reloads.labels(result="loaded").inc()
         log.info("model %s %s in shadow beside %s: promoted once every key it scores has "
                  "%d window(s)%s", art.kind, art.version, self.art.version, need,
@@ -94,18 +103,36 @@ class ReloadMixin(DetectorBase):
         if sh is None:
             return
         if sh.refused:
-            self._shadow = None
-            sh.close()
-            self.metrics.model_reloads.labels(result="refused").inc()
-            log.error("model %s refused by the promotion gate, still serving %s: %s",
-                      sh.art.version, self.art.version, sh.gate_detail)
+            self._refuse_shadow(sh)
             return
         if sh.ready():
+            try:
+                self._promote(sh.art, sh.decider)
+            except Exception as exc:
+                sh.fail("its promotion", exc)
+                self._refuse_shadow(sh)
+                return
             self._shadow = None
             sh.close(promoted=True)
             if sh.gated:
                 log.info("promotion gate passed for %s: %s", sh.art.version, sh.gate_detail)
-            self._promote(sh.art, sh.decider)
+            done, seen = sh.keys_ready()
+            if sh.need > 0 and done < seen:
+                log.warning("model %s promoted with %d of %d key(s) warm (%s): the others "
+                            "start cold", sh.art.version, done, seen,
+                            f"--shadow-coverage {sh.coverage:g}" if done >= sh.coverage * seen
+                            else f"--shadow-max-s {sh.max_s:g} passed")
+
+    def _refuse_shadow(self, sh: Shadow) -> None:
+        """The shadow's candidate is refused (its gate, or a failure): dropped, counted, and
+        the refusal kept where the next start sees it (by the watcher)."""
+        self._shadow = None
+        sh.close()
+        self.metrics.model_reloads.labels(result="refused").inc()
+        log.error("model %s refused (%s), still serving %s: %s", sh.art.version,
+                  "failed in shadow" if sh.failure is not None else "promotion gate",
+                  self.art.version, sh.detail)
+        self.refusals.append((sh.art, sh.detail, self.art.version))
 
     def _reload_due(self) -> bool:
         """Whether the next loop turn must submit (even an empty batch): a model was
@@ -122,9 +149,10 @@ class ReloadMixin(DetectorBase):
     def _promote(self, art: Artifact, decider: Decider) -> None:
         """``art`` serves from the next batch on, deciding with ``decider`` (the shadow's,
         warm); batches in flight finish with the model and decider that scored them."""
+        tuner = make_tuner(art.model, art.thresholds, self.cfg.fine_tune)
         old = self.art
         self.art = art
-        self.tuner = make_tuner(art.model, art.thresholds, self.cfg.fine_tune)
+        self.tuner = tuner
         self.decider = decider
         self._show_model(art, old)
         self.metrics.model_reloads.labels(result="promoted").inc()
@@ -148,8 +176,11 @@ class ModelWatcher(threading.Thread):
 
     The source (:mod:`stream_detector.model_store`: a directory, or an S3 location) says
     when a new version is there and hands over a local copy it has checked. The new
-    artifact must keep the window and feature count (the live buffers depend on them) and
-    is warmed up (traced) before the detector switches to it at its next batch.
+    artifact (checked whole by ``load_artifact``) must keep the window, the features (their
+    names and order), the hop and the record mode (the live buffers, the decoder and the
+    events depend on them) and is warmed up (traced) before the detector switches to it
+    at its next batch. Any failure of the candidate is a refusal (counted), never the
+    watcher's or the loop's. Refusals of the shadow are persisted here, off the hot path.
     """
 
     def __init__(self, source: ModelSource, interval_s: float, detector: ReloadMixin) -> None:
@@ -165,8 +196,15 @@ class ModelWatcher(threading.Thread):
 
     def check(self) -> None:
         det = self.detector
+        while det.refusals:
+            art, why, serving = det.refusals.popleft()
+            try:
+                self.source.persist_refusal(art.version, str(art.metadata["model_sha256"]),
+                                            why, serving)
+            except Exception:  # never the watcher's end
+                log.exception("keeping the refusal of %s", art.version)
         try:
-            path = self.source.poll()
+            path = self.source.poll({det.art.version, det.current_model().version})
         except ModelStoreError as exc:  # no new version to judge: try again at the next poll
             if not self._unreachable:
                 log.warning("model source unreachable, still serving %s: %s",
@@ -183,25 +221,42 @@ class ModelWatcher(threading.Thread):
             return
         try:
             art = load_artifact(path)
-            cur = det.current_model()
-            if art.version == cur.version:
+            if art.version == det.current_model().version:
                 return
-            if (art.window, art.n_features, art.record_mode) != (
-                    cur.window, cur.n_features, cur.record_mode):
-                raise InputError(
-                    f"{self.source.location}: new model has window {art.window} x "
-                    f"{art.n_features} feature(s), the running one {cur.window} x "
-                    f"{cur.n_features}: restart to change the window shape")
+            self._fits(art)
             art.model.fix_batch_shapes(det.cfg.max_batch)  # also warms the kernels up
-        except InputError as exc:
-            self._refuse(exc)
+        except Exception as exc:  # any failure of a candidate is its refusal
+            try:
+                self.source.refused(path)
+            finally:
+                self._refuse(exc)
             return
         det.offer_model(art)
 
-    def _refuse(self, exc: InputError) -> None:
+    def _fits(self, art: Artifact) -> None:
+        """Refuse (InputError) a candidate the running detector cannot switch to."""
+        det = self.detector
+        cur = det.art
+        hop = det.cfg.hop or art.hop
+        diff = []
+        if (art.window, art.n_features) != (cur.window, cur.n_features):
+            diff.append(f"window {art.window} x {art.n_features} feature(s), the running "
+                        f"one {cur.window} x {cur.n_features}")
+        elif art.features != cur.features:
+            diff.append(f"features {art.features}, the running one {cur.features}")
+        if hop != det.hop:
+            diff.append(f"hop {hop}, the running one {det.hop}")
+        if art.record_mode != cur.record_mode:
+            diff.append(f"record mode {art.record_mode}, the running one {cur.record_mode}")
+        if diff:
+            raise InputError(f"{self.source.location}: new model {art.version} has "
+                             f"{'; '.join(diff)}: restart to change them")
+
+    def _refuse(self, exc: Exception) -> None:
         det = self.detector
         det.metrics.model_reloads.labels(result="refused").inc()
-        log.error("new model refused, still serving %s: %s", det.art.version, exc)
+        reason = " ".join(str(exc).split())[:500] or type(exc).__name__
+        log.error("new model refused, still serving %s: %s", det.art.version, reason)
 
     def run(self) -> None:
         while not self._halt.wait(self.interval_s):

@@ -31,7 +31,8 @@ def run_service(options: Mapping[str, Any]) -> int:
     cfg = ServiceConfig.from_options(options)
     set_threads(cfg.inference_threads, cfg.inference_workers)
     # a directory, or s3://bucket/prefix: a bad one is an InputError (exit 2) here
-    source = open_source(cfg.model_dir)
+    source = open_source(cfg.model_dir, cfg.model_max_bytes)
+    # the whole artifact is checked here (a bad one, or one refused before: exit 2)
     art = load_artifact(source.open())
     metrics = Metrics.create()
     try:

@@ -3,16 +3,21 @@ same batches, before it serves.
 
 The shadow decides its windows with its own decider (so its per-key decision state is
 warm when it takes over), is counted in the ``stream_detector_shadow_*`` metrics and
-never publishes. It is ready to serve once every key it has scored has had
-``--shadow-windows`` windows, and, with ``--promotion-gate backtest``, once the backtest
-of it against the serving model passed (run on a thread of its own, off the hot path).
+never publishes. It is ready to serve once ``--shadow-coverage`` of the keys it has
+scored have had ``--shadow-windows`` windows each (a window whose error is inf or NaN is
+not one: a key the candidate cannot score is not ready), or once it has been in shadow
+for ``--shadow-max-s`` (promotion never starves: keys trickling in, slow series), and,
+with ``--promotion-gate backtest``, once the backtest of it against the serving model
+passed (run on a thread of its own, off the hot path). Anything of the candidate that
+fails (its scoring, its decider) refuses it, never the serving path.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -64,11 +69,20 @@ class Gate:
 class Shadow:
     """A candidate model in shadow: its decider, its windows per key, its gate verdict."""
 
-    def __init__(self, art: Artifact, decider: Decider, need: int, metrics: Metrics) -> None:
+    def __init__(self, art: Artifact, decider: Decider, need: int, metrics: Metrics,
+                 coverage: float = 1.0, max_s: float = 0.0,
+                 live: Callable[[str], bool] | None = None) -> None:
         self.art = art
         self.decider = decider
         self.need = need
+        self.coverage = coverage
+        self.max_s = max_s
+        self.since = time.monotonic()
+        # whether a key is still this replica's: a window in flight for a key evicted or
+        # revoked meanwhile is not counted (that key would never be ready)
+        self.live = live
         self.m = metrics
+        self.failure: str | None = None  # why the candidate failed while in shadow
         self.windows: dict[str, int] = {}  # per key still in memory: windows it decided
         self._done = 0  # keys of ``windows`` with ``need`` or more (kept as they cross it)
         self.decided = 0
@@ -105,7 +119,19 @@ class Shadow:
 
     @property
     def refused(self) -> bool:
-        return self.gate_passed is False
+        """The gate refused it, or something of it failed in shadow."""
+        return self.gate_passed is False or self.failure is not None
+
+    @property
+    def detail(self) -> str:
+        return self.failure if self.failure is not None else self.gate_detail
+
+    def fail(self, what: str, exc: BaseException) -> None:
+        """Something of the candidate raised: it is refused at the next turn."""
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        if self.failure is None:
+            log.error("model %s failed in shadow (%s): %s", self.art.version, what, reason)
+            self.failure = f"{what} failed in shadow: {reason}"
 
     # -- scoring ---------------------------------------------------------------------------
     def decide(self, batch: Batch[MetaRow], keys: list[str], scores: np.ndarray, hop: int,
@@ -115,13 +141,20 @@ class Shadow:
         ``serving_done``: the windows the serving model decided)."""
         ok = np.isfinite(scores)
         idx = np.flatnonzero(ok)
+        counts, need, live = self.windows, self.need, self.live
+        if not ok.all():  # seen, not ready: its windows are not decided
+            for i in np.flatnonzero(~ok).tolist():
+                if live is None or live(keys[i]):
+                    counts.setdefault(keys[i], 0)
         if not len(idx):
             return
         windows = batch.windows if ok.all() else batch.windows[idx]
         sel = keys if ok.all() else [keys[i] for i in idx.tolist()]
         flags = decide_windows(self.decider, sel, scores[idx], windows, hop).is_anomaly
-        counts, need = self.windows, self.need
         for k in sel:
+            if live is not None and not live(k):
+                self.decider.forget(k)  # left while this batch was in flight
+                continue
             c = counts[k] = counts.get(k, 0) + 1
             if c == need:
                 self._done += 1
@@ -142,7 +175,10 @@ class Shadow:
     def forget(self, key: str) -> None:
         if self.windows.pop(key, 0) >= self.need > 0:
             self._done -= 1
-        self.decider.forget(key)
+        try:
+            self.decider.forget(key)
+        except Exception as exc:  # the candidate's failure, never the eviction's
+            self.fail("its decider", exc)
 
     # -- promotion -------------------------------------------------------------------------
     def keys_ready(self) -> tuple[int, int]:
@@ -150,15 +186,17 @@ class Shadow:
         return self._done, len(self.windows)
 
     def ready(self) -> bool:
-        """Whether it may serve: enough windows for every key it scored (with
-        ``--shadow-windows`` > 0, at least one key), and the gate passed if one was asked
-        (cheap: the loop asks every turn)."""
-        if self.gated and self.gate_passed is not True:
+        """Whether it may serve: the gate passed if one was asked, and enough windows for
+        ``coverage`` of the keys it scored (with ``--shadow-windows`` > 0, at least one
+        key), or ``max_s`` in shadow (cheap: the loop asks every turn)."""
+        if self.refused or (self.gated and self.gate_passed is not True):
             return False
         if self.need <= 0:
             return True
         done, seen = self.keys_ready()
-        return seen > 0 and done == seen
+        if seen > 0 and done >= self.coverage * seen:
+            return True
+        return self.max_s > 0 and time.monotonic() - self.since >= self.max_s
 
     def agreement(self) -> float:
         """Share of the windows both decided on which their alarms agreed (1 before any)."""
