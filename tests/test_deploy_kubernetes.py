@@ -704,11 +704,52 @@ def test_model_s3_component_reads_the_model_from_the_store_with_secret_credentia
     assert "model" not in {v["name"] for v in pod["volumes"]}
     assert "model" not in {m["name"] for m in container(docs)["volumeMounts"]}
     assert effective_config(path)["model_poll_s"] > 0, "new versions must be picked up"
-    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
-    assert {"protocol": "TCP", "port": 443} in [p for r in egress for p in r["ports"]]
     # everything else is the prod overlay's
     prod = {(d["kind"], d["metadata"]["name"]) for d in render("overlays/prod")}
     assert {(d["kind"], d["metadata"]["name"]) for d in docs} == prod
+
+
+def _documented_store_endpoint() -> str:
+    """The MinIO endpoint deploy/README.md tells the operator to put in the Secret."""
+    found = set(re.findall(r"--from-literal=endpoint=(\S+)", (ROOT / "deploy" / "README.md")
+                           .read_text()))
+    assert len(found) == 1, f"one documented store endpoint expected: {found}"
+    return found.pop()
+
+
+def test_model_s3_egress_reaches_the_documented_store_and_nothing_else():
+    """Issue #26 item 8: the component's egress was TCP 443 to any address (a way out for
+    the store's credentials) and did not reach the documented MinIO endpoint. Every rule it
+    adds names its destination (no rule without `to` or `ports`, no open CIDR), and the
+    documented endpoint's namespace, pods and port are allowed."""
+    import ipaddress
+
+    docs = render("prod+model-s3")
+    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
+    base = one(render("overlays/prod"), "NetworkPolicy")["spec"]["egress"]
+    added = [r for r in egress if r not in base]
+    assert added, "the component must open egress to the store"
+    for rule in added:
+        assert rule.get("to"), f"egress to any address: {rule}"
+        assert rule.get("ports"), f"egress on any port: {rule}"
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                assert net.prefixlen >= (16 if net.version == 4 else 48), f"open CIDR {net}"
+            else:
+                assert peer.get("podSelector", {}).get("matchLabels"), \
+                    f"every pod of a namespace (or of every namespace): {peer}"
+
+    endpoint = _documented_store_endpoint()
+    assert endpoint in (K8S / "components" / "model-s3" / "kustomization.yaml").read_text()
+    url = urlparse(endpoint)
+    assert url.port and url.hostname and url.hostname.endswith(".svc"), endpoint
+    namespace = url.hostname.split(".")[1]  # <service>.<namespace>.svc
+    reaches = [r for r in added
+               if {"protocol": "TCP", "port": url.port} in r["ports"]
+               and any(p.get("namespaceSelector", {}).get("matchLabels")
+                       == {"kubernetes.io/metadata.name": namespace} for p in r["to"])]
+    assert reaches, f"no egress to the documented endpoint {endpoint}"
 
 
 def test_prod_images_are_immutable_tags():
