@@ -500,8 +500,7 @@ def test_overlay_rules_pass_promtool(overlay, tmp_path):
 CONSUMER_SRC = ROOT / "stream_detector" / "kafka" / "properties.py"
 STATE_SRC = ROOT / "stream_detector" / "state.py"
 
-# What the detector does with each of its names (and KEDA with the same user: it reads the
-# group's committed offsets and the topic's end offsets, which Describe covers).
+# What the detector does with each of its names.
 NEEDED = {
     "input": ("topic", {"Describe", "Read"}),
     "group": ("group", {"Describe", "Read"}),
@@ -514,8 +513,19 @@ NEEDED = {
 }
 
 
-def kafka_user(overlay: str) -> dict[str, Any]:
-    (user,) = [d for d in render(STRIMZI[overlay]) if d["kind"] == "KafkaUser"]
+# What KEDA's kafka scaler does: it reads the group's committed offsets (OffsetFetch) and
+# the topic's partitions and end offsets (Metadata, ListOffsets), which Describe covers.
+KEDA_NEEDED = {
+    "input": ("topic", {"Describe"}),
+    "group": ("group", {"Describe"}),
+}
+
+
+def kafka_user(overlay: str, component: str = "detector") -> dict[str, Any]:
+    """The environment's KafkaUser of the detector, or of KEDA (``autoscaler``)."""
+    (user,) = [d for d in render(STRIMZI[overlay]) if d["kind"] == "KafkaUser"
+               and d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+               == component]
     return user
 
 
@@ -612,13 +622,59 @@ def test_dev_shares_no_kafka_name_with_prod():
     prod_res = {(d["kind"], d["metadata"]["name"]) for d in render(STRIMZI["prod"])}
     assert not dev_res & prod_res, f"in both: {dev_res & prod_res}"
     # Each user can touch its own environment only.
-    for user, other in ((kafka_user("dev"), prod), (kafka_user("prod"), dev)):
+    for user, other in ((kafka_user("dev"), prod), (kafka_user("prod"), dev),
+                        (kafka_user("dev", "autoscaler"), prod),
+                        (kafka_user("prod", "autoscaler"), dev)):
         who = user["metadata"]["name"]
         for role, (rtype, operations) in NEEDED.items():
             if other[role] is None:
                 continue
             granted = [op for op in operations if allows(user, rtype, other[role], op)]
             assert not granted, f"{who} may {granted} {rtype} {other[role]!r} of the other env"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_has_its_own_kafka_user_with_describe_only(overlay):
+    """Issue #26 item 8: KEDA held the detector's SCRAM user (Write, Create). Its
+    TriggerAuthentication takes its credentials from a Secret of its own, which
+    deploy/README fills from the environment's KEDA KafkaUser; that user may Describe the
+    input topic and the group, and do nothing else."""
+    docs = render(f"overlays/{overlay}")
+    auth = one(docs, "TriggerAuthentication")["spec"]["secretTargetRef"]
+    keda_secrets = {r["name"] for r in auth if r["parameter"] in ("username", "password")}
+    assert len(keda_secrets) == 1, keda_secrets
+    (keda_secret,) = keda_secrets
+    detector_secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container(docs)["env"]
+                        if e["name"].startswith("STREAM_DETECTOR_KAFKA_SASL_")}
+    assert keda_secret not in detector_secrets, "KEDA must not hold the detector's user"
+
+    user, detector = kafka_user(overlay, "autoscaler"), kafka_user(overlay)
+    assert user["metadata"]["name"] != detector["metadata"]["name"]
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    assert user["spec"]["authorization"]["type"] == "simple"
+    names = kafka_names(f"overlays/{overlay}")
+    problems = []
+    for role, (rtype, operations) in KEDA_NEEDED.items():
+        for op in sorted(operations):
+            if not allows(user, rtype, names[role], op):
+                problems.append(f"KEDA lacks {op} on {rtype} {names[role]!r}")
+    allowed = {(rtype, names[role]) for role, (rtype, _) in KEDA_NEEDED.items()}
+    for acl in user["spec"]["authorization"]["acls"]:
+        res = acl["resource"]
+        ops = set(acl.get("operations") or [acl.get("operation")])
+        if acl.get("type", "allow") != "allow":
+            continue
+        if ops != {"Describe"}:
+            problems.append(f"KEDA may {sorted(ops - {'Describe'})} on {res}")
+        if (res["type"], res.get("name")) not in allowed or \
+                res.get("patternType", "literal") != "literal":
+            problems.append(f"KEDA has an ACL on {res}, which it does not read")
+    assert not problems, "\n".join(problems)
+
+    # deploy/README creates KEDA's Secret from that user's Strimzi Secret
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert f"create secret generic {keda_secret}" in readme
+    assert f"kafkauser/{user['metadata']['name']} " in readme
 
 
 def _consumer_offset_reset(config: dict[str, Any]) -> str:
