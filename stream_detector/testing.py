@@ -8,17 +8,20 @@ harness; nothing in the package itself uses it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_detector.kafka.embedded import free_port
@@ -76,15 +79,72 @@ def train_wave_model(out: Path, window: int | None = 32, kind: str = "conv1d",
     return out
 
 
+class MetricMissing(AssertionError):
+    """A metric a test reads is not exposed. Never read as 0: a renamed metric would then
+    pass every ``== 0`` check."""
+
+
+class MetricsUnreachable(AssertionError):
+    """The metrics endpoint did not answer (not started yet, or exited)."""
+
+
+# what a family called NAME exposes samples as (counters: NAME_total, NAME_created; ...)
+_SAMPLE_SUFFIXES = ("", "_total", "_created", "_bucket", "_count", "_sum", "_info",
+                    "_gcount", "_gsum")
+
+
+def sample_value(families: Iterable[Metric], name: str,
+                 labels: Mapping[str, str] | None = None, *, absent_ok: bool = False) -> float:
+    """The value of sample ``name`` with exactly ``labels``.
+
+    A sample no metric family can expose (a renamed or unregistered metric) raises
+    :class:`MetricMissing`, always. A sample of an existing family that is not there
+    raises too, unless ``absent_ok``: prometheus_client shows a labelled series only once
+    it is touched, so a counter whose label value has not happened yet is 0 then."""
+    families = list(families)
+    want = dict(labels or {})
+    for fam in families:
+        for sample in fam.samples:
+            if sample.name == name and sample.labels == want:
+                return float(sample.value)
+    shown = f"{name}{want}" if want else name
+    if not any(name == fam.name + suffix for fam in families for suffix in _SAMPLE_SUFFIXES):
+        raise MetricMissing(f"no metric family exposes {shown} (renamed? not registered?)")
+    if absent_ok:
+        return 0.0
+    raise MetricMissing(f"{shown} is not exposed (its family is; pass absent_ok=True where "
+                        "a labelled series may not have been touched yet)")
+
+
+def registry_value(registry: CollectorRegistry, name: str,
+                   labels: Mapping[str, str] | None = None, *, absent_ok: bool = False) -> float:
+    """:func:`sample_value` of an in-process registry."""
+    return sample_value(registry.collect(), name, labels, absent_ok=absent_ok)
+
+
+def split_sample_key(key: str) -> tuple[str, dict[str, str]]:
+    """``name{a="x",b="y"}`` (the keys of :meth:`DetectorProcess.metrics`) -> (name, labels)."""
+    m = re.fullmatch(r"([^{]+)(?:\{(.*)\})?", key)
+    if m is None:
+        raise ValueError(f"not a sample key: {key!r}")
+    return m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, what: str,
                detail: Callable[[], str] | None = None) -> None:
-    """Poll ``pred`` every 0.2 s; raise AssertionError naming ``what`` after ``timeout`` s."""
+    """Poll ``pred`` every 0.2 s; raise AssertionError naming ``what`` after ``timeout`` s.
+    A metrics endpoint not answering yet (:class:`MetricsUnreachable`) counts as "not yet";
+    any other error, a missing metric included, ends the wait at once."""
     deadline = time.monotonic() + timeout
+    last = ""
     while time.monotonic() < deadline:
-        if pred():
-            return
+        try:
+            if pred():
+                return
+        except MetricsUnreachable as exc:
+            last = f" (last: {exc})"
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}. {detail() if detail else ''}")
+    raise AssertionError(f"timed out waiting for {what}{last}. {detail() if detail else ''}")
 
 
 class DetectorProcess:
@@ -125,17 +185,33 @@ class DetectorProcess:
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
         return out
 
-    def value(self, name: str) -> float:
-        return self.metrics().get(name, 0.0)
+    def value(self, name: str, *, absent_ok: bool = False) -> float:
+        """The sample ``name`` (a :meth:`metrics` key, ``name{label="v"}``). A metric no
+        family exposes raises :class:`MetricMissing`; a labelled series not touched yet
+        does too unless ``absent_ok``; an endpoint that does not answer raises
+        :class:`MetricsUnreachable` (which :func:`wait_until` waits through)."""
+        code, text = self.get("/metrics")
+        if code != 200:
+            raise MetricsUnreachable(f"GET /metrics on port {self.port}: {code or 'no answer'}")
+        metric, labels = split_sample_key(name)
+        return sample_value(text_string_to_metric_families(text), metric, labels,
+                            absent_ok=absent_ok)
 
     def wait_ready(self, timeout: float = 60) -> None:
         wait_until(lambda: self.get("/readyz")[0] == 200, timeout, "detector ready",
                    self._tail)
 
-    def wait_value(self, name: str, at_least: float, timeout: float = 90) -> float:
-        wait_until(lambda: self.value(name) >= at_least, timeout,
-                   f"{name} >= {at_least} (now {self.value(name)})", self._tail)
-        return self.value(name)
+    def wait_value(self, name: str, at_least: float, timeout: float = 90, *,
+                   absent_ok: bool = False) -> float:
+        def now() -> str:
+            try:
+                return f"now {self.value(name, absent_ok=absent_ok)}. "
+            except MetricsUnreachable as exc:
+                return f"{exc}. "
+
+        wait_until(lambda: self.value(name, absent_ok=absent_ok) >= at_least, timeout,
+                   f"{name} >= {at_least}", lambda: now() + self._tail())
+        return self.value(name, absent_ok=absent_ok)
 
     def _tail(self) -> str:
         if self.proc.poll() is not None:

@@ -126,7 +126,7 @@ def test_inconsistent_artifacts_mid_stream_are_refused_and_every_window_scored(
         det.wait_value("stream_detector_windows_scored_total", len(msgs) - WINDOW + 1)
         m = det.metrics()
         assert m[refused] == len(cases), "each bad version refused once"
-        assert m.get('stream_detector_model_reloads_total{result="loaded"}', 0) == 0
+        assert det.value('stream_detector_model_reloads_total{result="loaded"}') == 0
         assert event_versions(broker_bootstrap, out) == {v1}
         assert det.proc.poll() is None, det._tail()
         log = (tmp_path / "det.log").read_text()

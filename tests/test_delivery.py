@@ -38,6 +38,7 @@ from stream_detector.errors import DeliveryError
 from stream_detector.metrics import Metrics
 from stream_detector.service import Detector, ServiceConfig
 from stream_detector.sink import EventSink
+from stream_detector.testing import registry_value
 
 
 def _bad_topic() -> str:
@@ -47,8 +48,8 @@ def _bad_topic() -> str:
 
 
 def _failures(metrics: Metrics, kind: str) -> float:
-    return metrics.registry.get_sample_value("stream_detector_delivery_failures_total",
-                                             {"topic_kind": kind}) or 0.0
+    return registry_value(metrics.registry, "stream_detector_delivery_failures_total",
+                          {"topic_kind": kind})
 
 
 def test_a_refused_dead_letter_fails_the_sink_for_good(broker_bootstrap, topic_factory):

@@ -500,8 +500,7 @@ def test_overlay_rules_pass_promtool(overlay, tmp_path):
 CONSUMER_SRC = ROOT / "stream_detector" / "kafka" / "properties.py"
 STATE_SRC = ROOT / "stream_detector" / "state.py"
 
-# What the detector does with each of its names (and KEDA with the same user: it reads the
-# group's committed offsets and the topic's end offsets, which Describe covers).
+# What the detector does with each of its names.
 NEEDED = {
     "input": ("topic", {"Describe", "Read"}),
     "group": ("group", {"Describe", "Read"}),
@@ -514,8 +513,19 @@ NEEDED = {
 }
 
 
-def kafka_user(overlay: str) -> dict[str, Any]:
-    (user,) = [d for d in render(STRIMZI[overlay]) if d["kind"] == "KafkaUser"]
+# What KEDA's kafka scaler does: it reads the group's committed offsets (OffsetFetch) and
+# the topic's partitions and end offsets (Metadata, ListOffsets), which Describe covers.
+KEDA_NEEDED = {
+    "input": ("topic", {"Describe"}),
+    "group": ("group", {"Describe"}),
+}
+
+
+def kafka_user(overlay: str, component: str = "detector") -> dict[str, Any]:
+    """The environment's KafkaUser of the detector, or of KEDA (``autoscaler``)."""
+    (user,) = [d for d in render(STRIMZI[overlay]) if d["kind"] == "KafkaUser"
+               and d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+               == component]
     return user
 
 
@@ -612,13 +622,59 @@ def test_dev_shares_no_kafka_name_with_prod():
     prod_res = {(d["kind"], d["metadata"]["name"]) for d in render(STRIMZI["prod"])}
     assert not dev_res & prod_res, f"in both: {dev_res & prod_res}"
     # Each user can touch its own environment only.
-    for user, other in ((kafka_user("dev"), prod), (kafka_user("prod"), dev)):
+    for user, other in ((kafka_user("dev"), prod), (kafka_user("prod"), dev),
+                        (kafka_user("dev", "autoscaler"), prod),
+                        (kafka_user("prod", "autoscaler"), dev)):
         who = user["metadata"]["name"]
         for role, (rtype, operations) in NEEDED.items():
             if other[role] is None:
                 continue
             granted = [op for op in operations if allows(user, rtype, other[role], op)]
             assert not granted, f"{who} may {granted} {rtype} {other[role]!r} of the other env"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_has_its_own_kafka_user_with_describe_only(overlay):
+    """Issue #26 item 8: KEDA held the detector's SCRAM user (Write, Create). Its
+    TriggerAuthentication takes its credentials from a Secret of its own, which
+    deploy/README fills from the environment's KEDA KafkaUser; that user may Describe the
+    input topic and the group, and do nothing else."""
+    docs = render(f"overlays/{overlay}")
+    auth = one(docs, "TriggerAuthentication")["spec"]["secretTargetRef"]
+    keda_secrets = {r["name"] for r in auth if r["parameter"] in ("username", "password")}
+    assert len(keda_secrets) == 1, keda_secrets
+    (keda_secret,) = keda_secrets
+    detector_secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container(docs)["env"]
+                        if e["name"].startswith("STREAM_DETECTOR_KAFKA_SASL_")}
+    assert keda_secret not in detector_secrets, "KEDA must not hold the detector's user"
+
+    user, detector = kafka_user(overlay, "autoscaler"), kafka_user(overlay)
+    assert user["metadata"]["name"] != detector["metadata"]["name"]
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    assert user["spec"]["authorization"]["type"] == "simple"
+    names = kafka_names(f"overlays/{overlay}")
+    problems = []
+    for role, (rtype, operations) in KEDA_NEEDED.items():
+        for op in sorted(operations):
+            if not allows(user, rtype, names[role], op):
+                problems.append(f"KEDA lacks {op} on {rtype} {names[role]!r}")
+    allowed = {(rtype, names[role]) for role, (rtype, _) in KEDA_NEEDED.items()}
+    for acl in user["spec"]["authorization"]["acls"]:
+        res = acl["resource"]
+        ops = set(acl.get("operations") or [acl.get("operation")])
+        if acl.get("type", "allow") != "allow":
+            continue
+        if ops != {"Describe"}:
+            problems.append(f"KEDA may {sorted(ops - {'Describe'})} on {res}")
+        if (res["type"], res.get("name")) not in allowed or \
+                res.get("patternType", "literal") != "literal":
+            problems.append(f"KEDA has an ACL on {res}, which it does not read")
+    assert not problems, "\n".join(problems)
+
+    # deploy/README creates KEDA's Secret from that user's Strimzi Secret
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert f"create secret generic {keda_secret}" in readme
+    assert f"kafkauser/{user['metadata']['name']} " in readme
 
 
 def _consumer_offset_reset(config: dict[str, Any]) -> str:
@@ -704,11 +760,52 @@ def test_model_s3_component_reads_the_model_from_the_store_with_secret_credentia
     assert "model" not in {v["name"] for v in pod["volumes"]}
     assert "model" not in {m["name"] for m in container(docs)["volumeMounts"]}
     assert effective_config(path)["model_poll_s"] > 0, "new versions must be picked up"
-    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
-    assert {"protocol": "TCP", "port": 443} in [p for r in egress for p in r["ports"]]
     # everything else is the prod overlay's
     prod = {(d["kind"], d["metadata"]["name"]) for d in render("overlays/prod")}
     assert {(d["kind"], d["metadata"]["name"]) for d in docs} == prod
+
+
+def _documented_store_endpoint() -> str:
+    """The MinIO endpoint deploy/README.md tells the operator to put in the Secret."""
+    found = set(re.findall(r"--from-literal=endpoint=(\S+)", (ROOT / "deploy" / "README.md")
+                           .read_text()))
+    assert len(found) == 1, f"one documented store endpoint expected: {found}"
+    return found.pop()
+
+
+def test_model_s3_egress_reaches_the_documented_store_and_nothing_else():
+    """Issue #26 item 8: the component's egress was TCP 443 to any address (a way out for
+    the store's credentials) and did not reach the documented MinIO endpoint. Every rule it
+    adds names its destination (no rule without `to` or `ports`, no open CIDR), and the
+    documented endpoint's namespace, pods and port are allowed."""
+    import ipaddress
+
+    docs = render("prod+model-s3")
+    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
+    base = one(render("overlays/prod"), "NetworkPolicy")["spec"]["egress"]
+    added = [r for r in egress if r not in base]
+    assert added, "the component must open egress to the store"
+    for rule in added:
+        assert rule.get("to"), f"egress to any address: {rule}"
+        assert rule.get("ports"), f"egress on any port: {rule}"
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                assert net.prefixlen >= (16 if net.version == 4 else 48), f"open CIDR {net}"
+            else:
+                assert peer.get("podSelector", {}).get("matchLabels"), \
+                    f"every pod of a namespace (or of every namespace): {peer}"
+
+    endpoint = _documented_store_endpoint()
+    assert endpoint in (K8S / "components" / "model-s3" / "kustomization.yaml").read_text()
+    url = urlparse(endpoint)
+    assert url.port and url.hostname and url.hostname.endswith(".svc"), endpoint
+    namespace = url.hostname.split(".")[1]  # <service>.<namespace>.svc
+    reaches = [r for r in added
+               if {"protocol": "TCP", "port": url.port} in r["ports"]
+               and any(p.get("namespaceSelector", {}).get("matchLabels")
+                       == {"kubernetes.io/metadata.name": namespace} for p in r["to"])]
+    assert reaches, f"no egress to the documented endpoint {endpoint}"
 
 
 def test_prod_images_are_immutable_tags():

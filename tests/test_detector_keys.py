@@ -21,6 +21,7 @@ from stream_detector.guards import finite_rows
 from stream_detector.metrics import Metrics
 from stream_detector.service import Detector, ServiceConfig
 from stream_detector.state import decode as decode_state
+from stream_detector.testing import registry_value
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def _msgs(key: str, values: np.ndarray, partition: int = 0, offset: int = 0,
 
 
 def _value(det: Detector, name: str, **labels: str) -> float:
-    return det.metrics.registry.get_sample_value(name, labels) or 0.0
+    return registry_value(det.metrics.registry, name, labels)
 
 
 def test_an_evicted_key_s_open_incident_is_closed(flagging_model: Path) -> None:

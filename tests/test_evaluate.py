@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from data_paths import DATA_ROOT
 
+from stream_detector import models
 from stream_detector.evaluation import harness, loaders, nab, tables
 
 NAB_ROOT = DATA_ROOT / "nab"
@@ -109,7 +110,20 @@ def test_nab_end_to_end_smoke(tmp_path: Path) -> None:
 
 
 @needs_nab
-def test_nab_model_params_reach_the_model_and_key_the_cache(tmp_path: Path) -> None:
+def test_nab_model_params_reach_the_model_and_key_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Watch what the harness trains (the real training, only observed): the report's
+    # options echo the argument whether or not it reaches the model, the model does not.
+    trained = []
+    real_train = harness.train
+
+    def spy(ds, opts):  # type: ignore[no-untyped-def]
+        art = real_train(ds, opts)
+        trained.append(art)
+        return art
+
+    monkeypatch.setattr(harness, "train", spy)
     decisions = harness.parse_decisions(["pot"])
     name = SMALL_NAB[0]
     rep = harness.run_nab(
@@ -117,6 +131,15 @@ def test_nab_model_params_reach_the_model_and_key_the_cache(tmp_path: Path) -> N
         model_params={"filters": 4},
     )
     assert rep.options["model_params"] == {"filters": 4}
+    (art,) = trained
+    assert art.model.params["filters"] == 4
+    assert art.metadata["model_params"]["filters"] == 4
+    # the Keras network itself has the size filters=4 gives, not the default's
+    n = art.model.n_features
+    small = models.build("conv1d", 32, n, {"filters": 4}).model.count_params()
+    default = models.build("conv1d", 32, n).model.count_params()
+    assert small != default
+    assert art.model.model.count_params() == small
     (tag,) = [p.name for p in tmp_path.iterdir()]
     assert tag.endswith("-filters4")
     assert (tmp_path / tag / (name.replace("/", "__") + ".npz")).is_file()
@@ -126,6 +149,7 @@ def test_nab_model_params_reach_the_model_and_key_the_cache(tmp_path: Path) -> N
         model_params={"filters": 4},
     )
     assert again.train_seconds < rep.train_seconds
+    assert len(trained) == 1, "the rerun trained again instead of reading the cache"
     assert again.scores["pot"]["standard"] == rep.scores["pot"]["standard"]
 
 

@@ -22,6 +22,7 @@ import pytest
 from stream_detector.errors import ArtifactError, InputError, ModelStoreError
 from stream_detector.kafka.embedded import free_port
 from stream_detector.model_store import DirSource, S3Source, open_source, parse_s3_url
+from stream_detector.testing import registry_value
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -212,8 +213,8 @@ class _Detector:
         self.offered.append(art)
 
     def refused(self) -> float:
-        return self.metrics.registry.get_sample_value(
-            "stream_detector_model_reloads_total", {"result": "refused"}) or 0.0
+        return registry_value(self.metrics.registry, "stream_detector_model_reloads_total",
+                              {"result": "refused"})
 
 
 def test_a_version_refused_after_download_is_retried_and_the_serving_one_kept(bucket, tmp_path):

@@ -35,6 +35,7 @@ from stream_detector.config import COMMAND_OPTS, resolve
 from stream_detector.decision import decision_spec
 from stream_detector.metrics import Metrics
 from stream_detector.service import Detector, ServiceConfig
+from stream_detector.testing import registry_value
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def _msgs(key: str, values: np.ndarray, offset: int = 0) -> list[Message]:
 
 
 def _value(det: Detector, name: str, **labels: str) -> float:
-    return det.metrics.registry.get_sample_value(name, labels) or 0.0
+    return registry_value(det.metrics.registry, name, labels)
 
 
 def test_batches_in_flight_keep_the_version_that_scored_them(

@@ -15,6 +15,7 @@ from stream_detector.artifact import load_artifact
 from stream_detector.metrics import Metrics
 from stream_detector.service import Detector
 from stream_detector.state import decode
+from stream_detector.testing import registry_value
 
 N1 = WINDOW + 10  # points per key before the restart
 N2 = WINDOW + 20  # and after it
@@ -36,7 +37,7 @@ def _run(det: Detector) -> tuple[threading.Thread, dict[str, Any]]:
 
 
 def _value(det: Detector, name: str, labels: dict[str, str] | None = None) -> float:
-    return det.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+    return registry_value(det.metrics.registry, name, labels)
 
 
 def test_a_damaged_state_record_is_skipped_counted_and_the_rest_restored(

@@ -21,6 +21,7 @@ from stream_detector.artifact import load_artifact
 from stream_detector.kafka.exceptions import TopicSetupError
 from stream_detector.metrics import Metrics
 from stream_detector.service import Detector
+from stream_detector.testing import registry_value
 
 
 def _refuse(*args: Any, **kw: Any) -> int:
@@ -28,7 +29,7 @@ def _refuse(*args: Any, **kw: Any) -> int:
 
 
 def _sample(det: Detector, name: str) -> float:
-    return det.metrics.registry.get_sample_value(name) or 0.0
+    return registry_value(det.metrics.registry, name)
 
 
 @pytest.mark.parametrize("required", [True, False])

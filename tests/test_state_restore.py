@@ -17,6 +17,7 @@ from stream_detector.kafka.admin import ensure_changelog
 from stream_detector.metrics import Metrics
 from stream_detector.service import Detector
 from stream_detector.state import KeyState, encode
+from stream_detector.testing import registry_value
 
 N_STATE = 300_000  # changelog records to read back (foreign layout: read, then skipped)
 
@@ -108,7 +109,7 @@ def _fill_keys(bootstrap: str, topic: str) -> dict[str, int]:
 
 
 def _sample(det: Detector, name: str, **labels: str) -> float:
-    return det.metrics.registry.get_sample_value(name, labels) or 0.0
+    return registry_value(det.metrics.registry, name, labels)
 
 
 def test_a_rebalance_during_a_restore_applies_only_the_partitions_kept(

@@ -21,6 +21,7 @@ from stream_detector.metrics import Metrics
 from stream_detector.service import Detector
 from stream_detector.service.restoring import Job, Restorer
 from stream_detector.state import MARKER_PREFIX, KeyState, PartitionRestore, StateStore, encode
+from stream_detector.testing import registry_value
 
 
 def _fill(bootstrap: str, topic: str, n: int, keys: int) -> None:
@@ -148,7 +149,7 @@ def test_a_restore_beyond_max_series_loads_the_newest_and_deletes_nothing(
         loop.join(30)
 
     def value(name: str, **labels: str) -> float:
-        return det.metrics.registry.get_sample_value(name, labels) or 0.0
+        return registry_value(det.metrics.registry, name, labels)
 
     assert value("stream_detector_state_restored_keys_total") == 20
     assert held == {f"k{i}" for i in range(30, 50)}, "the 20 most recently written"
