@@ -679,8 +679,9 @@ def scale(bs: str, work: Path, sizes: list[int], windows_per_key: int) -> dict[s
     return {"rows": rows, "decision": spec.get("method"), "history": spec.get("history"),
             "windows_per_key": windows_per_key, "rss_fit_bytes_per_series": fit,
             "projection_1m": {
+                # a slope at or below 0 is the processes' own noise: too few series to tell
                 "rss_gb": (last["rss_mb"] * 1024 * 1024 + fit * (million - last["series"]))
-                / 1e9,
+                / 1e9 if fit > 0 else None,
                 "changelog_gb": last["changelog_mean_bytes"] * million / 1e9,
                 "restore_s": _linear(rows, "restore_s", million),
                 "restart_s": _linear(rows, "restart_s", million)}}
@@ -986,8 +987,10 @@ def scale_report(sc: dict[str, Any]) -> str:
         f"  RSS per active series, least-squares slope over every N: "
         f"{sc['rss_fit_bytes_per_series']:.0f} bytes")
     lines.append(
-        f"  projected to 1M series (RSS: the largest N plus that slope; restore, restart: "
-        f"the line through the smallest and the largest N): RSS {p['rss_gb']:.2f} GB, "
+        "  projected to 1M series (RSS: the largest N plus that slope; restore, restart: "
+        "the line through the smallest and the largest N): RSS "
+        + (f"{p['rss_gb']:.2f} GB" if p["rss_gb"] is not None
+           else "not measurable (slope <= 0: too few series)") + ", "
         f"changelog {p['changelog_gb']:.2f} GB, restore {p['restore_s']:.0f} s, restart "
         f"{p['restart_s']:.0f} s")
     for r in rows:

@@ -82,6 +82,10 @@ def test_bench_scale_part_runs_alone_at_run_defaults(tmp_path):
         assert r["changelog_keys"] == r["series"] and r["changelog_mean_bytes"] > 0
         assert r["restored_keys"] >= r["series"] and r["restart_s"] > 0
         assert r["extra_args"] == []  # run's defaults
-    assert res["scale"]["projection_1m"]["rss_gb"] > 0
+    # at 50 and 100 series the RSS slope is within the processes' noise: either a
+    # positive projection or none, never a negative one
+    rss_1m = res["scale"]["projection_1m"]["rss_gb"]
+    assert rss_1m is None or rss_1m > 0
+    assert "RSS per active series, least-squares slope" in proc.stdout
     assert "train's defaults" in proc.stdout and "run's defaults" in proc.stdout
     assert "4. scale" in proc.stdout and "projected to 1M series" in proc.stdout
