@@ -272,7 +272,8 @@ def sustained(kind: str, bs: str, work: Path, model: Path, n_keys: int, per_key:
         m = det.metrics()
     finally:
         det.terminate()
-    windows_s = (w1 - w0) / (tw1 - tw0)
+    # a tiny run (--quick) can score its steady stretch in one batch: then the whole run
+    windows_s = (w1 - w0) / (tw1 - tw0) if w1 > w0 else windows / (t1 - t0)
     return {"kind": kind, "messages": n, "keys": n_keys, "windows": windows,
             "max_batch": max_batch, "sustained_msgs_s": rate_s, "sustained_windows_s": windows_s,
             "mean_batch": _mean(m, "stream_detector_inference_batch_size"), **cores,

@@ -121,6 +121,10 @@ def test_killed_replica_partitions_move_without_warm_up(broker_bootstrap, topic_
         wait_until(lambda: sum(d.value("stream_detector_windows_scored_total") for d in dets)
                    >= first_windows, 90, "first half scored")
         victim, survivors = dets[0], dets[1:]
+        # the victim's state is in the changelog (on a loaded machine the kill could
+        # otherwise come before its first checkpoint)
+        wait_until(lambda: victim.value("stream_detector_state_records_written_total") > 0, 60,
+                   "the victim's first state records")
         victim.kill()
         wait_until(lambda: sum(d.value("stream_detector_assigned_partitions")
                                for d in survivors) == 6, 60, "partitions moved")
