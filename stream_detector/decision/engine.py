@@ -55,9 +55,9 @@ from stream_detector.decision.base import (
 )
 from stream_detector.decision.codec import StateError
 from stream_detector.decision.keytable import KeyTable, rounds
+from stream_detector.decision.tails import LN10, score_of
 from stream_detector.threshold import Thresholds
 
-LN10 = math.log(10.0)
 SUPPRESS_BLOCKS, SUPPRESS_BLOCK = 4, 16  # block maxima: the last 48-64 windows
 SHAPE_MIN, SHAPE_MAX = 0.0, 0.5  # no bounded tail: nothing is certain
 THRESHOLD_CAP = 100.0  # a threshold is at most this times the key's largest error seen
@@ -172,7 +172,7 @@ class AdaptiveDecider:
         warm = count >= self.warmup
         # the error tail, from the reservoir as it was before this window
         a_err, tail = self._tail(s, x, count)
-        a_err = np.where(warm, a_err, x / (x + np.maximum(t_static, 1e-300)))
+        a_err = np.where(warm, a_err, score_of(x, t_static))  # the static rule
         floor = self.floor * t_static
         below = x < floor
         a_err = np.where(below & warm, np.minimum(a_err, 0.5 * x / np.maximum(floor, 1e-300)),
@@ -185,12 +185,12 @@ class AdaptiveDecider:
                 hit = checks.range_check(cols, s, v, self.tolerance, warm)
             if self.use_activity:
                 flat, level = checks.activity_check(cols, s, v, count >= checks.ACTIVITY_WARMUP)
-                a_act = level / (level + checks.ACTIVITY_SIGMAS)
+                a_act = score_of(level, checks.ACTIVITY_SIGMAS)
                 reason |= np.where(flat, ACTIVITY, 0).astype(np.uint8)
                 a = np.maximum(a, a_act)
             if self.use_season:
                 level = checks.season_check(cols, s, v)
-                a_sea = level / (level + checks.SEASON_RATIO)
+                a_sea = score_of(level, checks.SEASON_RATIO)
                 reason |= np.where(a_sea >= 0.5, SEASON, 0).astype(np.uint8)
                 a = np.maximum(a, a_sea)
         excursion = (a >= 0.5) | hit
@@ -252,9 +252,7 @@ class AdaptiveDecider:
         # the fitted tail speaks only beyond the largest error the key has shown: an
         # error it already exceeded is as rare as the count says, never "certain"
         log_p = np.where(x > top, np.minimum(log_tail, log_emp), log_emp)
-        u = -np.minimum(log_p, 0.0)
-        a = u / (u + self.ustar)
-        return a, (t0, sigma, gamma, log_ft, top)
+        return score_of(-np.minimum(log_p, 0.0), self.ustar), (t0, sigma, gamma, log_ft, top)
 
     def _threshold(self, need: np.ndarray, t_static: np.ndarray, warm: np.ndarray,
                    tail: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -301,32 +299,26 @@ class AdaptiveDecider:
             return None
         c = self.table.cols  # type: ignore[union-attr]
         season = bool(c["period"][s] > 0)
-        parts = [
-            _HEAD.pack(_MAGIC, self.n_features, _FLAG_SEASON if season else 0, int(c["n"][s])),
-            c["res"][s].astype("<f4").tobytes(), c["tick"][s].astype("<u2").tobytes(),
-            c["blocks"][s].astype("<f4").tobytes(), c["lo"][s].astype("<f4").tobytes(),
-            c["hi"][s].astype("<f4").tobytes(), c["prev"][s].astype("<f4").tobytes(),
-            c["act"][s].astype("<f4").tobytes(), bytes([bool(c["aflag"][s])]),
-        ]
+        head = _HEAD.pack(_MAGIC, self.n_features, _FLAG_SEASON if season else 0, int(c["n"][s]))
+        return head + b"".join(np.asarray(c[name][s]).astype(dtype).tobytes()
+                               for name, dtype, _ in self._layout(self.n_features, season))
+
+    def _layout(self, f: int, season: bool) -> list[tuple[str, str, int]]:
+        """The exported columns after the header, in order: (name, dtype, values)."""
+        out = [("res", "<f4", self.k), ("tick", "<u2", self.k),
+               ("blocks", "<f4", SUPPRESS_BLOCKS), ("lo", "<f4", f), ("hi", "<f4", f),
+               ("prev", "<f4", f), ("act", "<f4", 4), ("aflag", "u1", 1)]
         if season:
-            parts += [c["sprof"][s].astype("<f2").tobytes(), c["sacc"][s].astype("<f4").tobytes(),
-                      c["sstat"][s].astype("<f4").tobytes(),
-                      struct.pack("<Q", int(c["sc"][s]))]
-        return b"".join(parts)
+            out += [("sprof", "<f2", checks.SEASON_BINS), ("sacc", "<f4", 2),
+                    ("sstat", "<f4", 3), ("sc", "<u8", 1)]
+        return out
 
     def restore(self, key: str, raw: bytes) -> None:
         what = f"decision state of {key!r} ({self.name})"
         if len(raw) < _HEAD.size or raw[:4] != _MAGIC:
             raise StateError(f"{what}: not this method's state")
         _, f, flags, count = _HEAD.unpack_from(raw)
-        k, nb = self.k, checks.SEASON_BINS
-        layout: list[tuple[str, str, int]] = [
-            ("res", "<f4", k), ("tick", "<u2", k), ("blocks", "<f4", SUPPRESS_BLOCKS),
-            ("lo", "<f4", f), ("hi", "<f4", f), ("prev", "<f4", f), ("act", "<f4", 4),
-            ("aflag", "u1", 1)]
-        if flags & _FLAG_SEASON:
-            layout += [("sprof", "<f2", nb), ("sacc", "<f4", 2), ("sstat", "<f4", 3),
-                       ("sc", "<u8", 1)]
+        layout = self._layout(f, bool(flags & _FLAG_SEASON))
         size = _HEAD.size + sum(np.dtype(t).itemsize * n for _, t, n in layout)
         if len(raw) != size or f < 1:
             raise StateError(f"{what}: wrong length {len(raw)} (expected {size})")
@@ -346,7 +338,5 @@ class AdaptiveDecider:
 
     def state_bytes(self, n_features: int = 1, period: int = 0) -> int:
         """Bytes of one key's exported state."""
-        size = _HEAD.size + 6 * self.k + 4 * SUPPRESS_BLOCKS + 12 * n_features + 16 + 1
-        if period and self.use_season:
-            size += 2 * checks.SEASON_BINS + 8 + 12 + 8
-        return size
+        layout = self._layout(n_features, bool(period and self.use_season))
+        return _HEAD.size + sum(np.dtype(t).itemsize * n for _, t, n in layout)

@@ -8,7 +8,7 @@ A field's slot is reset to its initial value when a key is forgotten.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,15 +33,9 @@ class KeyTable:
     def __len__(self) -> int:
         return len(self._slot)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._slot
-
     @property
     def capacity(self) -> int:
         return len(next(iter(self.cols.values())))
-
-    def keys(self) -> Iterable[str]:
-        return self._slot.keys()
 
     def slot(self, key: str) -> int | None:
         return self._slot.get(key)
@@ -90,10 +84,6 @@ class KeyTable:
     def reset(self, s: int) -> None:
         for name, (_, _, init) in self._spec.items():
             self.cols[name][s] = init
-
-    def nbytes_per_slot(self) -> int:
-        """Bytes one slot occupies in memory, over every column."""
-        return sum(c[0].nbytes if c.ndim > 1 else c.itemsize for c in self.cols.values())
 
 
 def rounds(slots: np.ndarray) -> list[np.ndarray]:
