@@ -19,14 +19,19 @@ def _server(timeout_s: float) -> HealthServer:
                         timeout_s=timeout_s).start()
 
 
+def _scrape_probe(port: int) -> None:
+    """GET /metrics answers 200 with the probe counter."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        assert r.status == 200
+        assert b"stream_detector_probe_total 1.0" in r.read()
+
+
 def test_a_silent_client_neither_blocks_metrics_nor_holds_its_connection():
     server = _server(timeout_s=0.5)
     silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
     try:
         t0 = time.monotonic()
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2) as r:
-            assert r.status == 200
-            assert b"stream_detector_probe_total 1.0" in r.read()
+        _scrape_probe(server.port)
         assert time.monotonic() - t0 < 1.0, "a scrape waited on the silent clients"
         # the server hangs up on a client that sends nothing, once its timeout is up
         for s in silent:
@@ -79,9 +84,7 @@ def test_a_trickling_client_is_dropped_at_the_deadline_not_held_for_ever():
     slow = [_trickle(server.port, stop, every_s=0.1) for _ in range(3)]
     try:
         t0 = time.monotonic()
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2) as r:
-            assert r.status == 200
-            assert b"stream_detector_probe_total 1.0" in r.read()
+        _scrape_probe(server.port)
         assert time.monotonic() - t0 < 0.5, "a scrape waited on the trickling clients"
         for s in slow:
             s.settimeout(5)
