@@ -149,14 +149,15 @@ def cmd_score(cfg: dict[str, Any]) -> int:
     fine_tune = FineTuneOptions.parse(cfg["fine_tune_every"], cfg["fine_tune_param"])
     results = score_dataset(art, ds, max_batch=cfg["max_batch"], decision=decision,
                             fine_tune=fine_tune)
-    n = write_scores(results, cfg["output"])
+    n = write_scores(results, cfg["output"], art.features)
     flagged = sum(int(r.is_anomaly.sum()) for r in results)
     print(f"scored {n} rows of {len(results)} series, {flagged} flagged -> {cfg['output']}")
     if cfg["plot"]:
         from stream_detector.plotting import plot_scores
 
-        plot_scores(results, cfg["plot"])
-        print(f"plot -> {cfg['plot']}")
+        pages = plot_scores(results, cfg["plot"], art.scalers,
+                            time_axis=ds.fmt in ("long", "nab"))
+        print(f"plot -> {', '.join(str(p) for p in pages)}")
     return 0
 
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
-from stream_detector.decision import Decider, decide_windows
+from stream_detector.decision import Decider, checks_seen, decide_windows
+from stream_detector.explain import Explained
 from stream_detector.guards import finite_rows
 from stream_detector.service.base import DetectorBase, InFlight, MetaRow, window_meta
 from stream_detector.service.shadow import Scored
@@ -52,8 +53,9 @@ class InferenceMixin(DetectorBase):
         def infer() -> Scored:
             x = art.scalers.transform_windows(keys, batch.windows)
             t0 = time.perf_counter()
-            scores = art.model.score_batch(x)
+            explained = art.model.explain_batch(x)
             seconds = time.perf_counter() - t0
+            scores = explained.scores
             if tuner is not None:  # one worker then: no call ever sees half-updated weights
                 learnt, refused = tuner.learnt, tuner.refused
                 m.fine_tune_rounds.inc(tuner.after_batch(keys, x, scores))
@@ -70,7 +72,7 @@ class InferenceMixin(DetectorBase):
                 except Exception as exc:
                     shadow.fail("its scoring", exc)
                     shadow_scores = None
-            return Scored(scores, seconds, shadow_scores)
+            return Scored(explained, seconds, shadow_scores)
 
         self._submitted += 1
         self._inflight.append(InFlight(self._submitted, batch, keys, self._pool.submit(infer),
@@ -96,7 +98,8 @@ class InferenceMixin(DetectorBase):
     def _complete_one(self) -> int:
         job = self._inflight.popleft()
         batch, keys = job.batch, job.keys
-        scores, seconds, shadow_scores = job.future.result()
+        explained, seconds, shadow_scores = job.future.result()
+        scores = explained.scores
         m = self.metrics
         m.inference_seconds.observe(seconds)
         m.inference_batch_size.observe(len(batch))
@@ -107,12 +110,14 @@ class InferenceMixin(DetectorBase):
         if keep is not None:  # inf or NaN error: never decided, in no history, no event
             self._refuse_nonfinite(batch, scores, job.dropped)
             scores, windows = scores[keep], windows[keep]
+            explained = explained.take(keep)
             keys = [keys[i] for i in keep.tolist()]
             metas = [metas[i] for i in keep.tolist()]
         n = len(keys)
         flags = np.zeros(0, dtype=bool)
         if n:
-            flags = self._decide(job.art, job.decider, keys, scores, windows, metas)
+            flags = self._decide(job.art, job.decider, keys, scores, windows, metas,
+                                 explained)
         sh = job.shadow
         if sh is not None and shadow_scores is not None and not sh.cancelled:
             done = np.zeros(len(batch), dtype=bool)
@@ -160,10 +165,11 @@ class InferenceMixin(DetectorBase):
                     msg.offset())
 
     def _decide(self, art: Artifact, decider: Decider, keys: list[str], scores: np.ndarray,
-                windows: np.ndarray, metas: list[MetaRow]) -> np.ndarray:
+                windows: np.ndarray, metas: list[MetaRow], explained: Explained) -> np.ndarray:
         """Decide finite-scored windows with the decider of the model ``art`` that scored
-        them, track incidents, publish what they cause (stamped with ``art``'s version);
-        returns the alarms."""
+        them, track incidents, publish what they cause (stamped with ``art``'s version,
+        explained by ``explained``: the same windows' row of the model's call); returns
+        the alarms."""
         m = self.metrics
         n = len(keys)
         decision = decide_windows(decider, keys, scores, windows, self.hop)
@@ -182,13 +188,20 @@ class InferenceMixin(DetectorBase):
         # that can have one: open now, or flagged in this batch
         watch = {keys[i] for i in np.flatnonzero(flags).tolist()}
         watch.update(tracker.open_keys())
+        seen = checks_seen(decider)
         for i, key in enumerate(keys if watch else ()):
             if key not in watch or not (flags[i] or is_open(key)):
                 continue
             meta = window_meta(metas[i])
-            for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
-                                      float(a_scores[i]), bool(flags[i]), bool(excursion[i]),
-                                      int(reasons[i])):
+            events = tracker.observe(meta, float(scores[i]), float(thr[i]),
+                                     float(a_scores[i]), bool(flags[i]), bool(excursion[i]),
+                                     int(reasons[i]))
+            if not events:
+                continue
+            detail = art.explainer.fields(art.scalers.for_key(key), windows[i, -1], explained,
+                                          i, seen.get(i))
+            for ev in events:
+                ev.update(detail)
                 if ev["type"] == "opened":
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)
