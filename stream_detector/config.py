@@ -207,7 +207,8 @@ BOOTSTRAP_OPT = Opt("bootstrap_servers", str, None, "Kafka bootstrap servers hos
                     required=True, metavar="HOSTS")
 
 TRAIN_OPTS = (
-    Opt("model", str, "conv1d", "model kind",
+    Opt("model", str, None, "model kind (default conv1d; conv1d-seq for series of several "
+        "features; feedforward for records)",
         choices=("lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm", "feedforward")),
     INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT,
     Opt("window", int, None, "points per window (default 64; 1 for records; the row for wide)",
