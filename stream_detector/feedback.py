@@ -57,13 +57,13 @@ class FeedbackOptions:
 
     def __post_init__(self) -> None:
         if not (self.margin >= 0 and math.isfinite(self.margin)):
-            raise ValueError(f"feedback margin must be >= 0, got {self.margin}")
+            raise ValueError(f"--feedback-margin must be >= 0, got {self.margin}")
         if not (self.bound >= 1 and math.isfinite(self.bound)):
-            raise ValueError(f"feedback bound must be >= 1, got {self.bound}")
+            raise ValueError(f"--feedback-bound must be >= 1, got {self.bound}")
         if not self.half_life_s > 0:
-            raise ValueError(f"feedback half-life must be > 0 s, got {self.half_life_s}")
+            raise ValueError(f"--feedback-half-life-s must be > 0, got {self.half_life_s}")
         if self.max_pending < 0:
-            raise ValueError(f"feedback max pending must be >= 0, got {self.max_pending}")
+            raise ValueError(f"--feedback-max-pending must be >= 0, got {self.max_pending}")
 
 
 class BadFeedback(ValueError):
