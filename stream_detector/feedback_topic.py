@@ -39,8 +39,10 @@ class FeedbackReader:
     (``malformed``)."""
 
     def __init__(self, topic: str, conf: Mapping[str, Any], book: FeedbackBook,
-                 counted: Callable[[str], None] = lambda result: None) -> None:
+                 counted: Callable[[str], None] = lambda result: None,
+                 retry_s: float = RETRY_S) -> None:
         self.topic = topic
+        self.retry_s = retry_s
         self.book = book
         self._counted = counted
         self._consumer = Consumer({
@@ -76,7 +78,7 @@ class FeedbackReader:
         except Exception as exc:  # the broker unreachable: try again later
             n = 0
             log.warning("feedback topic %s: %s (looked up again in %.0f s)", self.topic,
-                        exc, RETRY_S)
+                        exc, self.retry_s)
         new = sorted(set(range(n)) - self._assigned)
         if new:
             self._consumer.incremental_assign(
@@ -87,9 +89,9 @@ class FeedbackReader:
             self._missing_logged = False
         elif not self._assigned and not self._missing_logged:
             log.warning("feedback topic %s does not exist (yet): feedback is not applied "
-                        "until it does (looked up every %.0f s)", self.topic, RETRY_S)
+                        "until it does (looked up every %.0f s)", self.topic, self.retry_s)
             self._missing_logged = True
-        self._next_lookup = now + (RECHECK_S if self._assigned else RETRY_S)
+        self._next_lookup = now + (RECHECK_S if self._assigned else self.retry_s)
 
     def poll(self, now: float | None = None) -> int:
         """Apply what has arrived (never blocks); returns how many messages were read."""

@@ -129,3 +129,41 @@ def test_the_feedback_command_refuses_a_bad_incident_id_or_label(broker_bootstra
     bad_label = cli(*base, "--incident-id", "0123456789abcdef", "--label", "maybe",
                     check=False)
     assert bad_label.returncode == 2 and "--label" in bad_label.stderr
+
+
+def test_a_missing_feedback_topic_is_looked_up_again_and_read_from_the_start(
+        broker_bootstrap, caplog):
+    import logging
+    import time
+    import uuid
+
+    from stream_detector.feedback import FeedbackBook
+    from stream_detector.feedback_topic import FeedbackReader, send_feedback
+    from stream_detector.kafka.admin import ensure_topics
+
+    topic = f"fb-{uuid.uuid4().hex[:12]}"
+    results: list[str] = []
+    book = FeedbackBook(counted=results.append)
+    book.note({"type": "opened", "key": "k", "incident_id": "0123456789abcdef",
+               "score": 2.0, "threshold": 1.0, "window_end": "2026-01-01T00:00:00Z"})
+    reader = FeedbackReader(topic, {"bootstrap.servers": broker_bootstrap}, book,
+                            results.append, retry_s=0.5)
+    try:
+        with caplog.at_level(logging.WARNING, "stream_detector.feedback_topic"):
+            wait_until(lambda: reader.poll() == 0 and "does not exist" in caplog.text, 20,
+                       "the missing topic logged")
+        ensure_topics(broker_bootstrap, {topic: 2})
+        for iid, key in (("0123456789abcdef", "k"), ("00000000000000aa", "other")):
+            send_feedback(broker_bootstrap, topic, iid, key, "false_positive")
+        produce_json(broker_bootstrap, topic, [("k", {"incident_id": 7})])
+
+        def read_all() -> bool:
+            reader.poll()
+            time.sleep(0.05)
+            return len(results) >= 3
+
+        wait_until(read_all, 30, "feedback read", lambda: str(results))
+        assert sorted(results) == ["applied", "malformed", "pending"]
+        assert book.level("k", T0) == pytest.approx(3.0) and book.pending == 1
+    finally:
+        reader.close()
