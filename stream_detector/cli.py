@@ -29,6 +29,8 @@ _HELP = {
     "backtest": "replay a CSV or a topic range through the serving and a candidate model, "
                 "compare their events (exit 1 when the candidate is worse)",
     "replay": "produce a CSV to a Kafka topic as input messages",
+    "feedback": "mark an incident false_positive or true_positive on the feedback topic "
+                "(run --feedback-topic)",
     "broker": "start the embedded Kafka-compatible broker in the foreground",
     "demo": "embedded broker + synthetic series + train + run + live report",
 }
@@ -181,6 +183,21 @@ def cmd_replay(cfg: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_feedback(cfg: dict[str, Any]) -> int:
+    from stream_detector.feedback import BadFeedback
+    from stream_detector.feedback_topic import send_feedback
+
+    try:
+        partition, offset = send_feedback(
+            cfg["bootstrap_servers"], cfg["topic"], cfg["incident_id"], cfg["key"],
+            cfg["label"], cfg["by"], cfg["kafka"])
+    except BadFeedback as exc:
+        raise InputError(str(exc)) from None
+    print(f"{cfg['label']} for incident {cfg['incident_id'].lower()} of {cfg['key']!r} -> "
+          f"{cfg['topic']} [{partition}] @ {offset}")
+    return 0
+
+
 def cmd_broker(cfg: dict[str, Any]) -> int:
     from stream_detector.kafka.embedded import EmbeddedBroker
 
@@ -208,7 +225,7 @@ def cmd_demo(cfg: dict[str, Any]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "score": cmd_score, "run": cmd_run, "backtest": cmd_backtest,
-            "replay": cmd_replay, "broker": cmd_broker, "demo": cmd_demo}
+            "replay": cmd_replay, "feedback": cmd_feedback, "broker": cmd_broker, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

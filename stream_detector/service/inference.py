@@ -175,6 +175,10 @@ class InferenceMixin(DetectorBase):
         decision = decide_windows(decider, keys, scores, windows, self.hop)
         thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
         excursion, reasons = decision.excursion, decision.reason
+        if self.feedback is not None:  # operator feedback: alarms under a false positive's level
+            flags, excursion, muted = self.feedback.mute(
+                keys, scores, flags, excursion, lambda i: metas[i][3], self.tracker.is_open)
+            m.feedback_muted.inc(muted)
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
         m.reconstruction_error.observe_many(scores)
