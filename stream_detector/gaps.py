@@ -27,20 +27,23 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import ArrayLike
 
 GAP_POLICIES = ("off", "previous", "linear", "restart")
 GAP_ACTIONS = ("filled", "restarted")  # the label of stream_detector_gaps_total
 RESTART = -1  # GapPolicy.action(): start the window again at the new point
 MIN_HELD = 4  # points a key's window holds before its cadence is trusted (or the window)
+DEFAULT_GAP_POLICY = "off"
+DEFAULT_GAP_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
 class GapPolicy:
     """What a window does over a gap (see the module's docstring)."""
 
-    policy: str = "off"
+    policy: str = DEFAULT_GAP_POLICY
     max_fill: int = 32  # points; a longer gap restarts the window
-    factor: float = 1.5  # a step longer than this many cadences is a gap
+    factor: float = DEFAULT_GAP_FACTOR  # a step longer than this many cadences is a gap
 
     def __post_init__(self) -> None:
         if self.policy not in GAP_POLICIES:
@@ -71,15 +74,25 @@ class GapPolicy:
             return RESTART
         return missing
 
-    def fill(self, last: np.ndarray, new: np.ndarray, n: int) -> np.ndarray:
+    def fill(self, last: ArrayLike, new: ArrayLike, n: int) -> np.ndarray:
         """The ``n`` filled values (n, F) between the key's last value and the new one."""
-        last = np.asarray(last, np.float32).reshape(-1)
+        old = np.asarray(last, np.float32).reshape(-1)
         if self.policy == "previous":
-            return np.repeat(last[None, :], n, axis=0)
+            return np.repeat(old[None, :], n, axis=0)
         frac = (np.arange(1, n + 1, dtype=np.float64) / (n + 1))[:, None]
         # as stored (float32), so the service and the offline path fill the same values
-        new = np.asarray(new, np.float32).reshape(-1).astype(np.float64)
-        return (last + frac * (new - last)).astype(np.float32)
+        to = np.asarray(new, np.float32).reshape(-1).astype(np.float64)
+        out: np.ndarray = (old + frac * (to - old)).astype(np.float32)
+        return out
+
+
+def gap_policy(policy: str | None, max_fill: int | None, factor: float | None,
+               window: int) -> GapPolicy:
+    """The options ``--gap-policy``, ``--gap-max-fill`` (None: half the window) and
+    ``--gap-factor`` for a model's ``window``; ValueError names what is wrong."""
+    fill = max(1, window // 2) if max_fill is None else max_fill
+    return GapPolicy(policy or DEFAULT_GAP_POLICY, fill,
+                     DEFAULT_GAP_FACTOR if factor is None else factor)
 
 
 def fill_times(last: float, ts: float, n: int) -> np.ndarray:

@@ -586,7 +586,7 @@ def series_windows(values: np.ndarray, window: int, hop: int = 1, ts: np.ndarray
     ``gaps`` (and the points' timestamps ``ts``), gaps are filled or restart the window as
     :class:`WindowBuffer` does (:func:`~stream_detector.gaps.gap_windows`).
     """
-    if gaps is not None and gaps.active and ts is not None:
+    if gaps is not None and gaps.active and ts is not None and window > 1:
         got = gap_windows(ts, values, window, hop, gaps)
         return got.windows, got.end_index
     values = np.asarray(values, dtype=np.float32)
