@@ -51,7 +51,7 @@ def config_file(tmp_path: Path) -> Path:
 
 def test_defaults() -> None:
     cfg = _resolve(TRAIN)
-    assert cfg["epochs"] is None and cfg["batch_size"] == 64 and cfg["model"] == "conv1d"
+    assert cfg["epochs"] is None and cfg["batch_size"] == 64 and cfg["model"] is None
     assert cfg["window"] is None and cfg["threshold_factor"] == 1.5 and cfg["quiet"] is False
     assert cfg["input"] == ["x.csv"] and cfg["out"] == "m"
 
