@@ -346,7 +346,7 @@ class OnlineDetector:
         except ValueError as exc:
             raise InputError(f"decision: {exc}") from None
         if fixed_shapes:
-            art.model.fix_batch_shapes(size)
+            art.model.fix_batch_shapes(size, explain=False)  # it scores errors
         self.nonfinite = 0  # windows whose error overflowed: not decided (guards.py)
         self._offset = 0
 

@@ -315,6 +315,9 @@ RUN_OPTS = (
         metavar="S"),
     Opt("events", str, "incidents", "one opened+closed pair per incident, or every window",
         choices=("incidents", "windows")),
+    Opt("explain", str, "on", "events carry actual, expected and attribution, computed in "
+        "the scoring call (off: the call returns errors only, events leave them out)",
+        choices=("on", "off")),
     Opt("incident_gap", int, None,
         "normal windows allowed inside one incident (default: half the window)", metavar="N"),
     Opt("commit_interval_ms", float, 1000.0, "how often delivered offsets are committed",

@@ -35,6 +35,18 @@ class Explained(NamedTuple):
         """The same fields for ``rows`` only."""
         return Explained(*(a[rows] for a in self))
 
+    @property
+    def explains(self) -> bool:
+        """False for :meth:`errors_only`: errors without what explains them."""
+        return bool(self.expected.shape[1] > 0)
+
+    @classmethod
+    def errors_only(cls, scores: np.ndarray) -> Explained:
+        """Errors alone (``run --explain off``)."""
+        n = len(scores)
+        empty = np.zeros((n, 0), np.float32)
+        return cls(np.asarray(scores, np.float64), empty, empty, empty)
+
 
 def to_units(scaler: Scaler, scaled: np.ndarray) -> np.ndarray:
     """Scaled values (..., F) back in the input's units (float64)."""

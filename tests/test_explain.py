@@ -127,3 +127,26 @@ def _epoch(iso: str) -> float:
     from stream_detector.datasets import parse_timestamp
 
     return parse_timestamp(iso)
+
+
+@pytest.mark.broker
+def test_explain_off_leaves_the_fields_out_and_still_flags(
+        broker_bootstrap, topic_factory, group_id, model, tmp_path: Path) -> None:
+    """``run --explain off``: the model call returns errors only; events keep the
+    contract's other fields and the same incidents."""
+    from service_helpers import spiky_stream
+
+    src, out = topic_factory(1), topic_factory(1)
+    det = DetectorProcess(broker_bootstrap, src, out, group_id, model, ["--explain", "off"],
+                          log=tmp_path / "det.log")
+    try:
+        det.wait_ready()
+        produce_json(broker_bootstrap, src, spiky_stream())
+        det.wait_value("stream_detector_windows_scored_total", 600 - 31)
+        events = [e["value"] for e in events_of(broker_bootstrap, out, expected=6)]
+    finally:
+        det.terminate()
+    assert [e["type"] for e in events] == ["opened", "closed"] * 3
+    for e in events:
+        assert not {"actual", "expected", "attribution", "checks"} & set(e)
+        assert {"score", "threshold", "anomaly_score", "incident_id"} <= set(e)

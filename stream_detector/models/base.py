@@ -135,7 +135,7 @@ class Autoencoder(Protocol):
 
     def explain_batch(self, windows: np.ndarray) -> Explained: ...
 
-    def fix_batch_shapes(self, size: int) -> tuple[int, ...]: ...
+    def fix_batch_shapes(self, size: int, explain: bool = True) -> tuple[int, ...]: ...
 
     def save(self, path: Path) -> None: ...
 
@@ -339,7 +339,8 @@ class KerasAutoencoder:
     def explain_batch(self, windows: np.ndarray) -> Explained:
         return self.scorer.explain(windows)
 
-    def fix_batch_shapes(self, size: int, probe: int = 256) -> tuple[int, ...]:
+    def fix_batch_shapes(self, size: int, explain: bool = True, probe: int = 256
+                         ) -> tuple[int, ...]:
         """Serve at batch shapes whose results do not depend on the batch (the service's mode).
 
         Kernels may pick different blockings for different batch shapes, so the same window
@@ -354,6 +355,7 @@ class KerasAutoencoder:
         service answer sooner. Running the probe at every shape also warms the kernels up.
         The recurrent kinds' fused loop (``lstm.fused_forward``) takes seconds of XLA
         compilation per shape, so for them only ``size`` / 4, 3/8, 1/2 and 3/4 are tried.
+        ``explain`` False: the errors alone are served (``run --explain off``) and checked.
         Returns the shapes kept.
         """
         size = int(size)
@@ -363,6 +365,9 @@ class KerasAutoencoder:
             shapes = [b for b in (size // 4, 3 * size // 8, size // 2, 3 * size // 4) if b]
         else:
             shapes = candidate_shapes(size)
+        def call(x: np.ndarray, b: int) -> tuple[np.ndarray, ...]:
+            return tuple(scorer.explain(x, shape=b)) if explain else (scorer(x, shape=b),)
+
         rng = np.random.default_rng(20260)
         probe = max(probe, size)
         x = rng.standard_normal((probe, self.window, self.n_features)).astype(np.float32)
@@ -371,11 +376,10 @@ class KerasAutoencoder:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max(1, min(len(shapes) + 1, available_cpus()))) as pool:
-                list(pool.map(lambda b: scorer.explain(x[:b], shape=b), (*shapes, size)))
-        want = scorer.explain(x, shape=size)
+                list(pool.map(lambda b: call(x[:b], b), (*shapes, size)))
+        want = call(x, size)
         keep = [b for b in sorted(set(shapes))
-                if all(np.array_equal(got, w)
-                       for got, w in zip(scorer.explain(x, shape=b), want))]
+                if all(np.array_equal(got, w) for got, w in zip(call(x, b), want))]
         scorer.buckets = (*keep, size)
         self._scorer = scorer
         return scorer.buckets

@@ -53,6 +53,7 @@ class ServiceConfig:
     max_series: int = run_default("max_series")
     idle_ttl_s: float = run_default("idle_ttl_s")
     events: str = run_default("events")
+    explain: bool = run_default("explain") == "on"
     incident_gap: int | None = run_default("incident_gap")
     commit_interval_s: float = run_default("commit_interval_ms") / 1000.0
     drain_timeout_s: float = run_default("drain_timeout_s")
@@ -135,6 +136,7 @@ class ServiceConfig:
             metrics_port=cfg["metrics_port"], metrics_host=cfg["metrics_host"], hop=cfg["hop"],
             max_batch=cfg["max_batch"], max_batch_latency_s=cfg["max_batch_latency_ms"] / 1000.0,
             max_series=cfg["max_series"], idle_ttl_s=cfg["idle_ttl_s"], events=cfg["events"],
+            explain=cfg.get("explain", run_default("explain")) != "off",
             incident_gap=cfg["incident_gap"], commit_interval_s=cfg["commit_interval_ms"] / 1000.0,
             drain_timeout_s=cfg["drain_timeout_s"], max_message_bytes=cfg["max_message_bytes"],
             state=cfg["state"], state_topic=cfg["state_topic"],

@@ -48,12 +48,14 @@ class InferenceMixin(DetectorBase):
             return
         keys = [meta[0] for meta in batch.metas]
         art, tuner, m, shadow = self.art, self.tuner, self.metrics, self._shadow
+        explain = self.cfg.explain
         cand = shadow.art if shadow is not None else None
 
         def infer() -> Scored:
             x = art.scalers.transform_windows(keys, batch.windows)
             t0 = time.perf_counter()
-            explained = art.model.explain_batch(x)
+            explained = (art.model.explain_batch(x) if explain
+                         else Explained.errors_only(art.model.score_batch(x)))
             seconds = time.perf_counter() - t0
             scores = explained.scores
             if tuner is not None:  # one worker then: no call ever sees half-updated weights
@@ -203,7 +205,7 @@ class InferenceMixin(DetectorBase):
             if not events:
                 continue
             detail = art.explainer.fields(art.scalers.for_key(key), windows[i, -1], explained,
-                                          i, seen.get(i))
+                                          i, seen.get(i)) if explained.explains else {}
             for ev in events:
                 ev.update(detail)
                 if ev["type"] == "opened":

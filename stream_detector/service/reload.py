@@ -225,7 +225,7 @@ class ModelWatcher(threading.Thread):
             if art.version == det.current_model().version:
                 return
             self._fits(art)
-            art.model.fix_batch_shapes(det.cfg.max_batch)  # also warms the kernels up
+            art.model.fix_batch_shapes(det.cfg.max_batch, det.cfg.explain)  # warms up too
         except Exception as exc:  # any failure of a candidate is its refusal
             try:
                 self.source.refused(path)

@@ -42,7 +42,7 @@ def run_service(options: Mapping[str, Any]) -> int:
     except (TopicSetupError, KafkaException, ValueError) as exc:
         log.warning("could not make sure the output topics exist: %s", exc)
     # a window's score must not depend on its batch; the check also warms every shape up
-    shapes = art.model.fix_batch_shapes(cfg.max_batch)
+    shapes = art.model.fix_batch_shapes(cfg.max_batch, cfg.explain)
     log.info("scoring at batch shapes %s (checked bit-identical to %d)",
              ", ".join(map(str, shapes)), cfg.max_batch)
     det = Detector(cfg, art, metrics)
