@@ -805,6 +805,12 @@ def main() -> int:
                     st = sustained(k, bs, work, model, n_keys, per_key, max_batch,
                                    broker.pid, ("--decision", "static"))
                     row["static_windows_s"] = st["sustained_windows_s"]
+                    # and without explaining (actual, expected, attribution): what it costs
+                    ex = sustained(k, bs, work, model, n_keys, per_key, max_batch,
+                                   broker.pid, ("--explain", "off"))
+                    row["explain_off_windows_s"] = ex["sustained_windows_s"]
+                    row["explain_off_cpu_us_per_window"] = ex.get(
+                        "steady_detector_cpu_us_per_window")
                 if "latency" in parts:
                     # half the steady-state rate: there every message makes a window
                     r = args.latency_rate or row["sustained_windows_s"] / 2
@@ -900,6 +906,15 @@ def report(r: dict[str, Any]) -> None:
                 print(f"  the same run with `run --decision static` (comparison): "
                       f"{e['static_windows_s']:.0f} windows/s; the default decision keeps "
                       f"{e['sustained_windows_s'] / e['static_windows_s']:.1%} of it")
+            if e.get("explain_off_windows_s"):
+                cpu_on = e.get("steady_detector_cpu_us_per_window")
+                cpu_off = e.get("explain_off_cpu_us_per_window")
+                cpu = (f", {cpu_off:.1f} us of detector CPU per window against {cpu_on:.1f} "
+                       f"explained ({cpu_on / cpu_off - 1:+.1%})" if cpu_on and cpu_off else "")
+                print(f"  the same run with `run --explain off` (comparison): "
+                      f"{e['explain_off_windows_s']:.0f} windows/s{cpu}; explaining keeps "
+                      f"{e['sustained_windows_s'] / e['explain_off_windows_s']:.1%} of it "
+                      f"(target >= 90 %)")
             if e.get("steady_cores_detector") is not None:
                 print(f"  cores in the steady state: detector {e['steady_cores_detector']:.2f} "
                       f"({e['steady_detector_cpu_us_per_window']:.1f} us of CPU per window), "
