@@ -203,6 +203,12 @@ TIMESTAMP_POLICY_OPT = Opt(
     "against the one before it only, not the latest time seen, so a far-future timestamp "
     "costs drop and dlq the one point after it, not the key's later points",
     choices=TIMESTAMP_POLICIES, metavar="{" + ",".join(TIMESTAMP_POLICIES) + "}")
+RULES_OPT = Opt(
+    "rules", str, None,
+    "YAML file of rules by key pattern: the direction (spike, dip) and the least deviation "
+    "from the expected value that may alarm, and maintenance windows (cron + duration, or "
+    "start and end, in event time) that mute alarms; score and run apply them alike "
+    "(README: Rules and maintenance windows)", metavar="FILE")
 BOOTSTRAP_OPT = Opt("bootstrap_servers", str, None, "Kafka bootstrap servers host:port[,...]",
                     required=True, metavar="HOSTS")
 
@@ -259,6 +265,7 @@ SCORE_OPTS = (
     Opt("decision", str, None, "decision method instead of the artifact's", choices=DECIDERS),
     Opt("decision_param", _pairs, {},
         "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
+    RULES_OPT,
     *FINE_TUNE_OPTS,
 )
 
@@ -304,6 +311,7 @@ RUN_OPTS = (
         choices=DECIDERS),
     Opt("decision_param", _pairs, {},
         "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
+    RULES_OPT,
     *FINE_TUNE_OPTS,
     Opt("inference_workers", int, 0,
         "model calls that run in parallel (0: one per CPU the process may use, at most 4; "

@@ -17,10 +17,18 @@ import numpy as np
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
-from stream_detector.decision import Decider, Newest, make_decider, overlap_of, reason_names
+from stream_detector.decision import (
+    Decider,
+    Decision,
+    Newest,
+    make_decider,
+    overlap_of,
+    reason_names,
+)
 from stream_detector.errors import InputError
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.guards import finite_rows
+from stream_detector.rules import CAUSE_NAMES, Rules
 from stream_detector.threshold import Thresholds
 from stream_detector.window import series_windows
 
@@ -47,6 +55,10 @@ class ScoredSeries:
     window_score: np.ndarray
     excursion: np.ndarray
     reason: np.ndarray
+    # with rules: why the row's alarm was muted (rules.CAUSES, 0: not), carried as the
+    # flag is; and which windows a learn: false maintenance window kept from the decider
+    muted: np.ndarray | None = None
+    unlearned: np.ndarray | None = None
 
 
 def window_scores(
@@ -105,7 +117,7 @@ def newest_values(values: np.ndarray, end_idx: np.ndarray, new_points: int) -> N
 
 def decide_series(
     decider: Decider, thresholds: Thresholds, s: Series, scores: np.ndarray,
-    end_idx: np.ndarray, new_points: int = 1,
+    end_idx: np.ndarray, new_points: int = 1, rules: Rules | None = None,
 ) -> ScoredSeries:
     """Run one series' window ``scores`` (ending at rows ``end_idx``) through ``decider``.
 
@@ -114,13 +126,15 @@ def decide_series(
     the first window carry the key's static threshold, no score and no flag).
     ``new_points``: how many of a window's rows are new to it (``min(hop, window)``);
     their values go to deciders that check them (``Decider.wants_values``).
+    ``rules``: applied as ``run`` applies them (:meth:`Rules.apply`).
     """
-    return decide_many(decider, thresholds, [s], [scores], [end_idx], new_points)[0]
+    return decide_many(decider, thresholds, [s], [scores], [end_idx], new_points, rules)[0]
 
 
 def decide_many(
     decider: Decider, thresholds: Thresholds, series: list[Series],
     scores: list[np.ndarray], end_idx: list[np.ndarray], new_points: int = 1,
+    rules: Rules | None = None,
 ) -> list[ScoredSeries]:
     """:func:`decide_series` for several series at once: their windows go to the decider
     in one call (each series' in stream order), as a batch from many keys would."""
@@ -136,14 +150,59 @@ def decide_many(
     if decider.wants_values and len(all_scores):
         newest = np.concatenate([newest_values(s.values, ends, new_points)
                                  for s, (sc, ends) in zip(series, kept) if len(sc)])
-    d = decider.decide(keys, all_scores, newest)
+    muting = None
+    if rules is None:
+        d = decider.decide(keys, all_scores, newest)
+    else:
+        def decide(idx: np.ndarray | None) -> Decision:
+            if idx is None:
+                return decider.decide(keys, all_scores, newest)
+            return decider.decide([keys[i] for i in idx.tolist()], all_scores[idx],
+                                  None if newest is None else newest[idx])
+
+        live = [(s, ends) for s, (sc, ends) in zip(series, kept) if len(sc)]
+        ts = np.concatenate([s.ts[ends] for s, ends in live]) if live else np.zeros(0)
+        actual = (np.concatenate([s.values[ends] for s, ends in live]) if live
+                  else np.zeros((0, 1)))
+        d, muting = rules.apply(decide, keys, ts, thresholds.for_key, actual)
     out = []
     at = 0
     for s, (sc, ends) in zip(series, kept):
         part = slice(at, at + len(sc))
         at += len(sc)
-        out.append(_carry(s, thresholds, sc, ends, [f[part] for f in d]))
+        r = _carry(s, thresholds, sc, ends, [f[part] for f in d])
+        if muting is not None:
+            r.muted, r.unlearned = _carry_muted(len(s), ends, muting.cause[part],
+                                                muting.unlearned[part])
+        out.append(r)
     return out
+
+
+def _carry_muted(n: int, ends: np.ndarray, cause: np.ndarray, unlearned: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the muting cause of the latest window ending at or before it, and whether
+    a window ending there was kept from the decider."""
+    wcause = np.zeros(n, dtype=np.uint8)
+    wun = np.zeros(n, dtype=bool)
+    has = np.zeros(n, dtype=bool)
+    wcause[ends], wun[ends], has[ends] = cause, unlearned, True
+    pos = np.where(has, np.arange(n), -1)
+    np.maximum.accumulate(pos, out=pos)
+    return np.where(pos >= 0, wcause[np.maximum(pos, 0)], 0).astype(np.uint8), wun
+
+
+def muted_counts(results: list[ScoredSeries]) -> tuple[dict[str, int], int]:
+    """Muted alarms by cause name, and windows kept from the decider, over ``results``."""
+    by_cause = dict.fromkeys(CAUSE_NAMES.values(), 0)
+    unlearned = 0
+    for r in results:
+        if r.muted is None or r.unlearned is None:
+            continue
+        at = ~np.isnan(r.window_score) & ~r.unlearned
+        for code, name in CAUSE_NAMES.items():
+            by_cause[name] += int(np.count_nonzero(r.muted[at] == code))
+        unlearned += int(r.unlearned.sum())
+    return by_cause, unlearned
 
 
 def _carry(s: Series, thresholds: Thresholds, scores: np.ndarray, end_idx: np.ndarray,
@@ -181,6 +240,7 @@ def _carry(s: Series, thresholds: Thresholds, scores: np.ndarray, end_idx: np.nd
 def score_dataset(
     art: Artifact, dataset: Dataset, max_batch: int = 1024,
     decision: Mapping[str, Any] | None = None, fine_tune: FineTuneOptions | None = None,
+    rules: Rules | None = None,
 ) -> list[ScoredSeries]:
     """Score every series of ``dataset`` with ``art``.
 
@@ -188,7 +248,7 @@ def score_dataset(
     the decider is built by :func:`~stream_detector.decision.make_decider`, as in ``run``.
     ``fine_tune``: keep learning normal windows while scoring (see ``window_scores``).
     All series are decided together, each in stream order (as ``run`` decides a batch
-    from many keys).
+    from many keys). ``rules``: ``--rules``, applied as ``run`` applies them.
     """
     scores, series_idx, end_idx = window_scores(art, dataset, max_batch, fine_tune)
     spec = decision if decision is not None else art.metadata.get("decision")
@@ -197,15 +257,21 @@ def score_dataset(
     sel = [series_idx == i for i in range(len(dataset.series))]
     return decide_many(decider, art.thresholds, list(dataset.series),
                        [scores[m] for m in sel], [end_idx[m] for m in sel],
-                       min(art.hop, art.window))
+                       min(art.hop, art.window), rules)
 
 
 def _fmt(x: float) -> str:
     return "" if np.isnan(x) else f"{x:.6g}"
 
 
+def _muted(r: ScoredSeries, i: int) -> str:
+    return "" if r.muted is None or not r.muted[i] else CAUSE_NAMES[int(r.muted[i])]
+
+
 def write_scores(results: list[ScoredSeries], path: str | Path) -> int:
-    """Write the contract's CSV in input order; returns rows written."""
+    """Write the contract's CSV in input order; returns rows written. Scored with rules,
+    a last column ``muted``: why the row's alarm was muted (empty when not)."""
+    ruled = any(r.muted is not None for r in results)
     rows = []
     for order, r in enumerate(results):
         s = r.series
@@ -215,7 +281,8 @@ def write_scores(results: list[ScoredSeries], path: str | Path) -> int:
                 s.source, int(s.lines[i]), order, i,
                 [s.timestamps[i], key, f"{float(s.values[i, 0]):.6g}", _fmt(r.score[i]),
                  _fmt(r.threshold[i]), _fmt(r.anomaly_score[i]), str(int(r.is_anomaly[i])),
-                 "+".join(reason_names(int(r.reason[i]))) if r.is_anomaly[i] else ""],
+                 "+".join(reason_names(int(r.reason[i]))) if r.is_anomaly[i] else "",
+                 *([_muted(r, i)] if ruled else [])],
             ))
     rows.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
     out = Path(path)
@@ -223,7 +290,7 @@ def write_scores(results: list[ScoredSeries], path: str | Path) -> int:
         raise InputError(f"{out}: directory {out.parent} does not exist")
     with out.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(OUTPUT_HEADER)
+        w.writerow(OUTPUT_HEADER + (["muted"] if ruled else []))
         for *_, row in rows:
             w.writerow(row)
     return len(rows)

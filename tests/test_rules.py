@@ -285,3 +285,80 @@ def test_an_empty_batch_and_a_batch_all_in_maintenance(tmp_path):
     assert calls == [] and d.threshold.tolist() == [3.0, 3.0] and muting.unlearned.all()
     d, muting = rules.apply(decide, [], np.zeros(0), lambda k: 3.0)
     assert len(d.is_anomaly) == 0 and calls == [None]
+
+
+# -- score applies a rules file -------------------------------------------------------------
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a point a minute
+
+
+def _scores(path: Path) -> dict[str, list[dict[str, str]]]:
+    import csv
+
+    out: dict[str, list[dict[str, str]]] = {}
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["key"], []).append(row)
+    return out
+
+
+def test_score_mutes_maintenance_windows_and_keeps_learn_false_ones_undecided(model, tmp_path):
+    from stream_detector.testing import cli, wave, write_long
+
+    n = 400
+    series = {"db-1": wave(n, seed=1), "web-1": wave(n, seed=2)}
+    for key, at in (("db-1", 100), ("db-1", 185), ("web-1", 100), ("web-1", 295)):
+        series[key][at] += 12.0
+    data = write_long(tmp_path / "data.csv", series, start=T0)
+    rules = _file(tmp_path, "rules:\n"
+                            "  - name: nightly\n    keys: 'db-*'\n    maintenance:\n"
+                            "      - {cron: '0 3 * * *', duration: 1h}\n"
+                            "  - name: upgrade\n    keys: ['web-*']\n    maintenance:\n"
+                            "      - {start: '2026-01-01T04:50:00Z', end: '2026-01-01T05:50:00Z',"
+                            " learn: false}\n")
+    cli("score", "--model", str(model), "--input", str(data), "--output",
+        str(tmp_path / "plain.csv"))
+    ruled = cli("score", "--model", str(model), "--input", str(data), "--output",
+                str(tmp_path / "ruled.csv"), "--rules", str(rules))
+    before, after = _scores(tmp_path / "plain.csv"), _scores(tmp_path / "ruled.csv")
+    assert "muted" not in before["db-1"][0] and "muted" in after["db-1"][0]
+    nightly = range(180, 240)  # 03:00-04:00, each row ends a window of a point a minute
+    upgrade = range(290, 350)
+    db_muted = [i for i in nightly if before["db-1"][i]["is_anomaly"] == "1"]
+    assert len(db_muted) >= 10  # the spike at 185 alarms without the rules ...
+    for i in nightly:  # ... and never with them
+        assert after["db-1"][i]["is_anomaly"] == "0"
+        assert after["db-1"][i]["muted"] == ("maintenance" if i in db_muted else "")
+        assert after["db-1"][i]["anomaly_score"] == before["db-1"][i]["anomaly_score"]
+    for i in upgrade:  # never decided: no alarm, anomaly_score 0
+        row = after["web-1"][i]
+        assert (row["is_anomaly"], row["anomaly_score"], row["muted"]) == ("0", "0", "maintenance")
+    assert any(before["web-1"][i]["is_anomaly"] == "1" for i in upgrade)
+    for key in series:  # outside the windows nothing changed, the spike at 100 included
+        inside = set(nightly) if key == "db-1" else set(upgrade)
+        for i, (b, a) in enumerate(zip(before[key], after[key])):
+            if i not in inside:
+                assert {k: a[k] for k in b} == b, (key, i)
+                assert a["muted"] == ""
+        assert before[key][100]["is_anomaly"] == after[key][100]["is_anomaly"] == "1"
+    assert (f"rules muted {len(db_muted)} alarm(s) (maintenance {len(db_muted)}, direction 0, "
+            f"deviation 0); {len(upgrade)} window(s) in learn: false maintenance not decided"
+            ) in ruled.stdout
+
+
+def test_score_refuses_a_bad_rules_file_with_one_line_naming_it(model, tmp_path):
+    from stream_detector.testing import cli, wave, write_long
+
+    data = write_long(tmp_path / "data.csv", {"a": wave(64, seed=0)}, start=T0)
+    bad = _file(tmp_path, "rules:\n  - name: db\n    keys: 'db-*'\n    direction: upward\n")
+    for rules, needle in ((bad, f"{bad}: rule 'db' (#1): direction must be one of"),
+                          (tmp_path / "missing.yaml", "missing.yaml: rules file not found")):
+        proc = cli("score", "--model", str(model), "--input", str(data), "--output",
+                   str(tmp_path / "out.csv"), "--rules", str(rules), check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert line.startswith("stream-detector score: error: ") and needle in line, line
+    # bound to the model's features: a feature it lacks, also exit 2
+    other = _file(tmp_path, "rules:\n  - {keys: '*', min_deviation: {cpu: 1}}\n")
+    proc = cli("score", "--model", str(model), "--input", str(data), "--output",
+               str(tmp_path / "out.csv"), "--rules", str(other), check=False)
+    assert proc.returncode == 2 and "names feature 'cpu'; the model has 'value'" in proc.stderr

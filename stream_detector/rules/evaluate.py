@@ -38,6 +38,10 @@ CAUSE_NAMES = {code: name for code, name in CAUSES}
 _CACHE_KEYS = 200_000  # matched keys remembered (a stream's live keys, bounded)
 
 
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, np.float32).astype(np.float64).reshape(len(x), -1)
+
+
 class Muting(NamedTuple):
     """Per window of a batch: what the rules did.
 
@@ -194,8 +198,8 @@ class Rules:
             if actual is None or expected is None:
                 raise ValueError("rules judge direction or deviation: actual and expected "
                                  "values are needed")
-            j_cause, j_rule = self.judge(match, flags, np.asarray(actual, np.float64),
-                                         np.asarray(expected, np.float64))
+            # float32, as the model sees values: score and run judge bit-identically
+            j_cause, j_rule = self.judge(match, flags, _f32(actual), _f32(expected))
             hit = j_cause > 0
             cause[hit] = j_cause[hit]
             rule[hit] = j_rule[hit]

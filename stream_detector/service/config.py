@@ -15,6 +15,7 @@ from stream_detector.errors import InputError
 from stream_detector.finetune import FineTuneOptions
 from stream_detector.kafka.properties import refuse_delivery_overrides
 from stream_detector.models.base import plan_threads
+from stream_detector.rules import Rule, read_rules
 from stream_detector.source import Fields
 
 _RUN_DEFAULTS = {o.name: o.default for o in RUN_OPTS}
@@ -74,6 +75,8 @@ class ServiceConfig:
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
     timestamp_policy: str = run_default("timestamp_policy")  # accept, drop, dlq
+    rules_file: str | None = run_default("rules")
+    rules: tuple[Rule, ...] = ()  # read from rules_file (bound to the model's features later)
 
     def __post_init__(self) -> None:
         # fine-tuning updates the weights between calls: calls must not overlap
@@ -108,6 +111,8 @@ class ServiceConfig:
             raise InputError(f"--gate-margin must be in [0, 1), got {cfg['gate_margin']}")
         if cfg["hop"] is not None and cfg["hop"] < 1:
             raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
+        rules_file = cfg.get("rules")
+        rules = tuple(read_rules(rules_file)) if rules_file else ()  # exit 2 before the model
         return cls(
             bootstrap_servers=cfg["bootstrap_servers"], input_topic=cfg["input_topic"],
             output_topic=cfg["output_topic"], model_dir=cfg["model"],
@@ -134,6 +139,7 @@ class ServiceConfig:
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
             timestamp_policy=cfg.get("timestamp_policy") or "accept",
+            rules_file=rules_file, rules=rules,
         )
 
     @property
