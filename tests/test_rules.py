@@ -362,3 +362,35 @@ def test_score_refuses_a_bad_rules_file_with_one_line_naming_it(model, tmp_path)
     proc = cli("score", "--model", str(model), "--input", str(data), "--output",
                str(tmp_path / "out.csv"), "--rules", str(other), check=False)
     assert proc.returncode == 2 and "names feature 'cpu'; the model has 'value'" in proc.stderr
+
+
+def test_run_takes_rules_from_flag_env_or_config_file_and_refuses_a_bad_one_at_start(
+        tmp_path, capsys):
+    from stream_detector.cli import build_parser, main
+    from stream_detector.config import COMMAND_OPTS, resolve
+    from stream_detector.service import ServiceConfig
+
+    good = _file(tmp_path, "rules:\n  - {name: up, keys: '*', direction: spike}\n")
+    run = ["run", "--bootstrap-servers", "127.0.0.1:1", "--input-topic", "in",
+           "--output-topic", "out", "--model", str(tmp_path / "no-model")]
+    conf = tmp_path / "sd.yaml"
+    conf.write_text(f"run:\n  rules: {good}\n")
+
+    def config(argv, env):
+        args = build_parser().parse_args(argv)
+        return ServiceConfig.from_options(resolve("run", COMMAND_OPTS["run"], args, environ=env))
+
+    for argv, env in ((run + ["--rules", str(good)], {}),
+                      (run, {"STREAM_DETECTOR_RULES": str(good)}),
+                      (run + ["--config", str(conf)], {})):
+        cfg = config(argv, env)
+        assert cfg.rules_file == str(good) and [r.name for r in cfg.rules] == ["up"]
+        assert cfg.rules[0].direction == "spike"
+    assert config(run, {}).rules == ()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {name: up, keys: '*', direction: spike, min_deviation: -2}\n")
+    # refused before the model is looked for (there is none) or a broker is reached
+    assert main(run + ["--rules", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"stream-detector run: error: {bad}: rule 'up' (#1): min_deviation must be "
+                   "a finite number >= 0, got -2")
