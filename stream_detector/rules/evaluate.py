@@ -157,7 +157,8 @@ class Rules:
     def apply(
         self, decide: Callable[[np.ndarray | None], Decision], keys: Sequence[str],
         ts: np.ndarray, threshold_of: Callable[[str], float],
-        actual: np.ndarray | None = None, expected: np.ndarray | None = None,
+        actual: np.ndarray | None = None,
+        expected: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> tuple[Decision, Muting]:
         """Decide a batch under the rules.
 
@@ -165,7 +166,9 @@ class Rules:
         them), in stream order; ``keys``, ``ts``: each window's key and end time (epoch
         seconds); ``threshold_of(key)``: the threshold reported for a window not decided
         (the key's static one); ``actual``, ``expected``: (n, features), needed when a rule
-        judges values. Returns the decision of every window with the rules applied, and
+        judges values; ``expected`` may be a function of the indices of the windows whose
+        values are judged (alarms a direction or deviation rule matches), for callers
+        that compute it only for those. Returns the decision of every window with the rules applied, and
         what they did."""
         n = len(keys)
         ts = np.asarray(ts, dtype=np.float64)
@@ -194,16 +197,20 @@ class Rules:
         rule[muted] = m_rule[muted]
         flags &= ~in_maint
         excursion &= ~in_maint
-        if self._judges and flags.any():
+        need = (np.flatnonzero(flags & match[:, self._judges].any(axis=1)) if self._judges
+                else np.zeros(0, dtype=np.int64))
+        if len(need):
             if actual is None or expected is None:
                 raise ValueError("rules judge direction or deviation: actual and expected "
                                  "values are needed")
+            exp = expected(need) if callable(expected) else np.asarray(expected)[need]
             # float32, as the model sees values: score and run judge bit-identically
-            j_cause, j_rule = self.judge(match, flags, _f32(actual), _f32(expected))
+            j_cause, j_rule = self.judge(match[need], np.ones(len(need), dtype=bool),
+                                         _f32(np.asarray(actual)[need]), _f32(exp))
             hit = j_cause > 0
-            cause[hit] = j_cause[hit]
-            rule[hit] = j_rule[hit]
-            flags &= ~hit  # the excursion stands: an open incident goes on
+            cause[need[hit]] = j_cause[hit]
+            rule[need[hit]] = j_rule[hit]
+            flags[need[hit]] = False  # the excursion stands: an open incident goes on
         reason[cause > 0] = 0
         out = Decision(d.threshold, d.anomaly_score, flags, excursion, reason)
         return out, Muting(cause, rule, unlearned)
