@@ -136,7 +136,7 @@ def to_dataset(data: Any, timestamps: Any = None, records: bool = False) -> Data
 
 
 # -- train, save, load -----------------------------------------------------------------
-def train(data: Any, *, timestamps: Any = None, model: str = "conv1d", records: bool = False,
+def train(data: Any, *, timestamps: Any = None, model: str | None = None, records: bool = False,
           **options: Any) -> Artifact:
     """Fit an autoencoder on ``data`` and calibrate its decision, as ``train`` does.
 
@@ -146,7 +146,8 @@ def train(data: Any, *, timestamps: Any = None, model: str = "conv1d", records: 
         (see the module docstring).
     timestamps: optional, one per row (see :func:`to_dataset`).
     model: the model kind (``conv1d``, ``lstm``, ``conv1d-seq``, ``cnn-lstm``, ``bilstm``,
-        ``feedforward`` with ``records=True``).
+        ``feedforward`` with ``records=True``); None: train's default for the data
+        (:func:`~stream_detector.training.default_kind`).
     options: any field of :class:`~stream_detector.training.TrainOptions` (``window``,
         ``epochs``, ``seed``, ``decision``, ``threshold_quantile``, ...); the defaults
         are ``train``'s.

@@ -17,12 +17,14 @@ import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stream_detector.errors import ArtifactError, ShapeMismatch
+from stream_detector.explain import Explainer
 from stream_detector.scaling import ScalerSet
 from stream_detector.threshold import Thresholds
 
@@ -78,6 +80,11 @@ class Artifact:
     @property
     def features(self) -> list[str]:
         return list(self.metadata["features"])
+
+    @cached_property
+    def explainer(self) -> Explainer:
+        """Builds the ``actual``/``expected``/``attribution`` fields of its events."""
+        return Explainer(self.features)
 
     @property
     def value_ranges(self) -> dict[str, tuple[list[float], list[float]]]:

@@ -29,6 +29,8 @@ _HELP = {
     "backtest": "replay a CSV or a topic range through the serving and a candidate model, "
                 "compare their events (exit 1 when the candidate is worse)",
     "replay": "produce a CSV to a Kafka topic as input messages",
+    "feedback": "mark an incident false_positive or true_positive on the feedback topic "
+                "(run --feedback-topic)",
     "broker": "start the embedded Kafka-compatible broker in the foreground",
     "demo": "embedded broker + synthetic series + train + run + live report",
 }
@@ -152,7 +154,7 @@ def cmd_score(cfg: dict[str, Any]) -> int:
     fine_tune = FineTuneOptions.parse(cfg["fine_tune_every"], cfg["fine_tune_param"])
     results = score_dataset(art, ds, max_batch=cfg["max_batch"], decision=decision,
                             fine_tune=fine_tune, rules=rules)
-    n = write_scores(results, cfg["output"])
+    n = write_scores(results, cfg["output"], art.features)
     flagged = sum(int(r.is_anomaly.sum()) for r in results)
     print(f"scored {n} rows of {len(results)} series, {flagged} flagged -> {cfg['output']}")
     if rules is not None:
@@ -165,8 +167,9 @@ def cmd_score(cfg: dict[str, Any]) -> int:
     if cfg["plot"]:
         from stream_detector.plotting import plot_scores
 
-        plot_scores(results, cfg["plot"])
-        print(f"plot -> {cfg['plot']}")
+        pages = plot_scores(results, cfg["plot"], art.scalers,
+                            time_axis=ds.fmt in ("long", "nab"))
+        print(f"plot -> {', '.join(str(p) for p in pages)}")
     return 0
 
 
@@ -187,6 +190,21 @@ def cmd_replay(cfg: dict[str, Any]) -> int:
 
     n = replay_files(cfg)
     print(f"produced {n} messages to {cfg['topic']}")
+    return 0
+
+
+def cmd_feedback(cfg: dict[str, Any]) -> int:
+    from stream_detector.feedback import BadFeedback
+    from stream_detector.feedback_topic import send_feedback
+
+    try:
+        partition, offset = send_feedback(
+            cfg["bootstrap_servers"], cfg["topic"], cfg["incident_id"], cfg["key"],
+            cfg["label"], cfg["by"], cfg["kafka"])
+    except BadFeedback as exc:
+        raise InputError(str(exc)) from None
+    print(f"{cfg['label']} for incident {cfg['incident_id'].lower()} of {cfg['key']!r} -> "
+          f"{cfg['topic']} [{partition}] @ {offset}")
     return 0
 
 
@@ -217,7 +235,7 @@ def cmd_demo(cfg: dict[str, Any]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "score": cmd_score, "run": cmd_run, "backtest": cmd_backtest,
-            "replay": cmd_replay, "broker": cmd_broker, "demo": cmd_demo}
+            "replay": cmd_replay, "feedback": cmd_feedback, "broker": cmd_broker, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -187,7 +187,7 @@ def resolve(
     return out
 
 
-_COMMANDS = ("train", "score", "run", "backtest", "replay", "broker", "demo")
+_COMMANDS = ("train", "score", "run", "backtest", "replay", "feedback", "broker", "demo")
 
 FORMAT_OPT = Opt("format", str, "long", "input CSV format", choices=("long", "nab", "wide", "records"))
 INPUT_OPT = Opt("input", _list, None, "input CSV file(s)", required=True)
@@ -213,7 +213,8 @@ BOOTSTRAP_OPT = Opt("bootstrap_servers", str, None, "Kafka bootstrap servers hos
                     required=True, metavar="HOSTS")
 
 TRAIN_OPTS = (
-    Opt("model", str, "conv1d", "model kind",
+    Opt("model", str, None, "model kind (default conv1d; conv1d-seq for series of several "
+        "features; feedforward for records)",
         choices=("lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm", "feedforward")),
     INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT,
     Opt("window", int, None, "points per window (default 64; 1 for records; the row for wide)",
@@ -275,6 +276,18 @@ RUN_OPTS = (
     Opt("output_topic", str, None, "topic for anomaly events", required=True, metavar="T"),
     Opt("dlq_topic", str, None, "dead-letter topic for bad input (none: count and skip)",
         metavar="T"),
+    Opt("feedback_topic", str, None, "read operators' incident labels from this topic "
+        "(every replica reads all of it; `stream-detector feedback` writes it; none: off)",
+        metavar="T"),
+    Opt("feedback_margin", float, 0.5, "a false_positive mutes its key's alarms whose error "
+        "is below the incident's peak x (1 + this) ...", metavar="F"),
+    Opt("feedback_bound", float, 3.0, "... but never at or above this many times the key's "
+        "error threshold when the incident opened (>= 1)", metavar="X"),
+    Opt("feedback_half_life_s", float, 7 * 86400.0,
+        "the mute level halves every this many seconds of the key's event time", metavar="S"),
+    Opt("feedback_max_pending", int, 10_000,
+        "feedback messages held for incidents not known here (other replicas' keys; the "
+        "oldest beyond this are dropped and counted expired)", metavar="N"),
     TIMESTAMP_POLICY_OPT,
     Opt("group_id", str, "stream-detector", "consumer group", metavar="G"),
     Opt("model", str, None, "model directory made by train, or s3://bucket/prefix (its "
@@ -394,6 +407,20 @@ BACKTEST_OPTS = (
     KAFKA_OPT,
 )
 
+FEEDBACK_OPTS = (
+    BOOTSTRAP_OPT,
+    Opt("topic", str, None, "the feedback topic (run --feedback-topic)", required=True,
+        metavar="T"),
+    Opt("incident_id", str, None, "the incident_id of the incident's events (16 hex digits)",
+        required=True, metavar="ID"),
+    Opt("key", str, None, "the incident's series key (the events' key)", required=True,
+        metavar="KEY"),
+    Opt("label", str, None, "the verdict", required=True,
+        choices=("false_positive", "true_positive")),
+    Opt("by", str, None, "who says so (kept in the message)", metavar="NAME"),
+    KAFKA_OPT,
+)
+
 BROKER_OPTS = (
     Opt("port", int, 9092, "port on 127.0.0.1", metavar="N"),
     Opt("host", str, "127.0.0.1", "address to listen on", metavar="ADDR"),
@@ -417,6 +444,6 @@ DEMO_OPTS = (
 
 COMMAND_OPTS: dict[str, tuple[Opt, ...]] = {
     "train": TRAIN_OPTS, "score": SCORE_OPTS, "run": RUN_OPTS, "backtest": BACKTEST_OPTS,
-    "replay": REPLAY_OPTS,
+    "replay": REPLAY_OPTS, "feedback": FEEDBACK_OPTS,
     "broker": BROKER_OPTS, "demo": DEMO_OPTS,
 }

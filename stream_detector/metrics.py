@@ -23,6 +23,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from stream_detector.feedback import RESULTS as FEEDBACK_RESULTS
 from stream_detector.window import TIMESTAMP_POLICIES
 
 PREFIX = "stream_detector"
@@ -47,7 +48,8 @@ INVALID_REASONS = (
 TOPIC_KINDS = ("events", "dlq", "state")
 
 # why a state changelog record was not restored (or, decision_state, not in full)
-STATE_SKIP_REASONS = ("damaged", "other_layout", "decision_state", "max_series")
+STATE_SKIP_REASONS = ("damaged", "other_layout", "decision_state", "feedback_state",
+                      "max_series")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -161,6 +163,9 @@ class Metrics:
     shadow_decisions: Counter
     shadow_agreement: Gauge
     shadow_keys_ready: Gauge
+    feedback_messages: Counter
+    feedback_muted: Counter
+    feedback_pending: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -394,6 +399,26 @@ class Metrics:
                 "(it is promoted at 1).",
                 registry=reg,
             ),
+            feedback_messages=Counter(
+                f"{p}_feedback_messages",
+                "Feedback messages read (--feedback-topic), by what they came to: applied "
+                "(a key's label changed here), duplicate (already in effect), pending (its "
+                "incident not known here: held), malformed (ignored), expired (held too "
+                "long: dropped). A pending message counts again when it resolves.",
+                ["result"],
+                registry=reg,
+            ),
+            feedback_muted=Counter(
+                f"{p}_feedback_muted",
+                "Alarms muted by operator feedback: below a false_positive incident's level "
+                "(not anomalous, no incident).",
+                registry=reg,
+            ),
+            feedback_pending=Gauge(
+                f"{p}_feedback_pending",
+                "Feedback messages held for incidents not known here (other replicas' keys).",
+                registry=reg,
+            ),
         )
         for kind in TOPIC_KINDS:
             m.delivery_failures.labels(topic_kind=kind)
@@ -409,6 +434,8 @@ class Metrics:
             m.shadow_decisions.labels(agreement=agreement)
         for reason in STATE_SKIP_REASONS:
             m.state_records_skipped.labels(reason=reason)
+        for result in FEEDBACK_RESULTS:
+            m.feedback_messages.labels(result=result)
         for action in TIMESTAMP_POLICIES:
             m.timestamps_backwards.labels(action=action)
         return m

@@ -26,6 +26,7 @@ from stream_detector.decision import (
     reason_names,
 )
 from stream_detector.errors import InputError
+from stream_detector.explain import to_units
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.guards import finite_rows
 from stream_detector.rules import CAUSE_NAMES, Rules
@@ -55,6 +56,9 @@ class ScoredSeries:
     window_score: np.ndarray
     excursion: np.ndarray
     reason: np.ndarray
+    # (rows, features): the reconstruction of the row's point by the window ending at it,
+    # in the input's units (NaN where no window ends); set by score_dataset
+    expected: np.ndarray | None = None
     # with rules: why the row's alarm was muted (rules.CAUSES, 0: not), carried as the
     # flag is; and which windows a learn: false maintenance window kept from the decider
     muted: np.ndarray | None = None
@@ -74,6 +78,17 @@ def window_scores(
     where the service would interleave their points). The artifact's model is tuned in
     place.
     """
+    scores, _, series_idx, end_idx = window_expected(art, dataset, max_batch, fine_tune)
+    return scores, series_idx, end_idx
+
+
+def window_expected(
+    art: Artifact, dataset: Dataset, max_batch: int = 1024,
+    fine_tune: FineTuneOptions | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`window_scores` and, from the same model calls, each window's newest point
+    as reconstructed (scaled, ``(windows, features)``): ``(scores, expected,
+    series_index, end_index)``."""
     if dataset.n_features != art.n_features:
         raise InputError(
             f"{dataset.files[0]}: data has {dataset.n_features} feature(s) "
@@ -89,19 +104,21 @@ def window_scores(
         metas.extend((i, int(j)) for j in end_index)
     windows = np.concatenate(all_windows) if all_windows else np.zeros((0, art.window, art.n_features))
     scores = np.zeros(len(metas), dtype=np.float64)
+    expected = np.zeros((len(metas), art.n_features), dtype=np.float32)
     tuner = make_tuner(art.model, art.thresholds, fine_tune)
     step = min(max_batch, tuner.opts.every) if tuner else max_batch
     done = 0
     for batch in batches(windows, list(range(len(metas))), step):
-        part = art.model.score_batch(batch.windows)
-        scores[done : done + len(batch)] = part
+        part = art.model.explain_batch(batch.windows)
+        scores[done : done + len(batch)] = part.scores
+        expected[done : done + len(batch)] = part.expected
         if tuner is not None:
             keys = [dataset.series[metas[j][0]].key for j in batch.metas]
-            tuner.after_batch(keys, batch.windows, part)
+            tuner.after_batch(keys, batch.windows, part.scores)
         done += len(batch)
     series_idx = np.fromiter((m[0] for m in metas), dtype=np.int64, count=len(metas))
     end_idx = np.fromiter((m[1] for m in metas), dtype=np.int64, count=len(metas))
-    return scores, series_idx, end_idx
+    return scores, expected, series_idx, end_idx
 
 
 def newest_values(values: np.ndarray, end_idx: np.ndarray, new_points: int) -> Newest:
@@ -134,16 +151,21 @@ def decide_series(
 def decide_many(
     decider: Decider, thresholds: Thresholds, series: list[Series],
     scores: list[np.ndarray], end_idx: list[np.ndarray], new_points: int = 1,
-    rules: Rules | None = None,
+    rules: Rules | None = None, expected: list[np.ndarray] | None = None,
 ) -> list[ScoredSeries]:
     """:func:`decide_series` for several series at once: their windows go to the decider
-    in one call (each series' in stream order), as a batch from many keys would."""
+    in one call (each series' in stream order), as a batch from many keys would.
+    ``expected``: per series, each window's newest point as reconstructed, in input units
+    (windows, features), for rules that judge direction or deviation."""
     kept: list[tuple[np.ndarray, np.ndarray]] = []
-    for sc, ends in zip(scores, end_idx):
+    kept_expected: list[np.ndarray] = []
+    for j, (sc, ends) in enumerate(zip(scores, end_idx)):
         sc = np.asarray(sc, np.float64)
         keep = finite_rows(sc)
         # an overflowed error decides nothing (guards.py); rows carry on
         kept.append((sc, np.asarray(ends)) if keep is None else (sc[keep], np.asarray(ends)[keep]))
+        if expected is not None:
+            kept_expected.append(expected[j] if keep is None else expected[j][keep])
     keys = [s.key for s, (sc, _) in zip(series, kept) for _ in range(len(sc))]
     all_scores = np.concatenate([sc for sc, _ in kept]) if kept else np.zeros(0)
     newest = None
@@ -164,7 +186,9 @@ def decide_many(
         ts = np.concatenate([s.ts[ends] for s, ends in live]) if live else np.zeros(0)
         actual = (np.concatenate([s.values[ends] for s, ends in live]) if live
                   else np.zeros((0, 1)))
-        d, muting = rules.apply(decide, keys, ts, thresholds.for_key, actual)
+        exp = (np.concatenate([e for e, (sc, _) in zip(kept_expected, kept) if len(sc)])
+               if expected is not None and live else None)
+        d, muting = rules.apply(decide, keys, ts, thresholds.for_key, actual, exp)
     out = []
     at = 0
     for s, (sc, ends) in zip(series, kept):
@@ -250,31 +274,49 @@ def score_dataset(
     All series are decided together, each in stream order (as ``run`` decides a batch
     from many keys). ``rules``: ``--rules``, applied as ``run`` applies them.
     """
-    scores, series_idx, end_idx = window_scores(art, dataset, max_batch, fine_tune)
+    scores, expected, series_idx, end_idx = window_expected(art, dataset, max_batch,
+                                                            fine_tune)
     spec = decision if decision is not None else art.metadata.get("decision")
     decider = make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(art.hop),
                            overlap_of(art.window, art.hop))
     sel = [series_idx == i for i in range(len(dataset.series))]
-    return decide_many(decider, art.thresholds, list(dataset.series),
-                       [scores[m] for m in sel], [end_idx[m] for m in sel],
-                       min(art.hop, art.window), rules)
+    units = [to_units(art.scalers.for_key(s.key), expected[m])
+             for s, m in zip(dataset.series, sel)]
+    out = decide_many(decider, art.thresholds, list(dataset.series),
+                      [scores[m] for m in sel], [end_idx[m] for m in sel],
+                      min(art.hop, art.window), rules, units)
+    for r, m, u in zip(out, sel, units):
+        rows = np.full((len(r.series), art.n_features), np.nan)
+        rows[end_idx[m]] = u
+        r.expected = rows
+    return out
 
 
 def _fmt(x: float) -> str:
     return "" if np.isnan(x) else f"{x:.6g}"
 
 
+def expected_header(features: list[str]) -> list[str]:
+    """The CSV's ``expected`` column(s): one for a one-feature model, else one per
+    feature (``expected_<feature>``)."""
+    return ["expected"] if len(features) <= 1 else [f"expected_{f}" for f in features]
+
+
 def _muted(r: ScoredSeries, i: int) -> str:
     return "" if r.muted is None or not r.muted[i] else CAUSE_NAMES[int(r.muted[i])]
 
 
-def write_scores(results: list[ScoredSeries], path: str | Path) -> int:
-    """Write the contract's CSV in input order; returns rows written. Scored with rules,
-    a last column ``muted``: why the row's alarm was muted (empty when not)."""
+def write_scores(results: list[ScoredSeries], path: str | Path,
+                 features: list[str] | None = None) -> int:
+    """Write the contract's CSV in input order; returns rows written. ``features``: the
+    model's feature names (the ``expected`` columns). Scored with rules, a last column
+    ``muted``: why the row's alarm was muted (empty when not)."""
+    names = features or ["value"]
     ruled = any(r.muted is not None for r in results)
     rows = []
     for order, r in enumerate(results):
         s = r.series
+        exp = r.expected if r.expected is not None else np.full((len(s), len(names)), np.nan)
         for i in range(len(s)):
             key = s.row_keys[i] if s.row_keys is not None else s.key
             rows.append((
@@ -282,7 +324,7 @@ def write_scores(results: list[ScoredSeries], path: str | Path) -> int:
                 [s.timestamps[i], key, f"{float(s.values[i, 0]):.6g}", _fmt(r.score[i]),
                  _fmt(r.threshold[i]), _fmt(r.anomaly_score[i]), str(int(r.is_anomaly[i])),
                  "+".join(reason_names(int(r.reason[i]))) if r.is_anomaly[i] else "",
-                 *([_muted(r, i)] if ruled else [])],
+                 *(_fmt(float(v)) for v in exp[i]), *([_muted(r, i)] if ruled else [])],
             ))
     rows.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
     out = Path(path)
@@ -290,7 +332,7 @@ def write_scores(results: list[ScoredSeries], path: str | Path) -> int:
         raise InputError(f"{out}: directory {out.parent} does not exist")
     with out.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(OUTPUT_HEADER + (["muted"] if ruled else []))
+        w.writerow(OUTPUT_HEADER + expected_header(names) + (["muted"] if ruled else []))
         for *_, row in rows:
             w.writerow(row)
     return len(rows)

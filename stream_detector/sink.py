@@ -18,7 +18,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -104,6 +104,8 @@ class EventSink:
         self._unconfirmed: list[int] = []
         self._confirmed: set[int] = set()
         self._retries: deque[_DeadLetter] = deque()
+        # called with every event as it is published (operator feedback notes incidents)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @property
     def producer(self) -> Producer:
@@ -191,6 +193,8 @@ class EventSink:
             "events", topic=self.output_topic, key=event["key"].encode(), value=orjson.dumps(event),
             on_delivery=self._on_event(event["type"], kafka_ts),
         )
+        for listener in self.listeners:
+            listener(event)
 
     def dead_letter(
         self, value: bytes | None, key: bytes | None, reason: str, detail: str,

@@ -20,6 +20,8 @@ float64 (flagged per record). Version 1 (float64 timestamps) is still read. A de
 that only knows version 1 treats a version-2 record as another layout (the key starts
 empty), so a rollback loses windows, not correctness. A record of this layout that
 cannot be read raises :class:`DamagedStateRecord`; the restore skips and counts it.
+Flag bit 6 (64) marks the key's operator-feedback state, after the decider's; a detector
+from before it reads such a record as damaged (the key starts empty).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _HEAD = struct.Struct("<BBBHHqq")
 _INCIDENT = struct.Struct("<8sdddii")
 _FLAG_INCIDENT = 1
 _FLAG_DECISION = 2
+_FLAG_FEEDBACK = 64  # version 2: operator feedback's state (feedback.py) after the decider's
 # version 2: how the timestamps are stored (flags bits 2-3), and the unit of OFFSETS
 # (bits 4-5: 1 s, 1 ms, 1 us)
 _TS_SHIFT = 2
@@ -60,7 +63,7 @@ _TS_OFFSETS = 2  # the newest (float64), the older ones as int32 units back from
 _UNIT_SHIFT = 4
 _UNITS = (1, 1000, 1_000_000)  # per second
 _FLAGS_V1 = _FLAG_INCIDENT | _FLAG_DECISION
-_FLAGS_V2 = _FLAGS_V1 | 3 << _TS_SHIFT | 3 << _UNIT_SHIFT
+_FLAGS_V2 = _FLAGS_V1 | 3 << _TS_SHIFT | 3 << _UNIT_SHIFT | _FLAG_FEEDBACK
 _REGULAR = struct.Struct("<dq")
 _F64 = struct.Struct("<d")
 _LEN = struct.Struct("<I")
@@ -86,6 +89,7 @@ class KeyState:
     ts: np.ndarray  # (held,) float64
     incident: tuple[str, float, float, float, int, int] | None = None
     decision: bytes | None = None  # the decider's own per-key state
+    feedback: bytes | None = None  # its recent incidents and their labels (feedback.py)
 
 
 def micros(ts: np.ndarray) -> np.ndarray:
@@ -150,7 +154,7 @@ def encode(state: KeyState, window: int) -> bytes:
     ts = np.ascontiguousarray(state.ts, dtype="<f8")
     ts_flags, ts_parts = _encode_ts(ts)
     flags = ts_flags | (_FLAG_INCIDENT if state.incident is not None else 0) | (
-        _FLAG_DECISION if state.decision else 0)
+        _FLAG_DECISION if state.decision else 0) | (_FLAG_FEEDBACK if state.feedback else 0)
     n_features = state.values.shape[1] if state.values.ndim == 2 else 1
     parts = [
         _HEAD.pack(_MAGIC, _VERSION, flags, window, n_features, state.count, state.last_offset),
@@ -164,6 +168,9 @@ def encode(state: KeyState, window: int) -> bytes:
     if state.decision:
         parts.append(_LEN.pack(len(state.decision)))
         parts.append(state.decision)
+    if state.feedback:
+        parts.append(_LEN.pack(len(state.feedback)))
+        parts.append(state.feedback)
     return b"".join(parts)
 
 
@@ -245,10 +252,17 @@ def decode(raw: bytes, window: int, n_features: int) -> KeyState | None:
             raise DamagedStateRecord("state record: empty decision state")
         pos = r.take(n, "decision state")
         decision = bytes(raw[pos : pos + n])
+    feedback = None
+    if flags & _FLAG_FEEDBACK:
+        (n,) = r.unpack(_LEN, "feedback state length")
+        if n == 0:
+            raise DamagedStateRecord("state record: empty feedback state")
+        pos = r.take(n, "feedback state")
+        feedback = bytes(raw[pos : pos + n])
     if r.pos != len(raw):
         raise DamagedStateRecord(
             f"state record: {len(raw) - r.pos} bytes after its end ({r.pos} bytes)")
-    return KeyState(count, last_offset, values, ts, incident, decision)
+    return KeyState(count, last_offset, values, ts, incident, decision, feedback)
 
 
 class StateStore:

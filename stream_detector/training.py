@@ -31,7 +31,7 @@ WIDE_FOLDS = 5
 class TrainOptions:
     """Everything ``train`` can be told; defaults are the seed design's."""
 
-    kind: str = "conv1d"
+    kind: str | None = None  # None: default_kind(dataset)
     window: int | None = None  # None: 64 for series, 1 for records, the row for wide
     hop: int = 1
     epochs: int | None = None  # None: 30 (WIDE_EPOCHS for wide)
@@ -50,6 +50,18 @@ class TrainOptions:
     # how errors become decisions (stream_detector/decision/)
     decision: str = DEFAULT_DECISION
     decision_params: dict[str, Any] = field(default_factory=dict)
+
+
+def default_kind(dataset: Dataset) -> str:
+    """The model ``train`` fits when none is named: ``feedforward`` for records,
+    ``conv1d-seq`` for series of several features (it rebuilds every step from its own
+    neighbourhood, so a point pushed off in one feature leaves the others' reconstruction
+    alone: events name that feature and expect a normal value, where ``conv1d``'s global
+    pooling spreads the error over every feature; docs/quality.md measures both),
+    ``conv1d`` otherwise."""
+    if dataset.fmt == "records":
+        return "feedforward"
+    return "conv1d-seq" if dataset.n_features > 1 and dataset.fmt != "wide" else "conv1d"
 
 
 def _min_points_for_key_stats(window: int) -> int:
@@ -101,8 +113,9 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
     """
     record_mode = dataset.fmt == "records"
     wide = dataset.fmt == "wide"
-    if record_mode and opts.kind != "feedforward":
-        raise InputError(f"--format records needs --model feedforward (got {opts.kind!r})")
+    kind = opts.kind or default_kind(dataset)
+    if record_mode and kind != "feedforward":
+        raise InputError(f"--format records needs --model feedforward (got {kind!r})")
     if not 0.0 < opts.train_fraction <= 1.0:
         raise InputError(f"--train-fraction must be in (0, 1], got {opts.train_fraction}")
     window = opts.window if opts.window is not None else _default_window(
@@ -161,7 +174,7 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
         windows, keys = windows[pick], keys[pick]
 
     def fit(x: np.ndarray) -> tuple[Any, dict[str, list[float]]]:
-        m = models.build(opts.kind, window, dataset.n_features, opts.model_params)
+        m = models.build(kind, window, dataset.n_features, opts.model_params)
         h = m.fit(
             x, epochs=epochs, batch_size=opts.batch_size,
             validation_split=opts.validation_split, patience=patience,
@@ -180,7 +193,7 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
         errors = model.score_batch(windows)
         thresholds = calibrate(errors, keys, opts.threshold_quantile, opts.threshold_factor)
     metadata = {
-        "model": opts.kind,
+        "model": kind,
         "model_params": model.params,
         "window": window,
         "hop": opts.hop,

@@ -102,7 +102,7 @@ def model_copy(model_dir: Path, tmp_path: Path) -> Path:
 def read_scores(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        assert reader.fieldnames == OUTPUT_HEADER
+        assert reader.fieldnames == [*OUTPUT_HEADER, "expected"]
         return list(reader)
 
 
@@ -150,6 +150,12 @@ def test_score_writes_the_contract_csv_and_equals_a_direct_model_call(
         y = keras.ops.convert_to_numpy(art.model.model(windows, training=False))
         expected = np.sqrt(((windows.astype(np.float64) - y) ** 2).mean(axis=(1, 2)))
         np.testing.assert_allclose(got, expected, rtol=1e-5)  # the CSV keeps 6 digits
+        # expected: the newest point of each window as reconstructed, in the input's units
+        sc = art.scalers.for_key(s.key)
+        want = y[:, -1, 0] * sc.scale[0] + sc.center[0]
+        assert all(r["expected"] == "" for r in mine[: WINDOW - 1])
+        np.testing.assert_allclose([float(r["expected"]) for r in mine[WINDOW - 1 :]], want,
+                                   rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
         thr = np.array([float(r["threshold"]) for r in mine[WINDOW - 1 :]])
         a = np.array([float(r["anomaly_score"]) for r in mine[WINDOW - 1 :]])
         flag = np.array([r["is_anomaly"] == "1" for r in mine[WINDOW - 1 :]])

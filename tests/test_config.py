@@ -241,3 +241,24 @@ def test_exactly_once_is_not_an_option(capsys) -> None:
     assert "--exactly-once" in capsys.readouterr().err
     assert main(RUN + ["--kafka", "transactional.id=detector-0"]) == 2
     assert "transactional.id" in capsys.readouterr().err
+
+
+def test_feedback_options_from_env_and_flags_and_their_bounds() -> None:
+    from stream_detector.errors import InputError
+    from stream_detector.service import ServiceConfig
+
+    cfg = ServiceConfig.from_options(_resolve(
+        [*RUN, "--feedback-bound", "2"], {"STREAM_DETECTOR_FEEDBACK_TOPIC": "fb",
+                                          "STREAM_DETECTOR_FEEDBACK_HALF_LIFE_S": "3600"}))
+    assert cfg.feedback_topic == "fb"
+    assert (cfg.feedback.margin, cfg.feedback.bound, cfg.feedback.half_life_s,
+            cfg.feedback.max_pending) == (0.5, 2.0, 3600.0, 10_000)
+    assert ServiceConfig.from_options(_resolve(RUN)).feedback_topic is None  # off
+    for flag, value in (("--feedback-bound", "0.9"), ("--feedback-margin", "-1"),
+                        ("--feedback-half-life-s", "0")):
+        with pytest.raises(InputError, match=flag):
+            ServiceConfig.from_options(_resolve([*RUN, flag, value]))
+    fb = _resolve(["feedback", "--bootstrap-servers", "h:9092", "--topic", "fb",
+                   "--incident-id", "0123456789abcdef", "--key", "k"],
+                  {"STREAM_DETECTOR_LABEL": "true_positive"})
+    assert fb["label"] == "true_positive" and fb["by"] is None

@@ -204,18 +204,21 @@ def test_shape_mismatch_between_metadata_and_model_is_refused(tmp_path: Path) ->
 
 @pytest.mark.parametrize("kind", ["conv1d", "lstm"])
 def test_checked_batch_shapes_make_a_windows_score_independent_of_its_batch(kind: str) -> None:
-    """The service's mode: a window scores bit-identically whatever it is batched with, so
-    an event re-scored after a restart is byte-identical; small batches use smaller shapes."""
+    """The service's mode: a window scores and is explained (expected values,
+    attribution) bit-identically whatever it is batched with, so an event re-scored after
+    a restart is byte-identical; small batches use smaller shapes."""
     from stream_detector.models import build
 
-    m = build(kind, 32, 1)
+    m = build(kind, 32, 2)
     shapes = m.fix_batch_shapes(128)
     assert shapes[-1] == 128 and list(shapes) == sorted(set(shapes))
-    x = np.random.default_rng(0).standard_normal((128, 32, 1)).astype(np.float32) * 3
-    ref = m.score_batch(x)
+    x = np.random.default_rng(0).standard_normal((128, 32, 2)).astype(np.float32) * 3
+    ref = m.explain_batch(x)
     for n in range(1, 129):  # every batch size, so every kept shape, at every row position
         off = (n * 37) % (129 - n)
-        np.testing.assert_array_equal(m.score_batch(x[off:off + n]), ref[off:off + n])
+        got = m.explain_batch(x[off:off + n])
+        for field, want in zip(got, ref):
+            np.testing.assert_array_equal(field, want[off:off + n])
 
 
 def test_recurrent_kinds_score_through_the_written_out_loop_up_to_its_step_cap() -> None:

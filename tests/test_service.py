@@ -10,6 +10,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Producer
@@ -76,6 +77,7 @@ def test_end_to_end_spikes_make_one_incident_each(broker_bootstrap, topic_factor
     for e in events:
         by_key.setdefault(e["key"], []).append(e)
     assert set(by_key) == set(spikes), f"events for {sorted(by_key)}"
+    at_spike = 0
     for key, pos in spikes.items():
         kinds = [e["type"] for e in by_key[key]]
         assert kinds == ["opened", "closed"], f"{key}: {kinds} (one spike, one incident)"
@@ -90,6 +92,20 @@ def test_end_to_end_spikes_make_one_incident_each(broker_bootstrap, topic_factor
         assert 0.5 < opened["anomaly_score"] <= 1.0
         assert opened["model"] == "conv1d" and opened["model_version"]
         assert opened["source"]["topic"] == src
+        # what the model expected, in the input's units, beside what came, and where the
+        # error sits: the window that opens the incident ends at the spike, so its newest
+        # point carries most of the error
+        if _epoch(opened["window_end"]) == spike_ts:
+            at_spike += 1
+            assert opened["actual"] == {"value": pytest.approx(series[key][pos], rel=1e-6)}
+            clean = np.delete(series[key], pos)
+            assert clean.min() - 1 <= opened["expected"]["value"] <= clean.max() + 1
+            assert opened["attribution"]["steps"][0]["back"] == 0
+            assert opened["attribution"]["steps"][0]["share"] > 0.5
+        assert opened["attribution"]["features"] == [{"name": "value", "share": 1.0}]
+        assert 1 <= len(opened["attribution"]["steps"]) <= 3
+        assert set(closed["expected"]) == {"value"}
+    assert at_spike >= 3, "most spikes open their incident at the spike itself"
 
 
 def _epoch(iso: str) -> float:

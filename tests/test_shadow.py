@@ -76,15 +76,15 @@ def test_batches_in_flight_keep_the_version_that_scored_them(
     scored: dict[str, int] = {"v1-flags-all": 0, "v2-flags-all": 0}
 
     def recording(art: Any, block: bool) -> None:
-        real = art.model.score_batch
+        real = art.model.explain_batch
 
-        def score(x: np.ndarray) -> np.ndarray:
+        def score(x: np.ndarray) -> Any:
             if block:
                 assert release.wait(30)
             scored[art.version] += len(x)
             return real(x)
 
-        art.model.score_batch = score
+        art.model.explain_batch = score
 
     recording(det.art, block=True)
     new = load_artifact(v2)
@@ -120,15 +120,15 @@ def test_the_promoted_decider_sees_every_window_once_in_order(model, tmp_path):
     published: list[dict[str, Any]] = []
     det.sink.publish = lambda ev, ts: published.append(ev)  # type: ignore[method-assign]
     release, calls = threading.Event(), [0]
-    real = det.art.model.score_batch
+    real = det.art.model.explain_batch
 
-    def score(x: np.ndarray) -> np.ndarray:
+    def score(x: np.ndarray) -> Any:
         calls[0] += 1
         if calls[0] == 2:  # the second batch stays in flight
             assert release.wait(30)
         return real(x)
 
-    det.art.model.score_batch = score  # type: ignore[method-assign]
+    det.art.model.explain_batch = score  # type: ignore[method-assign]
     det.offer_model(load_artifact(v2))
     det.submit_batch()
     sh = det._shadow

@@ -26,12 +26,13 @@ def _values(n: int, f: int = 1, seed: int = 0) -> np.ndarray:
 
 
 def _state(ts: np.ndarray, count: int | None = None, f: int = 1, incident: bool = True,
-           decision: bool = True) -> KeyState:
+           decision: bool = True, feedback: bytes | None = None) -> KeyState:
     ts = np.asarray(ts, np.float64)
     if count is None:  # held = min(count, window): a full window has seen more points
         count = len(ts) + 100 if len(ts) == W else len(ts)
     return KeyState(count, 12345, _values(len(ts), f),
-                    ts, INCIDENT if incident else None, DECISION if decision else None)
+                    ts, INCIDENT if incident else None, DECISION if decision else None,
+                    feedback)
 
 
 def _encode_v1(state: KeyState, window: int) -> bytes:
@@ -51,8 +52,8 @@ def _encode_v1(state: KeyState, window: int) -> bytes:
 
 
 def _same(a: KeyState, b: KeyState) -> None:
-    assert (a.count, a.last_offset, a.incident, a.decision) == (
-        b.count, b.last_offset, b.incident, b.decision)
+    assert (a.count, a.last_offset, a.incident, a.decision, a.feedback) == (
+        b.count, b.last_offset, b.incident, b.decision, b.feedback)
     assert a.values.dtype == np.float32 and a.ts.dtype == np.float64
     assert np.array_equal(a.values, b.values)
     assert a.values.shape == b.values.shape and a.ts.shape == b.ts.shape
@@ -84,6 +85,41 @@ def test_round_trip_keeps_every_event_time(name: str) -> None:
     _same(back, st_)
     _times_kept(back.ts, st_.ts)
     assert encode(_state(CASES[name]), W) == raw, "deterministic"
+
+
+def _feedback_state() -> bytes:
+    """A key's feedback state as the detector exports it: one incident marked false."""
+    from stream_detector.feedback import Feedback, FeedbackBook
+
+    book = FeedbackBook()
+    book.note({"type": "opened", "key": "k", "incident_id": INCIDENT[0], "score": 3.5,
+               "threshold": 2.0, "window_end": iso(T0 + 60.0)})
+    book.apply(Feedback(INCIDENT[0], "k", "false_positive"))
+    raw = book.export("k")
+    assert raw is not None
+    return raw
+
+
+FEEDBACK = _feedback_state()
+
+
+@pytest.mark.parametrize("others", [True, False])
+def test_feedback_state_round_trips_and_records_without_it_still_decode(others: bool) -> None:
+    from stream_detector.feedback import FeedbackBook
+
+    st_ = _state(IRREGULAR, incident=others, decision=others, feedback=FEEDBACK)
+    raw = encode(st_, W)
+    back = decode(raw, W, 1)
+    assert back is not None and back.feedback == FEEDBACK
+    _same(back, st_)
+    without = encode(_state(IRREGULAR, incident=others, decision=others), W)
+    assert len(raw) == len(without) + 4 + len(FEEDBACK)
+    old = decode(without, W, 1)  # a record written before feedback existed
+    assert old is not None and old.feedback is None
+    # and what it carries mutes again once restored
+    book = FeedbackBook()
+    book.restore("k", back.feedback)
+    assert book.level("k", T0 + 60.0) == pytest.approx(3.5 * 1.5)
 
 
 def test_size_at_window_64_one_feature_with_incident_and_decision_state() -> None:
@@ -166,6 +202,9 @@ def _valid_records() -> list[bytes]:
     for ts in CASES.values():
         out += [encode(_state(ts), W), _encode_v1(_state(ts), W)]
     out.append(encode(_state(REGULAR[:1], count=1, incident=False), W))
+    out.append(encode(_state(IRREGULAR, feedback=FEEDBACK), W))
+    out.append(encode(_state(REGULAR[:3], count=3, incident=False, decision=False,
+                             feedback=FEEDBACK), W))
     return out
 
 

@@ -126,6 +126,14 @@ def resolve_spec(
     return decision_spec(method, params)
 
 
+def checks_seen(decider: Decider) -> Mapping[int, Mapping[str, Any]]:
+    """What the value checks of ``decider`` saw for the windows they flagged in its last
+    ``decide`` call, by the window's place in that call (``{"range": {"low", "high",
+    "tolerance"}}``, ``{"season": {"level", "boundary"}}``, ...); empty for methods that
+    do not say."""
+    return getattr(decider, "seen", None) or {}
+
+
 def make_decider(
     thresholds: Thresholds,
     spec: Mapping[str, Any] | None = None,
@@ -182,6 +190,7 @@ __all__ = [
     "DynamicThreshold",
     "Likelihood",
     "Newest",
+    "checks_seen",
     "Normalized",
     "PeaksOverThreshold",
     "Periods",

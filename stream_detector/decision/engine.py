@@ -99,6 +99,9 @@ class AdaptiveDecider:
         self.use_season = season != "off"
         self.table: KeyTable | None = None
         self.n_features = 0
+        # what the value checks saw for the windows they flagged in the last decide call,
+        # by the window's place in it (decision.checks_seen)
+        self.seen: dict[int, dict[str, dict[str, Any]]] = {}
 
     # -- the table -------------------------------------------------------------------
     def _fields(self, f: int) -> dict[str, tuple[Any, tuple[int, ...], float]]:
@@ -145,6 +148,7 @@ class AdaptiveDecider:
         x = np.asarray(scores, dtype=np.float32).astype(np.float64)
         n = len(x)
         out = Decision.empty(n)
+        self.seen = {}
         if n == 0:
             return out
         v = None
@@ -158,12 +162,14 @@ class AdaptiveDecider:
             for i in np.flatnonzero(new).tolist():
                 self._init_slot(keys[i], int(slots[i]))
         for idx in rounds(slots):
-            got = self._round(slots[idx], x[idx], None if v is None else v[idx])
+            got = self._round(slots[idx], x[idx], None if v is None else v[idx], idx)
             for field, part in zip(out, got):
                 field[idx] = part
         return out
 
-    def _round(self, s: np.ndarray, x: np.ndarray, v: np.ndarray | None) -> Decision:
+    def _round(self, s: np.ndarray, x: np.ndarray, v: np.ndarray | None,
+               at: np.ndarray) -> Decision:
+        """Decide one window of each slot ``s`` (``at``: their places in the call)."""
         assert self.table is not None
         cols = self.table.cols
         m = len(s)
@@ -182,17 +188,28 @@ class AdaptiveDecider:
         hit = np.zeros(m, dtype=bool)
         if v is not None:
             if self.tolerance > 0:
+                lo, hi = cols["lo"][s], cols["hi"][s]  # as the check sees them (copies)
                 hit = checks.range_check(cols, s, v, self.tolerance, warm)
+                for r in np.flatnonzero(hit).tolist():
+                    self.seen.setdefault(int(at[r]), {})["range"] = {
+                        "low": lo[r].tolist(), "high": hi[r].tolist(),
+                        "tolerance": self.tolerance}
             if self.use_activity:
                 flat, level = checks.activity_check(cols, s, v, count >= checks.ACTIVITY_WARMUP)
                 a_act = score_of(level, checks.ACTIVITY_SIGMAS)
                 reason |= np.where(flat, ACTIVITY, 0).astype(np.uint8)
                 a = np.maximum(a, a_act)
+                for r in np.flatnonzero(flat).tolist():
+                    self.seen.setdefault(int(at[r]), {})["activity"] = {
+                        "level": float(level[r]), "boundary": checks.ACTIVITY_SIGMAS}
             if self.use_season:
                 level = checks.season_check(cols, s, v)
                 a_sea = score_of(level, checks.SEASON_RATIO)
                 reason |= np.where(a_sea >= 0.5, SEASON, 0).astype(np.uint8)
                 a = np.maximum(a, a_sea)
+                for r in np.flatnonzero(a_sea >= 0.5).tolist():
+                    self.seen.setdefault(int(at[r]), {})["season"] = {
+                        "level": float(level[r]), "boundary": checks.SEASON_RATIO}
         excursion = (a >= 0.5) | hit
         need = np.full(m, 0.5)
         if self.use_suppress:

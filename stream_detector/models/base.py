@@ -65,6 +65,8 @@ with _without_import_notices():
 
 import numpy as np  # noqa: E402
 
+from stream_detector.explain import Explained  # noqa: E402
+
 DEFAULT_BUCKETS = tuple(2**i for i in range(13))  # 1, 2, 4, ... 4096
 # kinds scored through XLA: it fuses a recurrent layer's per-step ops into one program;
 # the convolution runs faster on the plain graph (scripts/bench.py compares them)
@@ -131,13 +133,16 @@ class Autoencoder(Protocol):
 
     def score_batch(self, windows: np.ndarray) -> np.ndarray: ...
 
+    def explain_batch(self, windows: np.ndarray) -> Explained: ...
+
     def fix_batch_shapes(self, size: int) -> tuple[int, ...]: ...
 
     def save(self, path: Path) -> None: ...
 
 
 class BatchedScorer:
-    """One compiled TensorFlow function for (N, T, F) -> per-window error (N,).
+    """One compiled TensorFlow function for (N, T, F) -> per-window error (N,), and one
+    that returns beside it what explains the error (:meth:`explain`).
 
     The input signature is fixed with a free batch dimension, and batches are zero-padded
     up to one of a few bucket sizes, so kernels see a handful of shapes and the function
@@ -169,10 +174,18 @@ class BatchedScorer:
         def recon(x: tf.Tensor) -> tf.Tensor:
             return run(x)
 
+        def explain(x: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            self.traces += 1
+            y = run(x)
+            sq = tf.square(x - y)
+            return (tf.sqrt(tf.reduce_mean(sq, axis=[1, 2])), y[:, -1, :],
+                    tf.reduce_sum(sq, axis=1), tf.reduce_sum(sq, axis=2))
+
         self.jit = jit
         self.forward = forward
         self._errors = tf.function(errors, input_signature=[spec], jit_compile=jit)
         self._recon = tf.function(recon, input_signature=[spec], jit_compile=jit)
+        self._explain = tf.function(explain, input_signature=[spec], jit_compile=jit)
         self._traced: dict[Any, Any] = {}
 
     def _concrete(self, fn: Any) -> Any:
@@ -189,7 +202,10 @@ class BatchedScorer:
                 return b
         return self.buckets[-1]
 
-    def _run(self, fn: Any, windows: np.ndarray, shape: int | None = None) -> np.ndarray:
+    def _run(self, fn: Any, windows: np.ndarray, shape: int | None = None
+             ) -> list[np.ndarray]:
+        """``fn``'s outputs (one or a tuple) for ``windows``, chunked and padded to the
+        batch shapes, each cut back to the windows given."""
         x = np.asarray(windows, dtype=np.float32)
         if x.ndim != 3 or x.shape[1:] != (self.window, self.n_features):
             from stream_detector.errors import ShapeMismatch
@@ -198,7 +214,9 @@ class BatchedScorer:
                 f"expected windows of shape (N, {self.window}, {self.n_features}), got {x.shape}"
             )
         n = x.shape[0]
-        outs = []
+        if not n:
+            return [np.zeros((0, *s), np.float32) for s in self._shapes(fn)]
+        outs: list[list[np.ndarray]] = []
         top = shape or self.buckets[-1]
         for start in range(0, n, top):
             chunk = x[start : start + top]
@@ -206,18 +224,32 @@ class BatchedScorer:
             b = shape or self._bucket(m)
             if b > m:
                 chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:], np.float32)])
-            outs.append(self._concrete(fn)(tf.constant(chunk)).numpy()[:m])
-        if not outs:
-            return np.zeros((0,) if fn is self._errors else x.shape, dtype=np.float32)
-        return np.concatenate(outs)
+            got = self._concrete(fn)(tf.constant(chunk))
+            outs.append([t.numpy()[:m] for t in (got if isinstance(got, tuple) else (got,))])
+        return [np.concatenate(parts) for parts in zip(*outs)] if len(outs) > 1 else outs[0]
+
+    def _shapes(self, fn: Any) -> list[tuple[int, ...]]:
+        """Per output of ``fn``, its shape beyond the batch."""
+        t, f = self.window, self.n_features
+        if fn is self._errors:
+            return [()]
+        if fn is self._recon:
+            return [(t, f)]
+        return [(), (f,), (f,), (t,)]
 
     def __call__(self, windows: np.ndarray, shape: int | None = None) -> np.ndarray:
         """Reconstruction error of each window, float64 (N,); ``shape`` forces one batch
         shape (chunks of that many windows, the last zero-padded) instead of the buckets."""
-        return self._run(self._errors, windows, shape).astype(np.float64)
+        return self._run(self._errors, windows, shape)[0].astype(np.float64)
 
     def reconstruct(self, windows: np.ndarray, shape: int | None = None) -> np.ndarray:
-        return self._run(self._recon, windows, shape)
+        return self._run(self._recon, windows, shape)[0]
+
+    def explain(self, windows: np.ndarray, shape: int | None = None) -> Explained:
+        """The errors of :meth:`__call__` and, from the same call, each window's newest
+        point as reconstructed and its squared error per feature and per step."""
+        err, expected, features, steps = self._run(self._explain, windows, shape)
+        return Explained(err.astype(np.float64), expected, features, steps)
 
 
 def candidate_shapes(size: int, smallest: int = 8) -> list[int]:
@@ -304,6 +336,9 @@ class KerasAutoencoder:
     def score_batch(self, windows: np.ndarray) -> np.ndarray:
         return self.scorer(windows)
 
+    def explain_batch(self, windows: np.ndarray) -> Explained:
+        return self.scorer.explain(windows)
+
     def fix_batch_shapes(self, size: int, probe: int = 256) -> tuple[int, ...]:
         """Serve at batch shapes whose results do not depend on the batch (the service's mode).
 
@@ -311,19 +346,20 @@ class KerasAutoencoder:
         can score a few float32 ulps apart when batched with 7 or with 200 others, and a
         window scored again after a restart would give an event that is not byte-identical.
         Every batch is therefore padded to ``size`` or to a smaller shape that was checked,
-        here and now, to give bit-identical reconstructions and scores to ``size`` on at
+        here and now, to give bit-identical scores and explanations (what
+        :meth:`BatchedScorer.explain` returns, what the service uses) to ``size`` on at
         least ``probe`` random windows (``size`` of them if more, so that every row position
         of every shape is checked: rows can be computed differently by position). Which
         shapes pass depends on the CPU and the model; small shapes let a lightly loaded
         service answer sooner. Running the probe at every shape also warms the kernels up.
         The recurrent kinds' fused loop (``lstm.fused_forward``) takes seconds of XLA
-        compilation per shape, so for them only ``size`` / 4, 3/8, 1/2 and 3/4 are tried,
-        and only their errors are compared (what the service uses). Returns the shapes kept.
+        compilation per shape, so for them only ``size`` / 4, 3/8, 1/2 and 3/4 are tried.
+        Returns the shapes kept.
         """
         size = int(size)
         scorer = self._new_scorer((size,))
         fused = scorer.forward is not None
-        if fused:  # seconds of compilation a shape: a few coarse ones, errors only
+        if fused:  # seconds of compilation a shape: a few coarse ones
             shapes = [b for b in (size // 4, 3 * size // 8, size // 2, 3 * size // 4) if b]
         else:
             shapes = candidate_shapes(size)
@@ -335,12 +371,11 @@ class KerasAutoencoder:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max(1, min(len(shapes) + 1, available_cpus()))) as pool:
-                list(pool.map(lambda b: scorer(x[:b], shape=b), (*shapes, size)))
-        want_r = None if fused else scorer.reconstruct(x, shape=size)
-        want_e = scorer(x, shape=size)
+                list(pool.map(lambda b: scorer.explain(x[:b], shape=b), (*shapes, size)))
+        want = scorer.explain(x, shape=size)
         keep = [b for b in sorted(set(shapes))
-                if np.array_equal(scorer(x, shape=b), want_e)
-                and (want_r is None or np.array_equal(scorer.reconstruct(x, shape=b), want_r))]
+                if all(np.array_equal(got, w)
+                       for got, w in zip(scorer.explain(x, shape=b), want))]
         scorer.buckets = (*keep, size)
         self._scorer = scorer
         return scorer.buckets

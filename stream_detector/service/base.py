@@ -22,6 +22,7 @@ from stream_detector.state import StateStore
 from stream_detector.window import WindowBuffer
 
 if TYPE_CHECKING:
+    from stream_detector.feedback import FeedbackBook
     from stream_detector.service.checkpoint import Checkpoint
     from stream_detector.service.config import ServiceConfig
     from stream_detector.service.partitions import Partitions
@@ -79,6 +80,7 @@ class DetectorBase:
     consumer: Consumer
     sink: EventSink
     state: StateStore | None
+    feedback: FeedbackBook | None  # with --feedback-topic
     workers: int
     max_inflight: int
     _pool: ThreadPoolExecutor
@@ -110,3 +112,4 @@ class DetectorBase:
         def _swap_model(self) -> None: ...
         def _check_shadow(self) -> None: ...
         def _reload_due(self) -> bool: ...
+        def _restore_feedback(self, key: str, raw: bytes | None, partition: int) -> None: ...

@@ -125,9 +125,10 @@ class CheckpointMixin(DetectorBase):
             return None  # the changelog could not grow to this partition (logged)
         if self.parts.given_away(tag):
             return None  # another replica's key (a window of it came back late)
+        fb = self.feedback.export(key) if self.feedback is not None else None
         return tag, key, encode_state(KeyState(count, last_offset, values, ts,
                                                self.tracker.export(key),
-                                               self.decider.export(key)), self.art.window)
+                                               self.decider.export(key), fb), self.art.window)
 
     def _trim_after_records(self) -> None:
         """Once the state records written since the last trim (all confirmed now, their

@@ -12,6 +12,7 @@ from typing import Any
 
 from stream_detector.config import RUN_OPTS
 from stream_detector.errors import InputError
+from stream_detector.feedback import FeedbackOptions
 from stream_detector.finetune import FineTuneOptions
 from stream_detector.kafka.properties import refuse_delivery_overrides
 from stream_detector.models.base import plan_threads
@@ -39,6 +40,10 @@ class ServiceConfig:
     output_topic: str
     model_dir: str
     dlq_topic: str | None = run_default("dlq_topic")
+    feedback_topic: str | None = run_default("feedback_topic")
+    feedback: FeedbackOptions = field(default_factory=lambda: FeedbackOptions(
+        run_default("feedback_margin"), run_default("feedback_bound"),
+        run_default("feedback_half_life_s"), run_default("feedback_max_pending")))
     group_id: str = run_default("group_id")
     metrics_port: int = run_default("metrics_port")
     metrics_host: str = run_default("metrics_host")
@@ -113,10 +118,17 @@ class ServiceConfig:
             raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
         rules_file = cfg.get("rules")
         rules = tuple(read_rules(rules_file)) if rules_file else ()  # exit 2 before the model
+        try:
+            feedback = FeedbackOptions(
+                *(cfg.get(f"feedback_{n}", run_default(f"feedback_{n}"))
+                  for n in ("margin", "bound", "half_life_s", "max_pending")))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         return cls(
             bootstrap_servers=cfg["bootstrap_servers"], input_topic=cfg["input_topic"],
             output_topic=cfg["output_topic"], model_dir=cfg["model"],
             dlq_topic=cfg["dlq_topic"], group_id=cfg["group_id"],
+            feedback_topic=cfg.get("feedback_topic"), feedback=feedback,
             metrics_port=cfg["metrics_port"], metrics_host=cfg["metrics_host"], hop=cfg["hop"],
             max_batch=cfg["max_batch"], max_batch_latency_s=cfg["max_batch_latency_ms"] / 1000.0,
             max_series=cfg["max_series"], idle_ttl_s=cfg["idle_ttl_s"], events=cfg["events"],

@@ -12,7 +12,8 @@ import numpy as np
 
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
-from stream_detector.decision import Decider, Decision, decide_windows
+from stream_detector.decision import Decider, Decision, checks_seen, decide_windows
+from stream_detector.explain import Explained, to_units
 from stream_detector.guards import finite_rows
 from stream_detector.rules import CAUSE_NAMES, Rules
 from stream_detector.service.base import DetectorBase, InFlight, MetaRow, window_meta
@@ -61,8 +62,9 @@ class InferenceMixin(DetectorBase):
         def infer() -> Scored:
             x = art.scalers.transform_windows(keys, batch.windows)
             t0 = time.perf_counter()
-            scores = art.model.score_batch(x)
+            explained = art.model.explain_batch(x)
             seconds = time.perf_counter() - t0
+            scores = explained.scores
             if tuner is not None:  # one worker then: no call ever sees half-updated weights
                 learnt, refused = tuner.learnt, tuner.refused
                 m.fine_tune_rounds.inc(tuner.after_batch(keys, x, scores))
@@ -79,7 +81,7 @@ class InferenceMixin(DetectorBase):
                 except Exception as exc:
                     shadow.fail("its scoring", exc)
                     shadow_scores = None
-            return Scored(scores, seconds, shadow_scores)
+            return Scored(explained, seconds, shadow_scores)
 
         self._submitted += 1
         self._inflight.append(InFlight(self._submitted, batch, keys, self._pool.submit(infer),
@@ -105,7 +107,8 @@ class InferenceMixin(DetectorBase):
     def _complete_one(self) -> int:
         job = self._inflight.popleft()
         batch, keys = job.batch, job.keys
-        scores, seconds, shadow_scores = job.future.result()
+        explained, seconds, shadow_scores = job.future.result()
+        scores = explained.scores
         m = self.metrics
         m.inference_seconds.observe(seconds)
         m.inference_batch_size.observe(len(batch))
@@ -116,12 +119,14 @@ class InferenceMixin(DetectorBase):
         if keep is not None:  # inf or NaN error: never decided, in no history, no event
             self._refuse_nonfinite(batch, scores, job.dropped)
             scores, windows = scores[keep], windows[keep]
+            explained = explained.take(keep)
             keys = [keys[i] for i in keep.tolist()]
             metas = [metas[i] for i in keep.tolist()]
         n = len(keys)
         flags = np.zeros(0, dtype=bool)
         if n:
-            flags = self._decide(job.art, job.decider, keys, scores, windows, metas)
+            flags = self._decide(job.art, job.decider, keys, scores, windows, metas,
+                                 explained)
         sh = job.shadow
         if sh is not None and shadow_scores is not None and not sh.cancelled:
             done = np.zeros(len(batch), dtype=bool)
@@ -169,17 +174,23 @@ class InferenceMixin(DetectorBase):
                     msg.offset())
 
     def _decide(self, art: Artifact, decider: Decider, keys: list[str], scores: np.ndarray,
-                windows: np.ndarray, metas: list[MetaRow]) -> np.ndarray:
+                windows: np.ndarray, metas: list[MetaRow], explained: Explained) -> np.ndarray:
         """Decide finite-scored windows with the decider of the model ``art`` that scored
-        them, track incidents, publish what they cause (stamped with ``art``'s version);
-        returns the alarms."""
+        them, track incidents, publish what they cause (stamped with ``art``'s version,
+        explained by ``explained``: the same windows' row of the model's call); returns
+        the alarms."""
         m = self.metrics
         n = len(keys)
         decision = (decide_windows(decider, keys, scores, windows, self.hop)
                     if self.rules is None
-                    else self._ruled(self.rules, art, decider, keys, scores, windows, metas))
+                    else self._ruled(self.rules, art, decider, keys, scores, windows, metas,
+                                     explained))
         thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
         excursion, reasons = decision.excursion, decision.reason
+        if self.feedback is not None:  # operator feedback: alarms under a false positive's level
+            flags, excursion, muted = self.feedback.mute(
+                keys, scores, flags, excursion, lambda i: metas[i][3], self.tracker.is_open)
+            m.feedback_muted.inc(muted)
         m.windows_scored.inc(n)
         m.anomalies.inc(int(flags.sum()))
         m.reconstruction_error.observe_many(scores)
@@ -193,20 +204,28 @@ class InferenceMixin(DetectorBase):
         # that can have one: open now, or flagged in this batch
         watch = {keys[i] for i in np.flatnonzero(flags).tolist()}
         watch.update(tracker.open_keys())
+        seen = checks_seen(decider)
         for i, key in enumerate(keys if watch else ()):
             if key not in watch or not (flags[i] or is_open(key)):
                 continue
             meta = window_meta(metas[i])
-            for ev in tracker.observe(meta, float(scores[i]), float(thr[i]),
-                                      float(a_scores[i]), bool(flags[i]), bool(excursion[i]),
-                                      int(reasons[i])):
+            events = tracker.observe(meta, float(scores[i]), float(thr[i]),
+                                     float(a_scores[i]), bool(flags[i]), bool(excursion[i]),
+                                     int(reasons[i]))
+            if not events:
+                continue
+            detail = art.explainer.fields(art.scalers.for_key(key), windows[i, -1], explained,
+                                          i, seen.get(i))
+            for ev in events:
+                ev.update(detail)
                 if ev["type"] == "opened":
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)
         return flags
 
     def _ruled(self, rules: Rules, art: Artifact, decider: Decider, keys: list[str],
-               scores: np.ndarray, windows: np.ndarray, metas: list[MetaRow]) -> Decision:
+               scores: np.ndarray, windows: np.ndarray, metas: list[MetaRow],
+               explained: Explained) -> Decision:
         """The decision under ``--rules`` (:meth:`Rules.apply`, as ``score`` does), its
         muted alarms and unlearned windows counted."""
         hop = self.hop
@@ -217,8 +236,13 @@ class InferenceMixin(DetectorBase):
             return decide_windows(decider, [keys[i] for i in idx.tolist()], scores[idx],
                                   windows[idx], hop)
 
+        def expected(idx: np.ndarray) -> np.ndarray:  # in input units, as score's
+            return np.array([to_units(art.scalers.for_key(keys[i]), explained.expected[i])
+                             for i in idx.tolist()]).reshape(len(idx), -1)
+
         ends = np.fromiter((meta[3] for meta in metas), np.float64, len(metas))
-        d, muting = rules.apply(decide, keys, ends, art.thresholds.for_key, windows[:, -1, :])
+        d, muting = rules.apply(decide, keys, ends, art.thresholds.for_key, windows[:, -1, :],
+                                expected)
         muted, unlearned = rules.tally(muting)
         m = self.metrics
         for (cause, name), count in muted.items():

@@ -36,6 +36,7 @@ from stream_detector.service.base import TP, InFlight, MetaRow, kafka_ts
 from stream_detector.service.checkpoint import Checkpoint
 from stream_detector.service.checkpointing import CheckpointMixin
 from stream_detector.service.config import ServiceConfig
+from stream_detector.service.feedback import FeedbackMixin
 from stream_detector.service.inference import InferenceMixin
 from stream_detector.service.partitions import Life, Partitions
 from stream_detector.service.rebalance import RebalanceMixin
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 _MIN_ROUND = 8  # shorter rounds of handle_many go point by point (numpy's fixed costs)
 
 
-class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
+class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin, FeedbackMixin):
     """One replica of the streaming detector (one consumer in the group)."""
 
     def __init__(self, cfg: ServiceConfig, art: Artifact, metrics: Metrics,
@@ -114,6 +115,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
                                     {**common_properties(cfg.bootstrap_servers),
                                      **producer_properties(cfg.kafka)})
         self._restorer = Restorer(self._fetch_state)
+        self._init_feedback()
         strategy = str(cfg.kafka.get("partition.assignment.strategy", "cooperative-sticky"))
         self._incremental = ("cooperative" in strategy
                              or str(cfg.kafka.get("group.protocol", "")).lower() == "consumer")
@@ -174,19 +176,23 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
             # are that replica's, so no closed event, no tombstone from here
             log.warning("series %r of partition %d (no longer held here) dropped", key,
                         partition)
-            self.tracker.forget(key)
-            self.decider.forget(key)
-            self._forget_shadow(key)
+            self._forget_key(key)
             return
         if self.tracker.is_open(key) and (cause != "revoked" or self.state is None):
             # never dropped silently: closed here, unless the changelog hands it on
             # with the key's state (revoked: written by the revoke checkpoint)
             self._close_incident(key, cause, partition)
+        self._forget_key(key)
+        if self.state is not None and cause != "revoked":
+            self._deleted[key] = partition  # gone for good: drop its state too
+
+    def _forget_key(self, key: str) -> None:
+        """``key``'s incident, decision and feedback state are gone from this replica."""
         self.tracker.forget(key)
         self.decider.forget(key)
         self._forget_shadow(key)
-        if self.state is not None and cause != "revoked":
-            self._deleted[key] = partition  # gone for good: drop its state too
+        if self.feedback is not None:
+            self.feedback.forget(key)
 
     def _on_move(self, key: str, old_partition: int) -> None:
         if self.state is not None:  # its state now lives in its new partition's changelog
@@ -370,6 +376,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
                     self.submit_batch()  # (models are taken and promoted there, even idle)
                 self.sink.poll()
                 now = time.monotonic()
+                self._poll_feedback(now)
                 if now - last_commit >= cfg.commit_interval_s:
                     self.begin_checkpoint()
                     last_commit = time.monotonic()
@@ -411,6 +418,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin):
 
     def _close(self, timeout: float) -> None:
         self._restorer.close()
+        self._close_feedback()
         self._pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.consumer.close()  # leaves the group at once

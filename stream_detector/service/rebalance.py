@@ -187,6 +187,7 @@ class RebalanceMixin(DetectorBase):
                     log.exception("decision state of %r (partition %d) not restored",
                                   key, p)
                     skipped.labels(reason="decision_state").inc()
+            self._restore_feedback(key, ks.feedback, p)
             n += 1
         self.metrics.state_restored_keys.inc(n)
         log.info("restored %d series of partitions %s", n, sorted(parts))

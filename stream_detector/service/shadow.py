@@ -26,6 +26,7 @@ from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
 from stream_detector.decision import Decider, decide_windows
 from stream_detector.errors import InputError, StreamDetectorError
+from stream_detector.explain import Explained
 from stream_detector.metrics import Metrics
 from stream_detector.service.base import MetaRow
 
@@ -33,10 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class Scored(NamedTuple):
-    """What one batch's inference returns: the serving model's errors, the wall time of
-    its call, and the shadow's errors (None without a shadow)."""
+    """What one batch's inference returns: the serving model's errors and what explains
+    them (from the same call), the wall time of its call, and the shadow's errors (None
+    without a shadow)."""
 
-    scores: np.ndarray
+    explained: Explained
     seconds: float
     shadow: np.ndarray | None
 
