@@ -394,3 +394,45 @@ def test_run_takes_rules_from_flag_env_or_config_file_and_refuses_a_bad_one_at_s
     err = capsys.readouterr().err.strip()
     assert err == (f"stream-detector run: error: {bad}: rule 'up' (#1): min_deviation must be "
                    "a finite number >= 0, got -2")
+
+
+def test_score_keeps_only_spikes_that_beat_the_minimum_deviation(model, tmp_path):
+    """A spike-only rule with a minimum of 3: every alarm ``score`` keeps is a point at
+    least 3 above its expected value, every alarm it mutes is not (direction: at or below
+    expected; deviation: above it by less than 3), judged from the CSV's own columns."""
+    from stream_detector.testing import cli, wave, write_long
+
+    n = 300
+    cpu = wave(n, seed=4)
+    cpu[120] += 12.0  # a spike: alarms
+    cpu[220] -= 12.0  # a dip: muted by direction
+    data = write_long(tmp_path / "data.csv", {"cpu-1": cpu, "mem-1": wave(n, seed=5)},
+                      start=T0)
+    rules = _file(tmp_path, "rules:\n  - {name: cpu, keys: 'cpu-*', direction: spike,"
+                            " min_deviation: 3}\n")
+    cli("score", "--model", str(model), "--input", str(data), "--output",
+        str(tmp_path / "plain.csv"))
+    ruled = cli("score", "--model", str(model), "--input", str(data), "--output",
+                str(tmp_path / "ruled.csv"), "--rules", str(rules))
+    before, after = _scores(tmp_path / "plain.csv"), _scores(tmp_path / "ruled.csv")
+    assert before["mem-1"] == [{k: r[k] for k in before["mem-1"][0]} for r in after["mem-1"]]
+    counts = {"direction": 0, "deviation": 0}
+    for b, a in zip(before["cpu-1"], after["cpu-1"]):
+        if b["is_anomaly"] == "0":
+            assert a["is_anomaly"] == "0" and a["muted"] == ""
+            continue
+        if a["muted"]:
+            counts[a["muted"]] += 1
+        dev = float(a["value"]) - float(a["expected"])
+        if abs(dev - 3) < 1e-3 or abs(dev) < 1e-3:
+            continue  # at a boundary the CSV's 6 digits cannot tell
+        if a["is_anomaly"] == "1":
+            assert dev >= 3 and a["muted"] == "", a
+        else:
+            assert a["muted"] == ("direction" if dev < 0 else "deviation"), a
+            assert dev < 3, a
+    assert after["cpu-1"][120]["is_anomaly"] == "1"
+    assert after["cpu-1"][220]["muted"] == "direction"
+    assert before["cpu-1"][220]["is_anomaly"] == "1"
+    assert (f"(maintenance 0, direction {counts['direction']}, deviation "
+            f"{counts['deviation']})") in ruled.stdout
