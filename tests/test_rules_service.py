@@ -28,16 +28,19 @@ rules:
     keys: ["web-*"]
     maintenance:
       - {start: "2026-01-01T04:50:00Z", end: "2026-01-01T05:50:00Z", learn: false}
+  - {name: cpu, keys: "cpu-*", direction: spike, min_deviation: 3}
 """
 # rows (a point a minute from 00:00) whose window ends inside each maintenance window
 NIGHTLY, UPGRADE = range(180, 240), range(290, 350)
 
 
 def _series() -> dict[str, np.ndarray]:
-    series = {"db-1": wave(N, seed=1), "web-1": wave(N, seed=2), "app-1": wave(N, seed=3)}
+    series = {"db-1": wave(N, seed=1), "web-1": wave(N, seed=2), "app-1": wave(N, seed=3),
+              "cpu-1": wave(N, seed=4)}
     for key, at in (("db-1", 100), ("db-1", 185), ("web-1", 100), ("web-1", 295),
-                    ("app-1", 185), ("app-1", 295)):
+                    ("app-1", 185), ("app-1", 295), ("cpu-1", 120)):
         series[key][at] += 12.0
+    series["cpu-1"][250] -= 12.0  # a dip: the cpu rule mutes it
     # as the CSV holds them, so that run and score see the same float32 values
     return {k: np.round(v.astype(np.float64), 5) for k, v in series.items()}
 
@@ -68,6 +71,10 @@ def test_run_mutes_and_counts_what_the_rules_say_as_score_does(
     # app-1 matches no rule: its spikes inside both windows alarm
     assert any(("app-1", T0 + 60.0 * i) in want for i in NIGHTLY)
     assert any(("app-1", T0 + 60.0 * i) in want for i in UPGRADE)
+    # cpu-1: its spike alarms, its dip is muted by direction
+    assert ("cpu-1", T0 + 60.0 * 120) in want and muted["cpu-1"][250] == "direction"
+    n_dir = sum(1 for c in muted["cpu-1"] if c == "direction")
+    n_dev = sum(1 for c in muted["cpu-1"] if c == "deviation")
 
     src, out = topic_factory(2), topic_factory(1)
     det = DetectorProcess(broker_bootstrap, src, out, group_id, model,
@@ -83,6 +90,8 @@ def test_run_mutes_and_counts_what_the_rules_say_as_score_does(
         muted_nightly = det.value(
             'stream_detector_alarms_muted_total{cause="maintenance",rule="nightly"}')
         unlearned = det.value('stream_detector_windows_unlearned_total{rule="upgrade"}')
+        muted_dir = det.value('stream_detector_alarms_muted_total{cause="direction",rule="cpu"}')
+        muted_dev = det.value('stream_detector_alarms_muted_total{cause="deviation",rule="cpu"}')
         # every (cause, rule) is exposed from the start, at 0 where nothing was muted
         assert det.value(
             'stream_detector_alarms_muted_total{cause="maintenance",rule="upgrade"}') == 0
@@ -92,6 +101,7 @@ def test_run_mutes_and_counts_what_the_rules_say_as_score_does(
         det.terminate()
     assert muted_nightly == n_maint
     assert unlearned == len(UPGRADE)
+    assert (muted_dir, muted_dev) == (n_dir, n_dev)
     events = events_of(broker_bootstrap, out, anomalies)
     got = {(e["value"]["key"], datetime.fromisoformat(
         e["value"]["window_end"].replace("Z", "+00:00")).timestamp()) for e in events}
