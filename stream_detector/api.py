@@ -297,6 +297,8 @@ class OnlineDetector:
     max_batch, max_batch_latency_ms, max_series, timestamp_policy: as ``run``'s options of
         the same names, with the same defaults. ``timestamp_policy`` ``dlq`` raises
         :class:`~stream_detector.errors.InvalidRecord` for a point that goes back in time.
+    gap_policy, gap_max_fill, gap_factor: as ``run``'s ``--gap-*`` options, with the same
+        defaults; :attr:`gaps` counts what they did.
     decision, decision_params: override the artifact's decision, as ``run --decision``.
     fixed_shapes: as ``run``, check at start which batch shapes score bit-identically to
         ``max_batch`` and pad to those (a window then scores the same whatever its batch;
@@ -308,11 +310,13 @@ class OnlineDetector:
         self, artifact: Artifact | str | Path, *, hop: int | None = None,
         max_batch: int | None = None, max_batch_latency_ms: float | None = None,
         max_series: int | None = None, timestamp_policy: str | None = None,
-        decision: str | None = None, decision_params: Mapping[str, Any] | None = None,
+        gap_policy: str | None = None, gap_max_fill: int | None = None,
+        gap_factor: float | None = None, decision: str | None = None, decision_params: Mapping[str, Any] | None = None,
         fixed_shapes: bool = True,
     ) -> None:
         from stream_detector.batcher import MicroBatcher
         from stream_detector.decision import make_decider, overlap_of
+        from stream_detector.gaps import gap_policy as make_gaps
         from stream_detector.window import TIMESTAMP_POLICIES, WindowBuffer
 
         art = self.artifact = _artifact(artifact)
@@ -321,12 +325,18 @@ class OnlineDetector:
         if policy not in TIMESTAMP_POLICIES:
             raise InputError(f"timestamp_policy must be one of {', '.join(TIMESTAMP_POLICIES)}")
         self._dlq_backwards = policy == "dlq"
+        try:
+            gaps = make_gaps(gap_policy or str(_default("run", "gap_policy")), gap_max_fill,
+                             gap_factor, art.window)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         size = int(max_batch or _default("run", "max_batch"))
         latency = (max_batch_latency_ms if max_batch_latency_ms is not None
                    else float(_default("run", "max_batch_latency_ms")))
         self.buffer = WindowBuffer(art.window, art.n_features, self.hop,
                                    max_series or int(_default("run", "max_series")),
-                                   on_evict=self._on_evict, refuse_backwards=policy != "accept")
+                                   on_evict=self._on_evict, refuse_backwards=policy != "accept",
+                                   gaps=gaps)
         self.batcher: MicroBatcher[tuple[str, float, float]] = MicroBatcher(
             art.window, art.n_features, size, latency / 1000.0)
         spec = _spec(art, decision, decision_params)
@@ -348,6 +358,13 @@ class OnlineDetector:
     def backwards(self) -> int:
         """Points whose timestamp went back (used, dropped or refused by the policy)."""
         return self.buffer.backwards
+
+    @property
+    def gaps(self) -> dict[str, int]:
+        """Gaps filled, the points filled in them, and gaps that restarted a window."""
+        b = self.buffer
+        return {"filled": b.gaps_filled, "points_filled": b.points_filled,
+                "restarted": b.gaps_restarted}
 
     def _on_evict(self, key: str, cause: str, tag: int) -> None:
         self.decider.forget(key)

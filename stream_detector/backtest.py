@@ -13,7 +13,7 @@ reference, and the candidate is worse when its F1 against them is below ``1 - ma
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +24,10 @@ from stream_detector.datasets import Dataset
 from stream_detector.decision import resolve_spec
 from stream_detector.errors import InputError
 from stream_detector.evaluation.events import EventScore, event_score, incidents_from_decisions
+from stream_detector.gaps import GapPolicy, gap_policy
 from stream_detector.scoring import ScoredSeries, score_dataset
+
+GapsFor = Callable[[int], GapPolicy]  # a model's window -> its gap policy
 
 Span = tuple[int, int]
 
@@ -109,12 +112,14 @@ def _side(art: Artifact, results: list[ScoredSeries], events: list[list[Span]],
 
 
 def _score(art: Artifact, dataset: Dataset, max_batch: int, method: str | None,
-           params: Mapping[str, str] | None) -> list[ScoredSeries]:
+           params: Mapping[str, str] | None, gaps: GapsFor | None = None
+           ) -> list[ScoredSeries]:
     try:
         spec = resolve_spec(art.metadata.get("decision"), method, params)
     except ValueError as exc:
         raise InputError(f"--decision: {exc}") from None
-    return score_dataset(art, dataset, max_batch=max_batch, decision=spec)
+    return score_dataset(art, dataset, max_batch=max_batch, decision=spec,
+                         gaps=None if gaps is None else gaps(art.window))
 
 
 def check_compatible(art: Artifact, dataset: Dataset, what: str) -> None:
@@ -130,20 +135,21 @@ def check_compatible(art: Artifact, dataset: Dataset, what: str) -> None:
 
 def compare(serving: Artifact, candidate: Artifact, dataset: Dataset, margin: float = 0.05,
             max_batch: int = 1024, gap: int | None = None, method: str | None = None,
-            params: Mapping[str, str] | None = None) -> Report:
+            params: Mapping[str, str] | None = None, gaps: GapsFor | None = None) -> Report:
     """Backtest ``candidate`` against ``serving`` on ``dataset``.
 
     ``margin``: how much lower the candidate's F1 may be (see the module docstring);
     ``gap``: normal windows allowed inside one incident (default: half the window, as
     ``run``); ``method``/``params``: a decision method or parameters instead of each
-    artifact's, as ``run --decision`` would apply to both.
+    artifact's, as ``run --decision`` would apply to both; ``gaps``: the gap policy for
+    a model's window (``--gap-*``), for both.
     """
     if not 0.0 <= margin < 1.0:
         raise InputError(f"--margin must be in [0, 1), got {margin}")
     check_compatible(serving, dataset, "serving")
     check_compatible(candidate, dataset, "candidate")
-    res_s = _score(serving, dataset, max_batch, method, params)
-    res_c = _score(candidate, dataset, max_batch, method, params)
+    res_s = _score(serving, dataset, max_batch, method, params, gaps)
+    res_c = _score(candidate, dataset, max_batch, method, params, gaps)
     ev_s = [series_events(r, gap if gap is not None else max(1, serving.window // 2))
             for r in res_s]
     ev_c = [series_events(r, gap if gap is not None else max(1, candidate.window // 2))
@@ -189,8 +195,18 @@ def run_backtest(cfg: Mapping[str, Any]) -> int:
     if cfg.get("incident_gap") is not None and cfg["incident_gap"] < 0:
         raise InputError(f"--incident-gap must be >= 0, got {cfg['incident_gap']}")
     dataset = _dataset(cfg, serving)
+
+    def gaps(window: int) -> GapPolicy:
+        try:
+            return gap_policy(cfg.get("gap_policy"), cfg.get("gap_max_fill"),
+                              cfg.get("gap_factor"), window)
+        except ValueError as exc:
+            raise InputError(f"--gap-*: {exc}") from None
+
+    gaps(2)
     report = compare(serving, candidate, dataset, cfg["margin"], cfg["max_batch"],
-                     cfg.get("incident_gap"), cfg.get("decision"), cfg.get("decision_param"))
+                     cfg.get("incident_gap"), cfg.get("decision"), cfg.get("decision_param"),
+                     gaps)
     print(report.text())
     if cfg.get("output"):
         out = Path(cfg["output"])

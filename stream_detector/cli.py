@@ -18,6 +18,7 @@ from stream_detector.logs import configure as configure_logs
 if TYPE_CHECKING:
     from stream_detector.artifact import Artifact
     from stream_detector.datasets import Dataset
+    from stream_detector.gaps import GapPolicy
     from stream_detector.training import TrainOptions
 
 log = logging.getLogger("stream_detector")
@@ -63,7 +64,10 @@ def cmd_train(cfg: dict[str, Any]) -> int:
         learning_rate=cfg["learning_rate"], max_windows=cfg["max_windows"],
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
         decision=cfg["decision"], decision_params=cfg["decision_param"],
+        gap_policy=cfg["gap_policy"], gap_max_fill=cfg["gap_max_fill"],
+        gap_factor=cfg["gap_factor"],
     )
+    _gaps(cfg, 2)  # (checked before training; the window may be the data's)
     _check_positive(cfg, "epochs", "batch_size", "hop", "max_windows")
     if cfg["patience"] is not None and cfg["patience"] < 0:
         raise InputError(f"--patience must be >= 0, got {cfg['patience']}")
@@ -113,6 +117,16 @@ def _read(cfg: dict[str, Any]) -> Dataset:
     return ds
 
 
+def _gaps(cfg: dict[str, Any], window: int) -> GapPolicy:
+    """``--gap-policy``, ``--gap-max-fill`` and ``--gap-factor`` for a model's window."""
+    from stream_detector.gaps import gap_policy
+
+    try:
+        return gap_policy(cfg["gap_policy"], cfg["gap_max_fill"], cfg["gap_factor"], window)
+    except ValueError as exc:
+        raise InputError(f"--gap-*: {exc}") from None
+
+
 def _check_positive(cfg: dict[str, Any], *names: str) -> None:
     for n in names:
         if cfg.get(n) is not None and cfg[n] < 1:
@@ -153,7 +167,7 @@ def cmd_score(cfg: dict[str, Any]) -> int:
 
     fine_tune = FineTuneOptions.parse(cfg["fine_tune_every"], cfg["fine_tune_param"])
     results = score_dataset(art, ds, max_batch=cfg["max_batch"], decision=decision,
-                            fine_tune=fine_tune, rules=rules)
+                            fine_tune=fine_tune, gaps=_gaps(cfg, art.window), rules=rules)
     n = write_scores(results, cfg["output"], art.features)
     flagged = sum(int(r.is_anomaly.sum()) for r in results)
     print(f"scored {n} rows of {len(results)} series, {flagged} flagged -> {cfg['output']}")

@@ -21,6 +21,7 @@ import yaml
 
 from stream_detector.decision import DECIDERS, DEFAULT_DECISION
 from stream_detector.errors import ConfigError
+from stream_detector.gaps import DEFAULT_GAP_FACTOR, DEFAULT_GAP_POLICY, GAP_POLICIES
 from stream_detector.window import TIMESTAMP_POLICIES
 
 ENV_PREFIX = "STREAM_DETECTOR_"
@@ -209,6 +210,22 @@ RULES_OPT = Opt(
     "from the expected value that may alarm, and maintenance windows (cron + duration, or "
     "start and end, in event time) that mute alarms; score and run apply them alike "
     "(README: Rules and maintenance windows)", metavar="FILE")
+GAP_OPTS = (
+    Opt("gap_policy", str, DEFAULT_GAP_POLICY,
+        "a step between a key's points longer than --gap-factor times its cadence (the "
+        "mean step its window holds) is a gap: off = window the points as if adjacent; "
+        "previous / linear = fill the missing points (the last value, or a straight line "
+        "to the next point; filled points complete windows, windows are scored only at "
+        "real points); restart = start the key's window again after the gap (no window "
+        "spans it). The same for train, score and run; run counts it in "
+        "stream_detector_gaps_total{action}",
+        choices=GAP_POLICIES, metavar="{" + ",".join(GAP_POLICIES) + "}"),
+    Opt("gap_max_fill", int, None,
+        "previous / linear: a gap of more missing points restarts the window instead "
+        "(default: half the window)", metavar="N"),
+    Opt("gap_factor", float, DEFAULT_GAP_FACTOR,
+        "a step longer than this many cadences is a gap (> 1)", metavar="X"),
+)
 BOOTSTRAP_OPT = Opt("bootstrap_servers", str, None, "Kafka bootstrap servers host:port[,...]",
                     required=True, metavar="HOSTS")
 
@@ -216,7 +233,7 @@ TRAIN_OPTS = (
     Opt("model", str, None, "model kind (default conv1d; conv1d-seq for series of several "
         "features; feedforward for records)",
         choices=("lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm", "feedforward")),
-    INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT,
+    INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT, *GAP_OPTS,
     Opt("window", int, None, "points per window (default 64; 1 for records; the row for wide)",
         metavar="N"),
     Opt("hop", int, 1, "score a window every N points (stored in the artifact)", metavar="N"),
@@ -259,7 +276,7 @@ FINE_TUNE_OPTS = (
 SCORE_OPTS = (
     Opt("model", str, None, "model directory made by train, or s3://bucket/prefix",
         required=True, metavar="DIR|URL"),
-    INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT,
+    INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT, *GAP_OPTS,
     Opt("output", str, None, "output CSV", required=True, metavar="FILE"),
     Opt("plot", str, None, "also draw series, error and threshold to this PNG", metavar="FILE.png"),
     Opt("max_batch", int, 1024, "windows per batched model call", metavar="N"),
@@ -288,7 +305,7 @@ RUN_OPTS = (
     Opt("feedback_max_pending", int, 10_000,
         "feedback messages held for incidents not known here (other replicas' keys; the "
         "oldest beyond this are dropped and counted expired)", metavar="N"),
-    TIMESTAMP_POLICY_OPT,
+    TIMESTAMP_POLICY_OPT, *GAP_OPTS,
     Opt("group_id", str, "stream-detector", "consumer group", metavar="G"),
     Opt("model", str, None, "model directory made by train, or s3://bucket/prefix (its "
         "LATEST version; README: models in S3)", required=True, metavar="DIR|URL"),
@@ -386,7 +403,7 @@ BACKTEST_OPTS = (
     Opt("candidate", str, None, "model directory of the new version", required=True,
         metavar="DIR"),
     Opt("input", _list, [], "CSV file(s) to replay (a `label` column: precision/recall)"),
-    FORMAT_OPT, TIMESTAMP_POLICY_OPT,
+    FORMAT_OPT, TIMESTAMP_POLICY_OPT, *GAP_OPTS,
     Opt("topic", str, None, "replay this topic's input messages instead of CSV files",
         metavar="T"),
     Opt("bootstrap_servers", str, None, "Kafka bootstrap servers, with --topic",

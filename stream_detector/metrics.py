@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from stream_detector.feedback import RESULTS as FEEDBACK_RESULTS
+from stream_detector.gaps import GAP_ACTIONS
 from stream_detector.window import TIMESTAMP_POLICIES
 
 PREFIX = "stream_detector"
@@ -154,6 +155,8 @@ class Metrics:
     timestamps_backwards: Counter
     alarms_muted: Counter
     windows_unlearned: Counter
+    gaps: Counter
+    gap_points_filled: Counter
     delivery_failures: Counter
     state_ready: Gauge
     nonfinite_scores: Counter
@@ -345,6 +348,20 @@ class Metrics:
                 f"{p}_windows_unlearned", "Windows a learn: false maintenance window of "
                 "--rules kept from the decider (never decided), by rule name.", ["rule"],
                 registry=reg),
+            gaps=Counter(
+                f"{p}_gaps",
+                "Gaps in a key's timestamps (a step longer than --gap-factor times its "
+                "cadence), by what --gap-policy did: filled (previous, linear) or restarted "
+                "(restart, or a gap longer than --gap-max-fill).",
+                ["action"],
+                registry=reg,
+            ),
+            gap_points_filled=Counter(
+                f"{p}_gap_points_filled",
+                "Points filled into gaps by --gap-policy previous or linear (synthetic: "
+                "they complete windows, none is scored at its own time).",
+                registry=reg,
+            ),
             delivery_failures=Counter(
                 f"{p}_delivery_failures",
                 "Messages the broker refused for good, by topic kind (events, dlq, state); "
@@ -438,6 +455,8 @@ class Metrics:
             m.feedback_messages.labels(result=result)
         for action in TIMESTAMP_POLICIES:
             m.timestamps_backwards.labels(action=action)
+        for action in GAP_ACTIONS:
+            m.gaps.labels(action=action)
         return m
 
     def rules_loaded(self, names: Sequence[str], causes: Sequence[str]) -> None:

@@ -28,6 +28,7 @@ from stream_detector.decision import (
 from stream_detector.errors import InputError
 from stream_detector.explain import to_units
 from stream_detector.finetune import FineTuneOptions, make_tuner
+from stream_detector.gaps import GapPolicy
 from stream_detector.guards import finite_rows
 from stream_detector.rules import CAUSE_NAMES, Rules
 from stream_detector.threshold import Thresholds
@@ -67,7 +68,7 @@ class ScoredSeries:
 
 def window_scores(
     art: Artifact, dataset: Dataset, max_batch: int = 1024,
-    fine_tune: FineTuneOptions | None = None,
+    fine_tune: FineTuneOptions | None = None, gaps: GapPolicy | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every full window of ``dataset`` through the batched model.
 
@@ -76,15 +77,17 @@ def window_scores(
     order, in chunks of at most ``fine_tune.every``, and the model keeps learning the
     normal ones between chunks (:mod:`~stream_detector.finetune`; series after series,
     where the service would interleave their points). The artifact's model is tuned in
-    place.
+    place. ``gaps``: fill or restart over gaps in each series' timestamps as ``run``
+    does (:mod:`~stream_detector.gaps`); a window still ends at a row of the series.
     """
-    scores, _, series_idx, end_idx = window_expected(art, dataset, max_batch, fine_tune)
+    scores, _, series_idx, end_idx = window_expected(art, dataset, max_batch, fine_tune,
+                                                     gaps)
     return scores, series_idx, end_idx
 
 
 def window_expected(
     art: Artifact, dataset: Dataset, max_batch: int = 1024,
-    fine_tune: FineTuneOptions | None = None,
+    fine_tune: FineTuneOptions | None = None, gaps: GapPolicy | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`window_scores` and, from the same model calls, each window's newest point
     as reconstructed (scaled, ``(windows, features)``): ``(scores, expected,
@@ -99,7 +102,7 @@ def window_expected(
     metas: list[tuple[int, int]] = []
     for i, s in enumerate(dataset.series):
         scaled = art.scalers.for_key(s.key).transform(s.values)
-        w, end_index = series_windows(scaled, art.window, art.hop)
+        w, end_index = series_windows(scaled, art.window, art.hop, s.ts, gaps)
         all_windows.append(w)
         metas.extend((i, int(j)) for j in end_index)
     windows = np.concatenate(all_windows) if all_windows else np.zeros((0, art.window, art.n_features))
@@ -265,17 +268,19 @@ def score_dataset(
     art: Artifact, dataset: Dataset, max_batch: int = 1024,
     decision: Mapping[str, Any] | None = None, fine_tune: FineTuneOptions | None = None,
     rules: Rules | None = None,
+    gaps: GapPolicy | None = None,
 ) -> list[ScoredSeries]:
     """Score every series of ``dataset`` with ``art``.
 
     ``decision`` overrides the artifact's decision spec (``metadata["decision"]``);
     the decider is built by :func:`~stream_detector.decision.make_decider`, as in ``run``.
-    ``fine_tune``: keep learning normal windows while scoring (see ``window_scores``).
+    ``fine_tune``: keep learning normal windows while scoring (see ``window_scores``);
+    ``gaps``: the gap policy (see ``window_scores``).
     All series are decided together, each in stream order (as ``run`` decides a batch
     from many keys). ``rules``: ``--rules``, applied as ``run`` applies them.
     """
     scores, expected, series_idx, end_idx = window_expected(art, dataset, max_batch,
-                                                            fine_tune)
+                                                            fine_tune, gaps)
     spec = decision if decision is not None else art.metadata.get("decision")
     decider = make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(art.hop),
                            overlap_of(art.window, art.hop))

@@ -13,6 +13,7 @@ from stream_detector.artifact import Artifact, save_artifact
 from stream_detector.datasets import Dataset, Series
 from stream_detector.decision import DEFAULT_DECISION, decision_spec
 from stream_detector.errors import InputError
+from stream_detector.gaps import DEFAULT_GAP_FACTOR, DEFAULT_GAP_POLICY, GapPolicy, gap_policy
 from stream_detector.scaling import ScalerSet, fit_scaler
 from stream_detector.season import detect_period
 from stream_detector.threshold import ROBUST_Z, Thresholds, calibrate, robust_boundary
@@ -50,6 +51,10 @@ class TrainOptions:
     # how errors become decisions (stream_detector/decision/)
     decision: str = DEFAULT_DECISION
     decision_params: dict[str, Any] = field(default_factory=dict)
+    # what the windows do over gaps in a series' timestamps (--gap-*; stream_detector/gaps.py)
+    gap_policy: str = DEFAULT_GAP_POLICY
+    gap_max_fill: int | None = None  # None: half the window
+    gap_factor: float = DEFAULT_GAP_FACTOR
 
 
 def default_kind(dataset: Dataset) -> str:
@@ -69,14 +74,16 @@ def _min_points_for_key_stats(window: int) -> int:
 
 
 def training_windows(
-    dataset: Dataset, window: int, scalers: ScalerSet, fraction: float
+    dataset: Dataset, window: int, scalers: ScalerSet, fraction: float,
+    gaps: GapPolicy | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All stride-1 windows of each series' training part, scaled: (windows, key per window)."""
+    """All stride-1 windows of each series' training part, scaled: (windows, key per window);
+    with ``gaps``, over gaps as ``run`` windows them."""
     chunks, keys = [], []
     for s in dataset.series:
         part = s.head(fraction)
         scaled = scalers.for_key(s.key).transform(part.values)
-        w, _ = series_windows(scaled, window)
+        w, _ = series_windows(scaled, window, 1, part.ts, gaps)
         chunks.append(w)
         keys.append(np.full(len(w), s.key, dtype=object))
     return np.concatenate(chunks), np.concatenate(keys)
@@ -167,7 +174,8 @@ def train(dataset: Dataset, opts: TrainOptions) -> Artifact:
     scalers = ScalerSet(method=opts.scaler, global_=global_scaler, per_key=per_key)
 
     # Step 2. Windows, capped so training time stays bounded on long histories.
-    windows, keys = training_windows(dataset, window, scalers, opts.train_fraction)
+    gaps = gap_policy(opts.gap_policy, opts.gap_max_fill, opts.gap_factor, window)
+    windows, keys = training_windows(dataset, window, scalers, opts.train_fraction, gaps)
     if len(windows) > opts.max_windows:
         rng = np.random.default_rng(opts.seed)
         pick = np.sort(rng.choice(len(windows), opts.max_windows, replace=False))

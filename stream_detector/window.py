@@ -20,6 +20,10 @@ order; with ``refuse_backwards`` it is refused instead. Either way it is judged 
 the previous point only, not against the latest timestamp seen, so that one point far in
 the future does not make every later point "backwards". Redeliveries are told apart by
 partition and offset, never by timestamp.
+
+A step much longer than the key's cadence is a gap; ``gaps`` (a :class:`GapPolicy`,
+``--gap-policy``) fills it or restarts the key's window, counted in ``gaps_filled``,
+``points_filled`` and ``gaps_restarted`` (see :mod:`stream_detector.gaps`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike
+
+from stream_detector.gaps import RESTART, GapPolicy, due_after, fill_times, gap_windows
 
 EvictHook = Callable[[str, str, int], None]  # (key, cause, tag)
 MoveHook = Callable[[str, int], None]  # (key, the tag it had)
@@ -61,6 +67,7 @@ class WindowBuffer:
         previous one (its partition changed: partitions were added to the input topic).
     refuse_backwards: :meth:`push` refuses (``BACKWARDS``) a point whose timestamp is before
         its key's previous point's instead of appending it in arrival order.
+    gaps: what a key's window does over a gap in its timestamps (default: nothing).
 
     Points go in through :meth:`push` (one) or :meth:`push_round` (one each of many keys);
     a due window comes out through :meth:`copy_window` (into a batch row) or
@@ -79,6 +86,7 @@ class WindowBuffer:
         on_move: MoveHook | None = None,
         initial_capacity: int = 1024,
         refuse_backwards: bool = False,
+        gaps: GapPolicy | None = None,
     ) -> None:
         if window < 1 or hop < 1 or n_features < 1:
             raise ValueError("window, hop and n_features must be >= 1")
@@ -92,6 +100,11 @@ class WindowBuffer:
         # points pushed whose timestamp is before their key's previous point's (appended or
         # refused; redeliveries, skipped by offset, are not counted)
         self.backwards = 0
+        self.gaps = gaps if gaps is not None and gaps.active else None
+        # gaps filled, the points filled in them, and gaps that restarted a key's window
+        self.gaps_filled = 0
+        self.points_filled = 0
+        self.gaps_restarted = 0
         cap = max(1, min(initial_capacity, max_series or initial_capacity))
         self._values = np.zeros((cap, window, n_features), dtype=np.float32)
         self._last_ts = array("d", bytes(8 * cap))  # of the last point appended
@@ -341,6 +354,48 @@ class WindowBuffer:
     def _write(self, slot: int, ts: float, value: ArrayLike, offset: int) -> int:
         self._offset[slot] = offset
         self._dirty[slot] = 1
+        before = self._count[slot]
+        if self.gaps is not None and before:
+            before = self._over_gap(slot, ts, value, before)
+        c = self._append(slot, ts, value)
+        if c - before == 1:  # one point appended (no gap filled): the usual rule, inline
+            if c >= self.window and (c - self.window) % self.hop == 0:
+                return slot
+            return NO_WINDOW
+        return slot if due_after(before, c, self.window, self.hop) else NO_WINDOW
+
+    def _over_gap(self, slot: int, ts: float, value: ArrayLike, count: int) -> int:
+        """Fill a gap before the point at ``ts``, or restart the key's window, as the gap
+        policy says; returns the count a window is due after (the count before the gap)."""
+        assert self.gaps is not None
+        held = min(count, self.window)
+        last = self._last_ts[slot]
+        k = self.gaps.action(ts - last, last - self._oldest_ts(slot, held), held, self.window)
+        if k == RESTART:
+            self.gaps_restarted += 1
+            self._free_row(slot)
+            self._count[slot] = 0
+            self._step_us[slot] = _UNSET
+            return 0
+        if k > 0:
+            self.gaps_filled += 1
+            self.points_filled += k
+            fill = self.gaps.fill(self._values[slot, (count - 1) % self.window], value, k)
+            for t, v in zip(fill_times(last, ts, k).tolist(), fill):
+                self._append(slot, t, v)
+        return count
+
+    def _oldest_ts(self, slot: int, held: int) -> float:
+        """Timestamp of the oldest of the key's last ``held`` points."""
+        row = self._ts_row[slot]
+        if row >= 0:
+            return float(self._ts[row, (self._count[slot] - held) % self.window]) + self._base[row]
+        step = self._step_us[slot]
+        step = 0 if step == _UNSET else step
+        return (round(self._last_ts[slot] * 1e6) - (held - 1) * step) / 1e6
+
+    def _append(self, slot: int, ts: float, value: ArrayLike) -> int:
+        """Append one point (real or filled) to the slot; returns its new count."""
         c = self._count[slot]
         pos = c % self.window
         row = self._ts_row[slot]
@@ -367,9 +422,7 @@ class WindowBuffer:
         self._last_ts[slot] = self._prev_ts[slot] = ts
         c += 1
         self._count[slot] = c
-        if c >= self.window and (c - self.window) % self.hop == 0:
-            return slot
-        return NO_WINDOW
+        return c
 
     def push(self, key: str, ts: float, value: ArrayLike, tag: int, offset: int, now: float,
              skip_applied: bool = False) -> int:
@@ -523,13 +576,19 @@ class WindowBuffer:
         return self._start_ts(slot), self._last_ts[slot]
 
 
-def series_windows(values: np.ndarray, window: int, hop: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def series_windows(values: np.ndarray, window: int, hop: int = 1, ts: np.ndarray | None = None,
+                   gaps: GapPolicy | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The windows of one whole series, as a new key's points pushed one by one make due
     (the offline path: ``score`` and ``train``).
 
     ``values`` is (n, F). Returns ``(windows (m, window, F) float32, end_index (m,))``,
-    ``end_index`` being the position in ``values`` of each window's newest point.
+    ``end_index`` being the position in ``values`` of each window's newest point. With
+    ``gaps`` (and the points' timestamps ``ts``), gaps are filled or restart the window as
+    :class:`WindowBuffer` does (:func:`~stream_detector.gaps.gap_windows`).
     """
+    if gaps is not None and gaps.active and ts is not None and window > 1:
+        got = gap_windows(ts, values, window, hop, gaps)
+        return got.windows, got.end_index
     values = np.asarray(values, dtype=np.float32)
     end_index = np.arange(window - 1, len(values), hop)
     if not end_index.size:

@@ -14,6 +14,7 @@ from stream_detector.config import RUN_OPTS
 from stream_detector.errors import InputError
 from stream_detector.feedback import FeedbackOptions
 from stream_detector.finetune import FineTuneOptions
+from stream_detector.gaps import GapPolicy, gap_policy
 from stream_detector.kafka.properties import refuse_delivery_overrides
 from stream_detector.models.base import plan_threads
 from stream_detector.rules import Rule, read_rules
@@ -82,6 +83,9 @@ class ServiceConfig:
     timestamp_policy: str = run_default("timestamp_policy")  # accept, drop, dlq
     rules_file: str | None = run_default("rules")
     rules: tuple[Rule, ...] = ()  # read from rules_file (bound to the model's features later)
+    gap_policy: str = run_default("gap_policy")  # off, previous, linear, restart
+    gap_max_fill: int | None = run_default("gap_max_fill")  # None: half the window
+    gap_factor: float = run_default("gap_factor")
 
     def __post_init__(self) -> None:
         # fine-tuning updates the weights between calls: calls must not overlap
@@ -114,6 +118,10 @@ class ServiceConfig:
             raise InputError("--promotion-gate backtest needs --gate-input CSV file(s)")
         if not 0.0 <= cfg.get("gate_margin", 0.0) < 1.0:
             raise InputError(f"--gate-margin must be in [0, 1), got {cfg['gate_margin']}")
+        try:  # (the window is the model's: max fill's default is known at start)
+            gap_policy(cfg.get("gap_policy"), cfg.get("gap_max_fill"), cfg.get("gap_factor"), 2)
+        except ValueError as exc:
+            raise InputError(f"--gap-*: {exc}") from None
         if cfg["hop"] is not None and cfg["hop"] < 1:
             raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
         rules_file = cfg.get("rules")
@@ -152,7 +160,14 @@ class ServiceConfig:
             kafka=dict(cfg["kafka"]),
             timestamp_policy=cfg.get("timestamp_policy") or "accept",
             rules_file=rules_file, rules=rules,
+            gap_policy=cfg.get("gap_policy") or run_default("gap_policy"),
+            gap_max_fill=cfg.get("gap_max_fill"),
+            gap_factor=cfg.get("gap_factor", run_default("gap_factor")),
         )
+
+    def gaps(self, window: int) -> GapPolicy:
+        """The gap policy for a model's ``window``."""
+        return gap_policy(self.gap_policy, self.gap_max_fill, self.gap_factor, window)
 
     @property
     def changelog_topic(self) -> str | None:

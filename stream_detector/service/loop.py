@@ -65,11 +65,13 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin, Fee
                                cfg.max_message_bytes)
         self.buffer = WindowBuffer(art.window, art.n_features, self.hop, cfg.max_series,
                                    on_evict=self._on_evict, on_move=self._on_move,
-                                   refuse_backwards=cfg.timestamp_policy != "accept")
+                                   refuse_backwards=cfg.timestamp_policy != "accept",
+                                   gaps=cfg.gaps(art.window))
         self._dlq_backwards = cfg.timestamp_policy == "dlq"
         self._backwards_counted = 0  # of buffer.backwards, already in the metric
         self._backwards_metric = metrics.timestamps_backwards.labels(
             action=cfg.timestamp_policy)
+        self._gaps_counted = (0, 0, 0)  # of the buffer's gap counts, already in the metrics
         self.batcher: MicroBatcher[MetaRow] = MicroBatcher(
             art.window, art.n_features, cfg.max_batch, cfg.max_batch_latency_s)
         gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
@@ -217,15 +219,24 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin, Fee
             self._reject(msg, exc.reason, exc.detail)
             return
         self._apply(msg, key, ts, values, now)
-        self._count_backwards()
+        self._count_buffer()
 
-    def _count_backwards(self) -> None:
-        """Bring ``timestamps_backwards_total`` up to the buffer's count (once per call of
-        :meth:`handle` or :meth:`handle_many`, not per point)."""
-        n = self.buffer.backwards - self._backwards_counted
+    def _count_buffer(self) -> None:
+        """Bring ``timestamps_backwards_total`` and the gap counters up to the buffer's
+        counts (once per call of :meth:`handle` or :meth:`handle_many`, not per point)."""
+        buf = self.buffer
+        n = buf.backwards - self._backwards_counted
         if n:
             self._backwards_counted += n
             self._backwards_metric.inc(n)
+        if buf.gaps is not None:
+            now = (buf.gaps_filled, buf.points_filled, buf.gaps_restarted)
+            filled, points, restarted = (a - b for a, b in zip(now, self._gaps_counted))
+            if filled or restarted:
+                self._gaps_counted = now
+                self.metrics.gaps.labels(action="filled").inc(filled)
+                self.metrics.gaps.labels(action="restarted").inc(restarted)
+                self.metrics.gap_points_filled.inc(points)
 
     def _apply(self, msg: Message, key: str, ts: float, values: Any, now: float) -> None:
         """A decoded point into its key's buffer, and its window (when due) into the batch."""
@@ -278,7 +289,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin, Fee
             keys.add(p[0])
             rnd.append((msg, *p))
         self._apply_round(rnd, now)
-        self._count_backwards()
+        self._count_buffer()
         return handled
 
     def _apply_round(self, rnd: list[tuple[Message, str, float, float]], now: float) -> None:

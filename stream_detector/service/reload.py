@@ -38,7 +38,8 @@ class ReloadMixin(DetectorBase):
         self._gate = None
         if cfg.promotion_gate == "backtest":
             self._gate = Gate(cfg.gate_input, cfg.gate_format, cfg.gate_margin, cfg.max_batch,
-                              cfg.timestamp_policy, cfg.decision, cfg.decision_params)
+                              cfg.timestamp_policy, cfg.decision, cfg.decision_params,
+                              cfg.gaps)
 
     def current_model(self) -> Artifact:
         """The newest artifact taken over (a pending one, else the shadow's, else the one

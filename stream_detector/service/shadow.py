@@ -27,6 +27,7 @@ from stream_detector.batcher import Batch
 from stream_detector.decision import Decider, decide_windows
 from stream_detector.errors import InputError, StreamDetectorError
 from stream_detector.explain import Explained
+from stream_detector.gaps import GapPolicy
 from stream_detector.metrics import Metrics
 from stream_detector.service.base import MetaRow
 
@@ -48,7 +49,8 @@ class Gate:
 
     def __init__(self, paths: Sequence[str], fmt: str, margin: float, max_batch: int,
                  timestamp_policy: str = "accept", decision: str | None = None,
-                 decision_params: Mapping[str, str] | None = None) -> None:
+                 decision_params: Mapping[str, str] | None = None,
+                 gaps: Callable[[int], GapPolicy] | None = None) -> None:
         from stream_detector.datasets import read_dataset
 
         if not paths:
@@ -59,12 +61,13 @@ class Gate:
         # run's --decision and --decision-param apply to both, as they do when serving
         self.decision = decision
         self.decision_params = dict(decision_params or {})
+        self.gaps = gaps  # run's --gap-* too
 
     def passes(self, serving: Artifact, candidate: Artifact) -> tuple[bool, str]:
         from stream_detector.backtest import compare
 
         report = compare(serving, candidate, self.dataset, self.margin, self.max_batch,
-                         method=self.decision, params=self.decision_params)
+                         method=self.decision, params=self.decision_params, gaps=self.gaps)
         return report.passed, report.verdict
 
 
