@@ -137,14 +137,17 @@ def cmd_score(cfg: dict[str, Any]) -> int:
     from stream_detector.artifact import load_artifact
     from stream_detector.decision import resolve_spec
     from stream_detector.model_store import open_source
+    from stream_detector.rules import Rules, read_rules
     from stream_detector.scoring import score_dataset, write_scores
 
     _check_positive(cfg, "max_batch")
+    parsed = read_rules(cfg["rules"]) if cfg["rules"] else None  # before the model loads
     if cfg["plot"]:
         from stream_detector.plotting import require_matplotlib
 
         require_matplotlib()  # before scoring, which can take minutes
     art = load_artifact(open_source(cfg["model"]).open(refusals=False))
+    rules = Rules(parsed, art.features, cfg["rules"]) if parsed else None
     try:
         decision = resolve_spec(art.metadata.get("decision"), cfg["decision"],
                                 cfg["decision_param"])
@@ -164,10 +167,17 @@ def cmd_score(cfg: dict[str, Any]) -> int:
 
     fine_tune = FineTuneOptions.parse(cfg["fine_tune_every"], cfg["fine_tune_param"])
     results = score_dataset(art, ds, max_batch=cfg["max_batch"], decision=decision,
-                            fine_tune=fine_tune, gaps=_gaps(cfg, art.window))
+                            fine_tune=fine_tune, gaps=_gaps(cfg, art.window), rules=rules)
     n = write_scores(results, cfg["output"], art.features)
     flagged = sum(int(r.is_anomaly.sum()) for r in results)
     print(f"scored {n} rows of {len(results)} series, {flagged} flagged -> {cfg['output']}")
+    if rules is not None:
+        from stream_detector.scoring import muted_counts
+
+        by_cause, unlearned = muted_counts(results)
+        print(f"rules muted {sum(by_cause.values())} alarm(s) ("
+              + ", ".join(f"{c} {k}" for c, k in by_cause.items())
+              + f"); {unlearned} window(s) in learn: false maintenance not decided")
     if cfg["plot"]:
         from stream_detector.plotting import plot_scores
 

@@ -204,6 +204,12 @@ TIMESTAMP_POLICY_OPT = Opt(
     "against the one before it only, not the latest time seen, so a far-future timestamp "
     "costs drop and dlq the one point after it, not the key's later points",
     choices=TIMESTAMP_POLICIES, metavar="{" + ",".join(TIMESTAMP_POLICIES) + "}")
+RULES_OPT = Opt(
+    "rules", str, None,
+    "YAML file of rules by key pattern: the direction (spike, dip) and the least deviation "
+    "from the expected value that may alarm, and maintenance windows (cron + duration, or "
+    "start and end, in event time) that mute alarms; score and run apply them alike "
+    "(README: Rules and maintenance windows)", metavar="FILE")
 GAP_OPTS = (
     Opt("gap_policy", str, DEFAULT_GAP_POLICY,
         "a step between a key's points longer than --gap-factor times its cadence (the "
@@ -277,6 +283,7 @@ SCORE_OPTS = (
     Opt("decision", str, None, "decision method instead of the artifact's", choices=DECIDERS),
     Opt("decision_param", _pairs, {},
         "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
+    RULES_OPT,
     *FINE_TUNE_OPTS,
 )
 
@@ -337,6 +344,7 @@ RUN_OPTS = (
         choices=DECIDERS),
     Opt("decision_param", _pairs, {},
         "decision parameter instead of the artifact's, repeatable, e.g. suppress=0"),
+    RULES_OPT,
     *FINE_TUNE_OPTS,
     Opt("inference_workers", int, 0,
         "model calls that run in parallel (0: one per CPU the process may use, at most 4; "

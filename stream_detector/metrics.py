@@ -153,6 +153,8 @@ class Metrics:
     checkpoint_seconds: Histogram
     messages_skipped: Counter
     timestamps_backwards: Counter
+    alarms_muted: Counter
+    windows_unlearned: Counter
     gaps: Counter
     gap_points_filled: Counter
     delivery_failures: Counter
@@ -339,6 +341,13 @@ class Metrics:
                 ["action"],
                 registry=reg,
             ),
+            alarms_muted=Counter(
+                f"{p}_alarms_muted", "Alarms a --rules rule muted, by cause (maintenance, "
+                "direction, deviation) and rule name.", ["cause", "rule"], registry=reg),
+            windows_unlearned=Counter(
+                f"{p}_windows_unlearned", "Windows a learn: false maintenance window of "
+                "--rules kept from the decider (never decided), by rule name.", ["rule"],
+                registry=reg),
             gaps=Counter(
                 f"{p}_gaps",
                 "Gaps in a key's timestamps (a step longer than --gap-factor times its "
@@ -449,3 +458,10 @@ class Metrics:
         for action in GAP_ACTIONS:
             m.gaps.labels(action=action)
         return m
+
+    def rules_loaded(self, names: Sequence[str], causes: Sequence[str]) -> None:
+        """Show every (cause, rule) of a rules file at 0 from the start."""
+        for name in names:
+            self.windows_unlearned.labels(rule=name)
+            for cause in causes:
+                self.alarms_muted.labels(cause=cause, rule=name)

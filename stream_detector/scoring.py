@@ -17,12 +17,20 @@ import numpy as np
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import batches
 from stream_detector.datasets import Dataset, Series
-from stream_detector.decision import Decider, Newest, make_decider, overlap_of, reason_names
+from stream_detector.decision import (
+    Decider,
+    Decision,
+    Newest,
+    make_decider,
+    overlap_of,
+    reason_names,
+)
 from stream_detector.errors import InputError
 from stream_detector.explain import to_units
 from stream_detector.finetune import FineTuneOptions, make_tuner
 from stream_detector.gaps import GapPolicy
 from stream_detector.guards import finite_rows
+from stream_detector.rules import CAUSE_NAMES, Rules
 from stream_detector.threshold import Thresholds
 from stream_detector.window import series_windows
 
@@ -52,6 +60,10 @@ class ScoredSeries:
     # (rows, features): the reconstruction of the row's point by the window ending at it,
     # in the input's units (NaN where no window ends); set by score_dataset
     expected: np.ndarray | None = None
+    # with rules: why the row's alarm was muted (rules.CAUSES, 0: not), carried as the
+    # flag is; and which windows a learn: false maintenance window kept from the decider
+    muted: np.ndarray | None = None
+    unlearned: np.ndarray | None = None
 
 
 def window_scores(
@@ -125,7 +137,7 @@ def newest_values(values: np.ndarray, end_idx: np.ndarray, new_points: int) -> N
 
 def decide_series(
     decider: Decider, thresholds: Thresholds, s: Series, scores: np.ndarray,
-    end_idx: np.ndarray, new_points: int = 1,
+    end_idx: np.ndarray, new_points: int = 1, rules: Rules | None = None,
 ) -> ScoredSeries:
     """Run one series' window ``scores`` (ending at rows ``end_idx``) through ``decider``.
 
@@ -134,36 +146,90 @@ def decide_series(
     the first window carry the key's static threshold, no score and no flag).
     ``new_points``: how many of a window's rows are new to it (``min(hop, window)``);
     their values go to deciders that check them (``Decider.wants_values``).
+    ``rules``: applied as ``run`` applies them (:meth:`Rules.apply`).
     """
-    return decide_many(decider, thresholds, [s], [scores], [end_idx], new_points)[0]
+    return decide_many(decider, thresholds, [s], [scores], [end_idx], new_points, rules)[0]
 
 
 def decide_many(
     decider: Decider, thresholds: Thresholds, series: list[Series],
     scores: list[np.ndarray], end_idx: list[np.ndarray], new_points: int = 1,
+    rules: Rules | None = None, expected: list[np.ndarray] | None = None,
 ) -> list[ScoredSeries]:
     """:func:`decide_series` for several series at once: their windows go to the decider
-    in one call (each series' in stream order), as a batch from many keys would."""
+    in one call (each series' in stream order), as a batch from many keys would.
+    ``expected``: per series, each window's newest point as reconstructed, in input units
+    (windows, features), for rules that judge direction or deviation."""
     kept: list[tuple[np.ndarray, np.ndarray]] = []
-    for sc, ends in zip(scores, end_idx):
+    kept_expected: list[np.ndarray] = []
+    for j, (sc, ends) in enumerate(zip(scores, end_idx)):
         sc = np.asarray(sc, np.float64)
         keep = finite_rows(sc)
         # an overflowed error decides nothing (guards.py); rows carry on
         kept.append((sc, np.asarray(ends)) if keep is None else (sc[keep], np.asarray(ends)[keep]))
+        if expected is not None:
+            kept_expected.append(expected[j] if keep is None else expected[j][keep])
     keys = [s.key for s, (sc, _) in zip(series, kept) for _ in range(len(sc))]
     all_scores = np.concatenate([sc for sc, _ in kept]) if kept else np.zeros(0)
     newest = None
     if decider.wants_values and len(all_scores):
         newest = np.concatenate([newest_values(s.values, ends, new_points)
                                  for s, (sc, ends) in zip(series, kept) if len(sc)])
-    d = decider.decide(keys, all_scores, newest)
+    muting = None
+    if rules is None:
+        d = decider.decide(keys, all_scores, newest)
+    else:
+        def decide(idx: np.ndarray | None) -> Decision:
+            if idx is None:
+                return decider.decide(keys, all_scores, newest)
+            return decider.decide([keys[i] for i in idx.tolist()], all_scores[idx],
+                                  None if newest is None else newest[idx])
+
+        live = [(s, ends) for s, (sc, ends) in zip(series, kept) if len(sc)]
+        ts = np.concatenate([s.ts[ends] for s, ends in live]) if live else np.zeros(0)
+        actual = (np.concatenate([s.values[ends] for s, ends in live]) if live
+                  else np.zeros((0, 1)))
+        exp = (np.concatenate([e for e, (sc, _) in zip(kept_expected, kept) if len(sc)])
+               if expected is not None and live else None)
+        d, muting = rules.apply(decide, keys, ts, thresholds.for_key, actual, exp)
     out = []
     at = 0
     for s, (sc, ends) in zip(series, kept):
         part = slice(at, at + len(sc))
         at += len(sc)
-        out.append(_carry(s, thresholds, sc, ends, [f[part] for f in d]))
+        r = _carry(s, thresholds, sc, ends, [f[part] for f in d])
+        if muting is not None:
+            r.muted, r.unlearned = _carry_muted(len(s), ends, muting.cause[part],
+                                                muting.unlearned[part])
+        out.append(r)
     return out
+
+
+def _carry_muted(n: int, ends: np.ndarray, cause: np.ndarray, unlearned: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the muting cause of the latest window ending at or before it, and whether
+    a window ending there was kept from the decider."""
+    wcause = np.zeros(n, dtype=np.uint8)
+    wun = np.zeros(n, dtype=bool)
+    has = np.zeros(n, dtype=bool)
+    wcause[ends], wun[ends], has[ends] = cause, unlearned, True
+    pos = np.where(has, np.arange(n), -1)
+    np.maximum.accumulate(pos, out=pos)
+    return np.where(pos >= 0, wcause[np.maximum(pos, 0)], 0).astype(np.uint8), wun
+
+
+def muted_counts(results: list[ScoredSeries]) -> tuple[dict[str, int], int]:
+    """Muted alarms by cause name, and windows kept from the decider, over ``results``."""
+    by_cause = dict.fromkeys(CAUSE_NAMES.values(), 0)
+    unlearned = 0
+    for r in results:
+        if r.muted is None or r.unlearned is None:
+            continue
+        at = ~np.isnan(r.window_score) & ~r.unlearned
+        for code, name in CAUSE_NAMES.items():
+            by_cause[name] += int(np.count_nonzero(r.muted[at] == code))
+        unlearned += int(r.unlearned.sum())
+    return by_cause, unlearned
 
 
 def _carry(s: Series, thresholds: Thresholds, scores: np.ndarray, end_idx: np.ndarray,
@@ -201,6 +267,7 @@ def _carry(s: Series, thresholds: Thresholds, scores: np.ndarray, end_idx: np.nd
 def score_dataset(
     art: Artifact, dataset: Dataset, max_batch: int = 1024,
     decision: Mapping[str, Any] | None = None, fine_tune: FineTuneOptions | None = None,
+    rules: Rules | None = None,
     gaps: GapPolicy | None = None,
 ) -> list[ScoredSeries]:
     """Score every series of ``dataset`` with ``art``.
@@ -210,7 +277,7 @@ def score_dataset(
     ``fine_tune``: keep learning normal windows while scoring (see ``window_scores``);
     ``gaps``: the gap policy (see ``window_scores``).
     All series are decided together, each in stream order (as ``run`` decides a batch
-    from many keys).
+    from many keys). ``rules``: ``--rules``, applied as ``run`` applies them.
     """
     scores, expected, series_idx, end_idx = window_expected(art, dataset, max_batch,
                                                             fine_tune, gaps)
@@ -218,12 +285,14 @@ def score_dataset(
     decider = make_decider(art.thresholds, spec, art.value_ranges, art.periods_at(art.hop),
                            overlap_of(art.window, art.hop))
     sel = [series_idx == i for i in range(len(dataset.series))]
+    units = [to_units(art.scalers.for_key(s.key), expected[m])
+             for s, m in zip(dataset.series, sel)]
     out = decide_many(decider, art.thresholds, list(dataset.series),
                       [scores[m] for m in sel], [end_idx[m] for m in sel],
-                      min(art.hop, art.window))
-    for r, m in zip(out, sel):
+                      min(art.hop, art.window), rules, units)
+    for r, m, u in zip(out, sel, units):
         rows = np.full((len(r.series), art.n_features), np.nan)
-        rows[end_idx[m]] = to_units(art.scalers.for_key(r.series.key), expected[m])
+        rows[end_idx[m]] = u
         r.expected = rows
     return out
 
@@ -238,11 +307,17 @@ def expected_header(features: list[str]) -> list[str]:
     return ["expected"] if len(features) <= 1 else [f"expected_{f}" for f in features]
 
 
+def _muted(r: ScoredSeries, i: int) -> str:
+    return "" if r.muted is None or not r.muted[i] else CAUSE_NAMES[int(r.muted[i])]
+
+
 def write_scores(results: list[ScoredSeries], path: str | Path,
                  features: list[str] | None = None) -> int:
     """Write the contract's CSV in input order; returns rows written. ``features``: the
-    model's feature names (the ``expected`` columns)."""
+    model's feature names (the ``expected`` columns). Scored with rules, a last column
+    ``muted``: why the row's alarm was muted (empty when not)."""
     names = features or ["value"]
+    ruled = any(r.muted is not None for r in results)
     rows = []
     for order, r in enumerate(results):
         s = r.series
@@ -254,7 +329,7 @@ def write_scores(results: list[ScoredSeries], path: str | Path,
                 [s.timestamps[i], key, f"{float(s.values[i, 0]):.6g}", _fmt(r.score[i]),
                  _fmt(r.threshold[i]), _fmt(r.anomaly_score[i]), str(int(r.is_anomaly[i])),
                  "+".join(reason_names(int(r.reason[i]))) if r.is_anomaly[i] else "",
-                 *(_fmt(float(v)) for v in exp[i])],
+                 *(_fmt(float(v)) for v in exp[i]), *([_muted(r, i)] if ruled else [])],
             ))
     rows.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
     out = Path(path)
@@ -262,7 +337,7 @@ def write_scores(results: list[ScoredSeries], path: str | Path,
         raise InputError(f"{out}: directory {out.parent} does not exist")
     with out.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(OUTPUT_HEADER + expected_header(names))
+        w.writerow(OUTPUT_HEADER + expected_header(names) + (["muted"] if ruled else []))
         for *_, row in rows:
             w.writerow(row)
     return len(rows)

@@ -16,6 +16,7 @@ from stream_detector.finetune import FineTuner
 from stream_detector.incidents import IncidentTracker
 from stream_detector.metrics import Metrics
 from stream_detector.records import Source, WindowMeta
+from stream_detector.rules import Rules
 from stream_detector.sink import EventSink
 from stream_detector.state import StateStore
 from stream_detector.window import WindowBuffer
@@ -74,6 +75,7 @@ class DetectorBase:
     batcher: MicroBatcher[MetaRow]
     tracker: IncidentTracker
     decider: Decider
+    rules: Rules | None
     tuner: FineTuner | None
     consumer: Consumer
     sink: EventSink

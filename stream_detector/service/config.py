@@ -17,6 +17,7 @@ from stream_detector.finetune import FineTuneOptions
 from stream_detector.gaps import GapPolicy, gap_policy
 from stream_detector.kafka.properties import refuse_delivery_overrides
 from stream_detector.models.base import plan_threads
+from stream_detector.rules import Rule, read_rules
 from stream_detector.source import Fields
 
 _RUN_DEFAULTS = {o.name: o.default for o in RUN_OPTS}
@@ -81,6 +82,8 @@ class ServiceConfig:
     fields: Fields = field(default_factory=Fields)
     kafka: Mapping[str, str] = field(default_factory=dict)
     timestamp_policy: str = run_default("timestamp_policy")  # accept, drop, dlq
+    rules_file: str | None = run_default("rules")
+    rules: tuple[Rule, ...] = ()  # read from rules_file (bound to the model's features later)
     gap_policy: str = run_default("gap_policy")  # off, previous, linear, restart
     gap_max_fill: int | None = run_default("gap_max_fill")  # None: half the window
     gap_factor: float = run_default("gap_factor")
@@ -122,6 +125,8 @@ class ServiceConfig:
             raise InputError(f"--gap-*: {exc}") from None
         if cfg["hop"] is not None and cfg["hop"] < 1:
             raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
+        rules_file = cfg.get("rules")
+        rules = tuple(read_rules(rules_file)) if rules_file else ()  # exit 2 before the model
         try:
             feedback = FeedbackOptions(
                 *(cfg.get(f"feedback_{n}", run_default(f"feedback_{n}"))
@@ -156,6 +161,7 @@ class ServiceConfig:
                           cfg["values_field"], cfg["features_field"]),
             kafka=dict(cfg["kafka"]),
             timestamp_policy=cfg.get("timestamp_policy") or "accept",
+            rules_file=rules_file, rules=rules,
             gap_policy=cfg.get("gap_policy") or run_default("gap_policy"),
             gap_max_fill=cfg.get("gap_max_fill"),
             gap_factor=cfg.get("gap_factor", run_default("gap_factor")),

@@ -12,9 +12,10 @@ import numpy as np
 
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
-from stream_detector.decision import Decider, checks_seen, decide_windows
-from stream_detector.explain import Explained
+from stream_detector.decision import Decider, Decision, checks_seen, decide_windows
+from stream_detector.explain import Explained, to_units
 from stream_detector.guards import finite_rows
+from stream_detector.rules import CAUSE_NAMES, Rules
 from stream_detector.service.base import DetectorBase, InFlight, MetaRow, window_meta
 from stream_detector.service.shadow import Scored
 
@@ -27,6 +28,14 @@ class InferenceMixin(DetectorBase):
     # the seam: when set, each batch drained from the batcher goes here instead of the
     # model (tests record batches without scoring them)
     on_batch: Callable[[Batch[MetaRow]], None] | None = None
+
+    def _init_rules(self) -> None:
+        """Bind ``--rules`` to the model's features (a feature it lacks: exit 2)."""
+        cfg = self.cfg
+        self.rules = (Rules(cfg.rules, self.art.features, str(cfg.rules_file))
+                      if cfg.rules else None)
+        if self.rules is not None:
+            self.metrics.rules_loaded(self.rules.names, list(CAUSE_NAMES.values()))
 
     def submit_batch(self) -> None:
         """Hand the collected windows to the inference thread (one batched model call).
@@ -174,7 +183,10 @@ class InferenceMixin(DetectorBase):
         the alarms."""
         m = self.metrics
         n = len(keys)
-        decision = decide_windows(decider, keys, scores, windows, self.hop)
+        decision = (decide_windows(decider, keys, scores, windows, self.hop)
+                    if self.rules is None
+                    else self._ruled(self.rules, art, decider, keys, scores, windows, metas,
+                                     explained))
         thr, a_scores, flags = decision.threshold, decision.anomaly_score, decision.is_anomaly
         excursion, reasons = decision.excursion, decision.reason
         if self.feedback is not None:  # operator feedback: alarms under a false positive's level
@@ -212,3 +224,31 @@ class InferenceMixin(DetectorBase):
                     m.incidents_opened.inc()
                 self.sink.publish(ev, meta.kafka_ts)
         return flags
+
+    def _ruled(self, rules: Rules, art: Artifact, decider: Decider, keys: list[str],
+               scores: np.ndarray, windows: np.ndarray, metas: list[MetaRow],
+               explained: Explained) -> Decision:
+        """The decision under ``--rules`` (:meth:`Rules.apply`, as ``score`` does), its
+        muted alarms and unlearned windows counted."""
+        hop = self.hop
+
+        def decide(idx: np.ndarray | None) -> Decision:
+            if idx is None:
+                return decide_windows(decider, keys, scores, windows, hop)
+            return decide_windows(decider, [keys[i] for i in idx.tolist()], scores[idx],
+                                  windows[idx], hop)
+
+        def expected(idx: np.ndarray) -> np.ndarray:  # in input units, as score's
+            return np.array([to_units(art.scalers.for_key(keys[i]), explained.expected[i])
+                             for i in idx.tolist()]).reshape(len(idx), -1)
+
+        ends = np.fromiter((meta[3] for meta in metas), np.float64, len(metas))
+        d, muting = rules.apply(decide, keys, ends, art.thresholds.for_key, windows[:, -1, :],
+                                expected)
+        muted, unlearned = rules.tally(muting)
+        m = self.metrics
+        for (cause, name), count in muted.items():
+            m.alarms_muted.labels(cause=cause, rule=name).inc(count)
+        for name, count in unlearned.items():
+            m.windows_unlearned.labels(rule=name).inc(count)
+        return d

@@ -77,6 +77,7 @@ class Detector(InferenceMixin, CheckpointMixin, RebalanceMixin, ReloadMixin, Fee
         gap = cfg.incident_gap if cfg.incident_gap is not None else max(1, art.window // 2)
         self.tracker = IncidentTracker(art.kind, art.version, cfg.events, gap)
         self.decider = self._make_decider(art)
+        self._init_rules()
         self.tuner = make_tuner(art.model, art.thresholds, cfg.fine_tune)
         self._stop = False
         self.on_batch = on_batch
