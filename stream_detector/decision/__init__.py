@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from stream_detector.decision.base import (
     ACTIVITY,
     ERROR,
@@ -134,6 +136,14 @@ def checks_seen(decider: Decider) -> Mapping[int, Mapping[str, Any]]:
     return getattr(decider, "seen", None) or {}
 
 
+def remap_seen(decider: Decider, idx: np.ndarray) -> None:
+    """After a ``decide`` call on the windows at ``idx`` of a larger batch: key what its
+    checks saw (:func:`checks_seen`) by the windows' places in that batch."""
+    seen = getattr(decider, "seen", None)
+    if seen:
+        decider.seen = {int(idx[k]): v for k, v in seen.items()}  # type: ignore[attr-defined]
+
+
 def make_decider(
     thresholds: Thresholds,
     spec: Mapping[str, Any] | None = None,
@@ -191,6 +201,7 @@ __all__ = [
     "Likelihood",
     "Newest",
     "checks_seen",
+    "remap_seen",
     "Normalized",
     "PeaksOverThreshold",
     "Periods",

@@ -127,6 +127,9 @@ class ServiceConfig:
             raise InputError(f"--hop must be >= 1, got {cfg['hop']}")
         rules_file = cfg.get("rules")
         rules = tuple(read_rules(rules_file)) if rules_file else ()  # exit 2 before the model
+        if cfg.get("explain") == "off" and any(r.judges for r in rules):
+            raise InputError(f"{rules_file}: direction and deviation rules judge the expected "
+                             "values, which --explain off does not compute")
         try:
             feedback = FeedbackOptions(
                 *(cfg.get(f"feedback_{n}", run_default(f"feedback_{n}"))

@@ -12,7 +12,13 @@ import numpy as np
 
 from stream_detector.artifact import Artifact
 from stream_detector.batcher import Batch
-from stream_detector.decision import Decider, Decision, checks_seen, decide_windows
+from stream_detector.decision import (
+    Decider,
+    Decision,
+    checks_seen,
+    decide_windows,
+    remap_seen,
+)
 from stream_detector.explain import Explained, to_units
 from stream_detector.guards import finite_rows
 from stream_detector.rules import CAUSE_NAMES, Rules
@@ -235,8 +241,10 @@ class InferenceMixin(DetectorBase):
         def decide(idx: np.ndarray | None) -> Decision:
             if idx is None:
                 return decide_windows(decider, keys, scores, windows, hop)
-            return decide_windows(decider, [keys[i] for i in idx.tolist()], scores[idx],
-                                  windows[idx], hop)
+            d = decide_windows(decider, [keys[i] for i in idx.tolist()], scores[idx],
+                               windows[idx], hop)
+            remap_seen(decider, idx)  # what the checks saw, by place in the whole batch
+            return d
 
         def expected(idx: np.ndarray) -> np.ndarray:  # in input units, as score's
             return np.array([to_units(art.scalers.for_key(keys[i]), explained.expected[i])
