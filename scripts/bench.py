@@ -84,6 +84,14 @@ def model_only(kind: str, batches: list[int], seconds: float) -> dict[str, Any]:
         out["batched"][b] = rate(lambda x=x: m.score_batch(x), b, seconds)
     out["flops_per_window"] = flops_per_window(kind, m.params)
     out["traces"] = m.scorer.traces
+    # what explaining costs the model call (events' expected values and attribution):
+    # the errors-only call and the explaining one at batch 256, alternated, best of 3
+    x = rng.standard_normal((256, WINDOW, 1)).astype(np.float32)
+    errors, explain = [], []
+    for _ in range(3):
+        errors.append(rate(lambda: m.score_batch(x), 256, seconds / 3))
+        explain.append(rate(lambda: m.explain_batch(x), 256, seconds / 3))
+    out["explain_256"] = {"errors": max(errors), "explain": max(explain)}
     return out
 
 
@@ -879,6 +887,11 @@ def report(r: dict[str, Any]) -> None:
             print(f"  {'':<7} batched, batch {b:>5}: {v:14.1f}  ({v / seed:7.0f}x seed, "
                   f"{gf:6.1f} GFLOP/s = {gf / r['matmul_gflops']:5.1%} of matmul)")
         print(f"  {'':<7} traces of the compiled function: {m['traces']}")
+        ex = m.get("explain_256")
+        if ex:
+            print(f"  {'':<7} batch 256 with what explains the error (run's default): "
+                  f"{ex['explain']:.1f}, errors only (run --explain off): {ex['errors']:.1f}: "
+                  f"explaining keeps {ex['explain'] / ex['errors']:.1%} of the model's rate")
         par = m.get("parallel")
         if par:
             print(f"  {'':<7} the service's way: {par['workers']} calls at once, "
