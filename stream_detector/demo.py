@@ -91,11 +91,17 @@ def _watch_events(bootstrap: str, topic: str, live: _Live, stop: threading.Event
 def anomaly_line(ev: Mapping[str, Any]) -> str:
     """One live-view line per flagged window: its key and time, the decision's evidence
     (``anomaly_score``, flagged at 0.5 or above) and the checks that flagged it (``reason``),
-    then the error test's ``score`` against its ``threshold``. A range or season hit may
+    the newest value and what the model expected there (first feature), then the error
+    test's ``score`` against its ``threshold``. A range or season hit may
     have an error below the threshold; the line says which check fired."""
     reason = "+".join(ev.get("reason") or []) or "-"
+    seen = ""
+    actual, expected = ev.get("actual") or {}, ev.get("expected") or {}
+    name = next(iter(actual), None)
+    if name is not None and actual.get(name) is not None and expected.get(name) is not None:
+        seen = f"value {actual[name]:.4g} where {expected[name]:.4g} was expected  "
     return (f"  ANOMALY  {ev['key']:<12} at {ev['window_end']}  "
-            f"anomaly_score {float(ev['anomaly_score']):.2f} ({reason})  "
+            f"anomaly_score {float(ev['anomaly_score']):.2f} ({reason})  {seen}"
             f"error {float(ev['score']):.3f} vs threshold {float(ev['threshold']):.3f}")
 
 

@@ -21,3 +21,9 @@ def test_a_range_hit_below_the_error_threshold_reads_as_a_range_hit():
 def test_several_checks_are_joined_and_none_is_a_dash():
     assert "(season+error)" in anomaly_line(_event(reason=["season", "error"]))
     assert "(-)" in anomaly_line(_event(reason=[]))
+
+
+def test_the_line_says_what_came_and_what_the_model_expected():
+    line = anomaly_line(_event(actual={"value": 97.5}, expected={"value": 41.25}))
+    assert "value 97.5 where 41.25 was expected" in line
+    assert "expected" not in anomaly_line(_event())  # --explain off: nothing to say
