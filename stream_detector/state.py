@@ -221,6 +221,15 @@ def _decode_ts(r: _Reader, version: int, flags: int, held: int) -> np.ndarray:
     raise DamagedStateRecord(f"state record: flags {flags:#x} name no timestamp layout")
 
 
+def _block(r: _Reader, raw: bytes, what: str) -> bytes:
+    """A length-prefixed, non-empty block of bytes (a decider's or the feedback state)."""
+    (n,) = r.unpack(_LEN, f"{what} length")
+    if n == 0:
+        raise DamagedStateRecord(f"state record: empty {what}")
+    pos = r.take(n, what)
+    return bytes(raw[pos : pos + n])
+
+
 def decode(raw: bytes, window: int, n_features: int) -> KeyState | None:
     """Inverse of :func:`encode` (reads versions 1 and 2).
 
@@ -245,20 +254,8 @@ def decode(raw: bytes, window: int, n_features: int) -> KeyState | None:
     if flags & _FLAG_INCIDENT:
         iid, started, ended, peak, windows, normal_run = r.unpack(_INCIDENT, "incident")
         incident = (iid.hex(), started, ended, peak, windows, normal_run)
-    decision = None
-    if flags & _FLAG_DECISION:
-        (n,) = r.unpack(_LEN, "decision state length")
-        if n == 0:
-            raise DamagedStateRecord("state record: empty decision state")
-        pos = r.take(n, "decision state")
-        decision = bytes(raw[pos : pos + n])
-    feedback = None
-    if flags & _FLAG_FEEDBACK:
-        (n,) = r.unpack(_LEN, "feedback state length")
-        if n == 0:
-            raise DamagedStateRecord("state record: empty feedback state")
-        pos = r.take(n, "feedback state")
-        feedback = bytes(raw[pos : pos + n])
+    decision = _block(r, raw, "decision state") if flags & _FLAG_DECISION else None
+    feedback = _block(r, raw, "feedback state") if flags & _FLAG_FEEDBACK else None
     if r.pos != len(raw):
         raise DamagedStateRecord(
             f"state record: {len(raw) - r.pos} bytes after its end ({r.pos} bytes)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -291,6 +292,18 @@ def test_an_empty_batch_and_a_batch_all_in_maintenance(tmp_path):
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a point a minute
 
 
+def _score_twice(model: Path, data: Path, rules: Path, tmp_path: Path) -> tuple[
+        Any, dict[str, list[dict[str, str]]], dict[str, list[dict[str, str]]]]:
+    """``score`` without and with ``rules``: the ruled run's process, both CSVs by key."""
+    from stream_detector.testing import cli
+
+    cli("score", "--model", str(model), "--input", str(data), "--output",
+        str(tmp_path / "plain.csv"))
+    ruled = cli("score", "--model", str(model), "--input", str(data), "--output",
+                str(tmp_path / "ruled.csv"), "--rules", str(rules))
+    return ruled, _scores(tmp_path / "plain.csv"), _scores(tmp_path / "ruled.csv")
+
+
 def _scores(path: Path) -> dict[str, list[dict[str, str]]]:
     import csv
 
@@ -302,7 +315,7 @@ def _scores(path: Path) -> dict[str, list[dict[str, str]]]:
 
 
 def test_score_mutes_maintenance_windows_and_keeps_learn_false_ones_undecided(model, tmp_path):
-    from stream_detector.testing import cli, wave, write_long
+    from stream_detector.testing import wave, write_long
 
     n = 400
     series = {"db-1": wave(n, seed=1), "web-1": wave(n, seed=2)}
@@ -315,11 +328,7 @@ def test_score_mutes_maintenance_windows_and_keeps_learn_false_ones_undecided(mo
                             "  - name: upgrade\n    keys: ['web-*']\n    maintenance:\n"
                             "      - {start: '2026-01-01T04:50:00Z', end: '2026-01-01T05:50:00Z',"
                             " learn: false}\n")
-    cli("score", "--model", str(model), "--input", str(data), "--output",
-        str(tmp_path / "plain.csv"))
-    ruled = cli("score", "--model", str(model), "--input", str(data), "--output",
-                str(tmp_path / "ruled.csv"), "--rules", str(rules))
-    before, after = _scores(tmp_path / "plain.csv"), _scores(tmp_path / "ruled.csv")
+    ruled, before, after = _score_twice(model, data, rules, tmp_path)
     assert "muted" not in before["db-1"][0] and "muted" in after["db-1"][0]
     nightly = range(180, 240)  # 03:00-04:00, each row ends a window of a point a minute
     upgrade = range(290, 350)
@@ -400,7 +409,7 @@ def test_score_keeps_only_spikes_that_beat_the_minimum_deviation(model, tmp_path
     """A spike-only rule with a minimum of 3: every alarm ``score`` keeps is a point at
     least 3 above its expected value, every alarm it mutes is not (direction: at or below
     expected; deviation: above it by less than 3), judged from the CSV's own columns."""
-    from stream_detector.testing import cli, wave, write_long
+    from stream_detector.testing import wave, write_long
 
     n = 300
     cpu = wave(n, seed=4)
@@ -410,11 +419,7 @@ def test_score_keeps_only_spikes_that_beat_the_minimum_deviation(model, tmp_path
                       start=T0)
     rules = _file(tmp_path, "rules:\n  - {name: cpu, keys: 'cpu-*', direction: spike,"
                             " min_deviation: 3}\n")
-    cli("score", "--model", str(model), "--input", str(data), "--output",
-        str(tmp_path / "plain.csv"))
-    ruled = cli("score", "--model", str(model), "--input", str(data), "--output",
-                str(tmp_path / "ruled.csv"), "--rules", str(rules))
-    before, after = _scores(tmp_path / "plain.csv"), _scores(tmp_path / "ruled.csv")
+    ruled, before, after = _score_twice(model, data, rules, tmp_path)
     assert before["mem-1"] == [{k: r[k] for k in before["mem-1"][0]} for r in after["mem-1"]]
     counts = {"direction": 0, "deviation": 0}
     for b, a in zip(before["cpu-1"], after["cpu-1"]):
