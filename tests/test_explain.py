@@ -150,3 +150,21 @@ def test_explain_off_leaves_the_fields_out_and_still_flags(
     for e in events:
         assert not {"actual", "expected", "attribution", "checks"} & set(e)
         assert {"score", "threshold", "anomaly_score", "incident_id"} <= set(e)
+
+
+def test_score_plot_draws_every_series_twelve_to_a_page(tmp_path: Path) -> None:
+    """``score --plot``: all 13 series, on two pages, against their timestamps."""
+    pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
+    from stream_detector.testing import wave, write_long
+
+    data = write_long(tmp_path / "s.csv", {f"k{i:02d}": wave(80, seed=i) for i in range(13)})
+    model = tmp_path / "model"
+    cli("train", "--input", str(data), "--format", "long", "--out", str(model), "--quiet",
+        "--epochs", "1", "--window", "16")
+    plot = tmp_path / "scores.png"
+    proc = cli("score", "--model", str(model), "--input", str(data), "--format", "long",
+               "--output", str(tmp_path / "out.csv"), "--plot", str(plot))
+    second = tmp_path / "scores-2.png"
+    assert f"plot -> {plot}, {second}" in proc.stdout
+    assert plot.stat().st_size > 1000 and second.stat().st_size > 1000
+    assert not (tmp_path / "scores-3.png").exists()
