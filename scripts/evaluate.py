@@ -79,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         help="fine-tuning setting, e.g. guard=2 or learning_rate=1e-4 (repeatable)",
     )
     ap.add_argument(
+        "--gap-policy",
+        choices=("off", "previous", "linear", "restart"),
+        default="off",
+        help="NAB: train's and score's --gap-policy over each file's timestamps (default "
+        "%(default)s; SMAP's and the generated series' points have no gaps)",
+    )
+    ap.add_argument(
+        "--gap-max-fill",
+        type=int,
+        default=None,
+        metavar="N",
+        help="NAB: train's and score's --gap-max-fill (default half the window)",
+    )
+    ap.add_argument(
         "--odds-param",
         action="append",
         default=[],
@@ -164,12 +178,20 @@ def main(argv: list[str] | None = None) -> int:
             cache=args.cache,
             model_params=model_params,
             fine_tune=fine_tune,
+            gaps=args.gap_policy,
+            gap_max_fill=args.gap_max_fill,
             log=log,
         )
+        gap_note = (f"\n\n--gap-policy {args.gap_policy}, max fill "
+                    f"{rep.options['gap_max_fill']} points: the windows of "
+                    f"{len(rep.options['gap_files'])} files change (trained and scored "
+                    "with it); the others are `off`'s."
+                    if args.gap_policy != "off" else "")
         title = f"NAB ({len(files)} files{'' if len(files) == 58 else ', subset'}"
         tables.append(
             f"### {title}, {args.model}, fit on the first 15 % of each file{tuned})\n\n"
             + fmt.nab_table(rep)
+            + gap_note
             + f"\n\nWall time {rep.wall_seconds / 60:.1f} min (training "
             f"{rep.train_seconds / 60:.1f} min, model scoring "
             f"{rep.model_seconds / 60:.1f} min, {rep.windows} windows)."
@@ -268,6 +290,9 @@ def training_note(
         but.append("model " + " ".join(f"{k}={v}" for k, v in model_params.items()))
     if getattr(fine_tune, "enabled", False):
         but.append(f"fine-tuned every {getattr(fine_tune, 'every', '?')} windows")
+    if getattr(args, "gap_policy", "off") != "off":
+        fill = "" if args.gap_max_fill is None else f" --gap-max-fill {args.gap_max_fill}"
+        but.append(f"NAB with --gap-policy {args.gap_policy}{fill}")
     note = "trained with train's defaults" + (", except " + ", ".join(but) if but else "")
     if args.demo:  # the demo's own training (demo.py), so that column reproduces the demo
         d = demo_options()

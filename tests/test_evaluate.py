@@ -212,3 +212,42 @@ def test_fine_tuning_cost_is_measured_against_the_plain_model() -> None:
     cost = harness.fine_tune_cost(FineTuneOptions(every=64), windows=512, batch=64)
     assert cost["plain_us"] > 0 and cost["tuned_us"] > cost["plain_us"]
     assert cost["fine_tune_us"] == pytest.approx(cost["tuned_us"] - cost["plain_us"])
+
+
+@needs_nab
+def test_nab_gap_policy_retrains_only_the_files_with_gaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained = []
+    real_train = harness.train
+
+    def spy(ds, opts):  # type: ignore[no-untyped-def]
+        trained.append((ds.series[0].key, opts.gap_policy))
+        return real_train(ds, opts)
+
+    monkeypatch.setattr(harness, "train", spy)
+    decisions = harness.parse_decisions(["adaptive"])
+    plain = "realAWSCloudwatch/iio_us-east-1_i-a2eb1cd9_NetworkIn.csv"  # no gap
+    gappy = "realAdExchange/exchange-4_cpc_results.csv"  # 4 gaps of an hour
+    empty = "realTraffic/TravelTime_387.csv"  # restart: no full window in the training part
+    off = harness.run_nab(NAB_ROOT, decisions, epochs=1, files=[plain, gappy], cache=tmp_path)
+    assert off.options["gap_files"] == [] and len(trained) == 2
+    out = tmp_path / "out"
+    rep = harness.run_nab(NAB_ROOT, decisions, epochs=1, files=[plain, gappy, empty],
+                          cache=tmp_path, out=out, gaps="restart")
+    # only the file with gaps is trained again, with the policy; the other is off's entry
+    assert trained[2:] == [("exchange-4_cpc_results", "restart")]
+    assert rep.options["gap_files"] == [gappy, empty]
+    assert rep.options["gap_no_model"] == [empty]
+    tags = sorted(p.name for p in tmp_path.iterdir() if p.name != "out")
+    assert tags == [tags[0], tags[0] + "-gaprestart32"]
+    assert len(list((tmp_path / tags[0]).iterdir())) == 2
+    assert len(list((tmp_path / tags[1]).iterdir())) == 1
+    # fewer windows where the window restarts; nothing flagged without a model
+    assert rep.windows < off.windows
+    with (out / "adaptive" / empty).open(newline="") as fh:
+        assert {float(r["anomaly_score"]) for r in csv.DictReader(fh)} == {0.0}
+    # a rerun reads the policy's cache entry
+    harness.run_nab(NAB_ROOT, decisions, epochs=1, files=[plain, gappy, empty],
+                    cache=tmp_path, gaps="restart")
+    assert len(trained) == 3

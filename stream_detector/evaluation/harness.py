@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from stream_detector.datasets import Dataset, parse_timestamp
 from stream_detector.decision import decision_spec, make_decider, overlap_of
 from stream_detector.evaluation import nab
 from stream_detector.evaluation.events import (
@@ -41,6 +42,7 @@ from stream_detector.evaluation.loaders import (
     records_dataset,
 )
 from stream_detector.finetune import FineTuneOptions
+from stream_detector.gaps import DEFAULT_GAP_POLICY, gap_policy, gap_windows
 from stream_detector.scoring import decide_series, window_scores
 from stream_detector.threshold import Thresholds
 from stream_detector.training import TrainOptions, find_periods, train, value_ranges
@@ -147,6 +149,8 @@ def run_nab(
     cache: Path | None = None,
     model_params: Mapping[str, Any] | None = None,
     fine_tune: FineTuneOptions | None = None,
+    gaps: str = DEFAULT_GAP_POLICY,
+    gap_max_fill: int | None = None,
     log: Log = _quiet,
 ) -> NabReport:
     """Fit on the first ``train_fraction`` of each NAB file, score the whole file, NAB-score.
@@ -155,6 +159,12 @@ def run_nab(
     ``out/<label>/<category>/<name>.csv`` with ``timestamp,value,anomaly_score``. With
     ``cache``, each file's window scores and thresholds are kept there (keyed by the
     training options) and reused, so further decision methods cost no training.
+
+    ``gaps`` / ``gap_max_fill``: train's and score's ``--gap-policy`` / ``--gap-max-fill``
+    (:mod:`~stream_detector.gaps`), over the files' own timestamps (the rows' positions
+    stay NAB's rule for everything else). A file whose windows the policy leaves as they
+    are (no gap by the policy's rule) is the ``off`` run's, cache entry included; the
+    others are trained and scored with the policy and cached under a tag naming it.
     """
     started = time.perf_counter()
     names = list(files) if files is not None else nab_files(root)
@@ -165,11 +175,32 @@ def run_nab(
     tag = f"{kind}-w{window or 64}-e{epochs}-f{train_fraction:g}-s{seed}" + "".join(
         f"-{k}{v}" for k, v in sorted((model_params or {}).items())
     ) + (_tune_tag(fine_tune) if fine_tune and fine_tune.enabled else "")
+    policy = gap_policy(gaps, gap_max_fill, None, window or 64)  # ValueError: refused
+    gap_files: list[str] = []
+    no_model: list[str] = []  # files the policy leaves no training window
     for i, name in enumerate(names):
         t0 = time.perf_counter()
         ds = nab_dataset(root, name)
-        cached = cache / tag / (name.replace("/", "__") + ".npz") if cache else None
-        if cached is not None and cached.is_file():
+        fitted_ds, file_tag, note, trainable = ds, tag, "", True
+        if policy.active:
+            timed = _with_timestamps(ds)
+            s0 = timed.series[0]
+            g = gap_windows(s0.ts, s0.values, window or 64, 1, policy)
+            if g.filled_gaps or g.restarts:
+                fitted_ds, file_tag = timed, f"{tag}-gap{policy.policy}{policy.max_fill}"
+                gap_files.append(name)
+                note = f", gaps: {g.filled_gaps} filled ({g.filled_points} points), " \
+                    f"{g.restarts} restarts"
+                head = s0.head(train_fraction)
+                if not len(gap_windows(head.ts, head.values, window or 64, 1, policy).end_index):
+                    no_model.append(name)
+                    trainable = False
+                    note += ", no training window: nothing trained, every row scored 0"
+        cached = cache / file_tag / (name.replace("/", "__") + ".npz") if cache else None
+        if not trainable:
+            scores, end_idx, t1, t2 = np.zeros(0), np.zeros(0, np.int64), t0, t0
+            thresholds = Thresholds(1.0)  # (unused: no window to decide)
+        elif cached is not None and cached.is_file():
             with np.load(cached) as z:
                 scores, end_idx = z["scores"], z["end_idx"]
                 thresholds = Thresholds.from_dict(json.loads(str(z["thresholds"])))
@@ -182,11 +213,16 @@ def run_nab(
                 train_fraction=train_fraction,
                 seed=seed,
                 model_params=dict(model_params or {}),
+                gap_policy=policy.policy,
+                gap_max_fill=policy.max_fill,
             )
-            art = train(ds, opts)
+            art = train(fitted_ds, opts)
             thresholds = art.thresholds
             t1 = time.perf_counter()
-            scores, _, end_idx = window_scores(art, ds, fine_tune=fine_tune)
+            scores, _, end_idx = window_scores(
+                art, fitted_ds, fine_tune=fine_tune,
+                gaps=gap_policy(policy.policy, policy.max_fill, None, art.window),
+            )
             t2 = time.perf_counter()
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -206,13 +242,16 @@ def run_nab(
         ranges, periods = value_ranges(fitted), find_periods(fitted)
         for label, spec in decisions.items():
             t3 = time.perf_counter()
-            r = decide_series(
-                make_decider(thresholds, spec, ranges, periods, overlap_of(window or 64, 1)),
-                thresholds, series, scores,
-                end_idx,
-            )
+            if len(scores):
+                r = decide_series(
+                    make_decider(thresholds, spec, ranges, periods, overlap_of(window or 64, 1)),
+                    thresholds, series, scores,
+                    end_idx,
+                )
+                a = np.nan_to_num(r.anomaly_score, nan=0.0)
+            else:  # no window: nothing flagged, as a stream whose window never fills
+                a = np.zeros(len(series))
             decide_s[label] += time.perf_counter() - t3
-            a = np.nan_to_num(r.anomaly_score, nan=0.0)
             results[label][name] = a
             if out is not None:
                 _write_nab_result(
@@ -220,7 +259,7 @@ def run_nab(
                 )
         log(
             f"  nab {i + 1:2d}/{len(names)} {name}: {len(series)} rows, "
-            f"train {t1 - t0:.1f} s, model {t2 - t1:.1f} s"
+            f"train {t1 - t0:.1f} s, model {t2 - t1:.1f} s{note}"
         )
     data_dir, labels, profiles = nab.nab_paths(root)
     scores_out = {
@@ -243,8 +282,23 @@ def run_nab(
             "seed": seed,
             "model_params": dict(model_params or {}),
             "fine_tune": dataclasses.asdict(fine_tune) if fine_tune else None,
+            "gap_policy": policy.policy,
+            "gap_max_fill": policy.max_fill,
+            "gap_files": gap_files,  # the files whose windows the policy changed
+            "gap_no_model": no_model,  # of those, the ones left no training window
         },
     )
+
+
+def _with_timestamps(ds: Dataset) -> Dataset:
+    """``ds`` with each series' ``ts`` its timestamps (epoch seconds, as ``read_dataset``
+    parses them), where :func:`~stream_detector.evaluation.loaders.nab_dataset` gives
+    the rows' positions."""
+    series = [
+        dataclasses.replace(s, ts=np.array([parse_timestamp(t) for t in s.timestamps]))
+        for s in ds.series
+    ]
+    return dataclasses.replace(ds, series=series)
 
 
 def _tune_tag(opts: FineTuneOptions) -> str:
