@@ -195,6 +195,7 @@ def kafka_names(path: str) -> dict[str, str | None]:
         "output": service.output_topic,
         "dlq": service.dlq_topic,
         "state": service.changelog_topic,
+        "feedback": service.feedback_topic,
     }
 
 
@@ -510,6 +511,8 @@ NEEDED = {
     # for the topic (CreateTopics, "already exists") on every assignment and Kafka answers
     # that call with an authorization error, not "exists", without Create.
     "state": ("topic", {"Describe", "Read", "Write", "Create"}),
+    # operators' labels: every replica reads the whole topic (assigned, no commits)
+    "feedback": ("topic", {"Describe", "Read"}),
 }
 
 
@@ -545,10 +548,12 @@ def allows(user: dict[str, Any], rtype: str, name: str, operation: str) -> bool:
     return False
 
 
-def restore_group_prefix() -> str:
-    """The state restorer's one-off consumer group id is ``<prefix><uuid>`` (state.py)."""
-    found = set(re.findall(r'"group\.id":\s*f"([^"{]*)\{uuid', STATE_SRC.read_text()))
-    assert len(found) == 1, f"cannot find the restore group id in {STATE_SRC}: {found}"
+def restore_group_prefix(src: Path | None = None) -> str:
+    """The one-off consumer group id ``<prefix><uuid>`` of the state restorer (state.py),
+    or of the module ``src`` (the feedback reader)."""
+    src = src or STATE_SRC
+    found = set(re.findall(r'"group\.id":\s*f"([^"{]*)\{uuid', src.read_text()))
+    assert len(found) == 1, f"cannot find the one-off group id in {src}: {found}"
     return found.pop()
 
 
@@ -576,6 +581,10 @@ def test_every_kafka_name_has_its_topic_and_acls(overlay):
     restore_group = restore_group_prefix() + "0" * 32
     if not allows(user, "group", restore_group, "Describe"):
         problems.append(f"state restore group {restore_group!r}: no Describe")
+    assert names["feedback"], "the shipped config reads operators' feedback"
+    feedback_group = restore_group_prefix(STATE_SRC.parent / "feedback_topic.py") + "0" * 32
+    if not allows(user, "group", feedback_group, "Describe"):
+        problems.append(f"feedback reader group {feedback_group!r}: no Describe")
     assert not problems, "\n".join(problems)
 
 
