@@ -44,6 +44,11 @@ def flops_per_window(kind: str, params: dict[str, Any], window: int = WINDOW, nf
     if kind == "conv1d":
         f, k = params["filters"], params["kernel_size"]
         return window * 2 * k * nf * f + window * f + 2 * f * window * nf
+    if kind == "conv1d-seq":  # two strided convolutions down, three transposed up
+        f, k = params["filters"], params["kernel_size"]
+        h = max(1, f // 2)
+        return 2 * k * (window / 2 * nf * f + window / 4 * f * h + window / 2 * h * h
+                        + window * h * f + window * f * nf)
     raise ValueError(kind)
 
 
@@ -720,7 +725,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    ap.add_argument("--kinds", default="lstm,conv1d")
+    ap.add_argument("--kinds", default="conv1d-seq,lstm,conv1d")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help="which parts to run (default: %(default)s)")
     ap.add_argument("--skip-e2e", action="store_true", help="only the model-only part")

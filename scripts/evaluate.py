@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="METHOD[:K=V,..]",
         help="decision methods to compare (default: %(default)s)",
     )
-    ap.add_argument("--model", default="conv1d", help="model for NAB and SMAP (default conv1d)")
+    ap.add_argument("--model", default="conv1d-seq",
+                    help="model for NAB, SMAP, the demo and synthetic (default conv1d-seq, "
+                         "train's for time series)")
     ap.add_argument(
         "--model-param",
         action="append",

@@ -230,8 +230,8 @@ BOOTSTRAP_OPT = Opt("bootstrap_servers", str, None, "Kafka bootstrap servers hos
                     required=True, metavar="HOSTS")
 
 TRAIN_OPTS = (
-    Opt("model", str, None, "model kind (default conv1d; conv1d-seq for series of several "
-        "features; feedforward for records)",
+    Opt("model", str, None, "model kind (default conv1d-seq; conv1d for wide rows; "
+        "feedforward for records)",
         choices=("lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm", "feedforward")),
     INPUT_OPT, FORMAT_OPT, TIMESTAMP_POLICY_OPT, *GAP_OPTS,
     Opt("window", int, None, "points per window (default 64; 1 for records; the row for wide)",
@@ -449,7 +449,8 @@ BROKER_OPTS = (
 DEMO_OPTS = (
     Opt("series", int, 40, "number of synthetic series", metavar="N"),
     Opt("length", int, 1500, "points per series", metavar="N"),
-    Opt("model", str, "conv1d", "model kind to train if no model is given",
+    Opt("model", str, "conv1d-seq", "model kind to train if no model is given (train's "
+        "default for time series)",
         choices=("lstm", "conv1d", "conv1d-seq", "cnn-lstm", "bilstm")),
     Opt("model_dir", str, "models/demo", "model directory (trained here if missing)",
         metavar="DIR"),

@@ -59,14 +59,17 @@ class TrainOptions:
 
 def default_kind(dataset: Dataset) -> str:
     """The model ``train`` fits when none is named: ``feedforward`` for records,
-    ``conv1d-seq`` for series of several features (it rebuilds every step from its own
-    neighbourhood, so a point pushed off in one feature leaves the others' reconstruction
-    alone: events name that feature and expect a normal value, where ``conv1d``'s global
-    pooling spreads the error over every feature; docs/quality.md measures both),
-    ``conv1d`` otherwise."""
+    ``conv1d`` for ``wide`` rows (the seed's ECG protocol), ``conv1d-seq`` for time series.
+
+    ``conv1d-seq`` rebuilds every step from its own neighbourhood, so a point pushed off
+    leaves the rest of the window's reconstruction alone: the expected value is a normal
+    one and, with several features, the error sits in the feature that moved. ``conv1d``
+    pools the whole window into one vector (global max pool), so an anomaly moves the
+    reconstruction of every point and feature. Detection is the same within retraining
+    noise (docs/quality.md measures both)."""
     if dataset.fmt == "records":
         return "feedforward"
-    return "conv1d-seq" if dataset.n_features > 1 and dataset.fmt != "wide" else "conv1d"
+    return "conv1d" if dataset.fmt == "wide" else "conv1d-seq"
 
 
 def _min_points_for_key_stats(window: int) -> int:

@@ -26,7 +26,7 @@ def test_bench_quick_runs_and_writes_every_model_figure(tmp_path):
     res = json.loads(out.read_text())
     assert res["matmul_gflops"] > 0
     kinds = {m["kind"]: m for m in res["model_only"]}
-    assert set(kinds) == {"lstm", "conv1d"}
+    assert set(kinds) == {"conv1d-seq", "lstm", "conv1d"}  # the default kind first
     for m in kinds.values():
         assert m["seed_predict_windows_s"] > 0 and all(v > 0 for v in m["batched"].values())
         assert m["traces"] == 1, "the batched path never retraces"

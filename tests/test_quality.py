@@ -49,7 +49,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticData, 
     return data, read_dataset([path], "long")
 
 
-@pytest.mark.parametrize("kind", ["conv1d", "lstm"])
+@pytest.mark.parametrize("kind", ["conv1d-seq", "conv1d", "lstm"])
 def test_synthetic_anomalies_are_found(
     kind: str, synthetic: tuple[SyntheticData, Dataset], record_property: RecordProperty
 ) -> None:

@@ -21,6 +21,7 @@ from stream_detector.artifact import Artifact
 from stream_detector.datasets import read_dataset
 from stream_detector.explain import Explainer
 from stream_detector.scoring import score_dataset
+from stream_detector.synthetic import SyntheticData, write_long_csv
 
 FEATURES = ("cpu", "mem", "net")
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -142,3 +143,25 @@ def measure(art: Artifact, data: Perturbed, path: Path) -> AttributionResult:
         alone = r.is_anomaly & ~explained[key]
         false += int((alone[1:] & ~alone[:-1]).sum() + alone[0])
     return AttributionResult(len(data.perturbations), detected, right, in_band, false)
+
+
+def measure_one_feature(art: Artifact, data: SyntheticData, path: Path) -> AttributionResult:
+    """One feature (``synthetic.generate``'s series): for each spike and level shift, is
+    it flagged within a window of its start, and does the value expected at its first
+    point lie in the key's normal band (its clean prefix's range)? (``top_right`` counts
+    the detected ones: one feature is always the first attributed.)"""
+    ds = read_dataset([str(write_long_csv(data, path))], "long")
+    results = {r.series.key: r for r in score_dataset(art, ds)}
+    n = detected = in_band = 0
+    for a in data.anomalies:
+        if a.kind not in ("spike", "level_shift"):
+            continue
+        n += 1
+        r = results[a.key]
+        if not r.is_anomaly[a.start:a.start + art.window].any():
+            continue
+        detected += 1
+        assert r.expected is not None
+        clean = data.values[a.key][:data.clean_prefix]
+        in_band += bool(clean.min() <= float(r.expected[a.start, 0]) <= clean.max())
+    return AttributionResult(n, detected, detected, in_band, 0)
