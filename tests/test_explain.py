@@ -168,3 +168,31 @@ def test_score_plot_draws_every_series_twelve_to_a_page(tmp_path: Path) -> None:
     assert f"plot -> {plot}, {second}" in proc.stdout
     assert plot.stat().st_size > 1000 and second.stat().st_size > 1000
     assert not (tmp_path / "scores-3.png").exists()
+
+
+def test_one_feature_spikes_are_expected_at_a_normal_value_by_the_default_model(
+        tmp_path: Path) -> None:
+    """train's default model for a time series expects a normal value where a spike or a
+    dip lands (the CSV's expected column at the spike's row lies in the key's clean
+    range), and flags it."""
+    from stream_detector.testing import wave, write_long
+
+    series = {f"k{i}": wave(600, seed=10 + i) for i in range(4)}
+    clean = {k: (float(v.min()), float(v.max())) for k, v in series.items()}
+    spikes = [("k0", 400, 12.0), ("k1", 450, -12.0), ("k2", 500, 9.0), ("k3", 420, -9.0)]
+    for key, at, size in spikes:
+        series[key][at] += size
+    data = write_long(tmp_path / "s.csv", series)
+    model = tmp_path / "model"
+    cli("train", "--input", str(data), "--out", str(model), "--quiet",
+        "--train-fraction", "0.5")
+    out = tmp_path / "scores.csv"
+    cli("score", "--model", str(model), "--input", str(data), "--output", str(out))
+    with out.open(newline="") as fh:
+        rows: dict[str, list[dict[str, str]]] = {}
+        for r in csv.DictReader(fh):
+            rows.setdefault(r["key"], []).append(r)
+    for key, at, _ in spikes:
+        lo, hi = clean[key]
+        assert lo <= float(rows[key][at]["expected"]) <= hi, (key, rows[key][at])
+        assert any(r["is_anomaly"] == "1" for r in rows[key][at:at + 64]), key
