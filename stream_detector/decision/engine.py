@@ -76,7 +76,7 @@ class AdaptiveDecider:
     def __init__(self, thresholds: Thresholds, ranges: Ranges | None = None,
                  periods: Periods | None = None, *, overlap: int = 1,
                  false_alarms: float = 10_000, tail: int = 20, horizon: int = 1000,
-                 warmup: int = 25, floor: float = 0.5, range: float = 0.05,
+                 warmup: int = 100, floor: float = 0.5, range: float = 0.05,
                  activity: str = "on", season: str = "trained", suppress: str = "on",
                  **_: Any) -> None:
         if not (false_alarms >= 1 and 4 <= tail <= 255 and tail < horizon < 65536

@@ -51,7 +51,7 @@ ADAPTIVE: dict[str, Param] = {
         "at most one false incident per key per N windows on data like the key's past"),
     "tail": Param(int, 20, "largest errors kept per key (the tail reservoir)"),
     "horizon": Param(int, 1000, "windows an error stays in the reservoir"),
-    "warmup": Param(int, 25, "windows of a key decided by the static rule first"),
+    "warmup": Param(int, 100, "windows of a key decided by the static rule first"),
     "floor": Param(float, 0.5, "errors below this times the static threshold never alarm"),
     "range": Param(
         float, 0.05,
