@@ -211,11 +211,19 @@ def _carry_muted(n: int, ends: np.ndarray, cause: np.ndarray, unlearned: np.ndar
     a window ending there was kept from the decider."""
     wcause = np.zeros(n, dtype=np.uint8)
     wun = np.zeros(n, dtype=bool)
+    wcause[ends], wun[ends] = cause, unlearned
+    pos = _latest_end(n, ends)
+    return np.where(pos >= 0, wcause[np.maximum(pos, 0)], 0).astype(np.uint8), wun
+
+
+def _latest_end(n: int, ends: np.ndarray) -> np.ndarray:
+    """Per row of ``n``: the row of the latest window ending at or before it (``ends``),
+    -1 before the first."""
     has = np.zeros(n, dtype=bool)
-    wcause[ends], wun[ends], has[ends] = cause, unlearned, True
+    has[ends] = True
     pos = np.where(has, np.arange(n), -1)
     np.maximum.accumulate(pos, out=pos)
-    return np.where(pos >= 0, wcause[np.maximum(pos, 0)], 0).astype(np.uint8), wun
+    return pos
 
 
 def muted_counts(results: list[ScoredSeries]) -> tuple[dict[str, int], int]:
@@ -250,9 +258,7 @@ def _carry(s: Series, thresholds: Thresholds, scores: np.ndarray, end_idx: np.nd
         wflag[end_idx] = flag
         wexc[end_idx] = excursion
         wreason[end_idx] = reason
-    has = ~np.isnan(wscore)
-    pos = np.where(has, np.arange(n), -1)
-    np.maximum.accumulate(pos, out=pos)
+    pos = _latest_end(n, end_idx)
     started = pos >= 0
     at = np.maximum(pos, 0)
     score = np.where(started, wscore[at], np.nan)
