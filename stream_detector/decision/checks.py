@@ -40,9 +40,11 @@ SEASON_CYCLES = 3  # periods before the check speaks
 
 
 def range_check(cols: dict[str, np.ndarray], s: np.ndarray, v: np.ndarray,
-                tolerance: float, ready: np.ndarray) -> np.ndarray:
+                tolerance: float, ready: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per window (``v``: its newest values, (B, P, F)): did it leave the key's range?
-    Extends the range."""
+    Extends the range; returns the flags and the range (low, high: (B, F)) the window
+    was checked against."""
     v_lo = v.min(axis=1)
     v_hi = v.max(axis=1)
     lo, hi = cols["lo"][s], cols["hi"][s]
@@ -54,7 +56,7 @@ def range_check(cols: dict[str, np.ndarray], s: np.ndarray, v: np.ndarray,
     out = ((v_hi > hi + tol) | (v_lo < lo - tol)) & (width > 0) & ~fresh
     cols["lo"][s] = np.minimum(lo, v_lo)
     cols["hi"][s] = np.maximum(hi, v_hi)
-    return np.asarray(out.any(axis=1) & ready)
+    return np.asarray(out.any(axis=1) & ready), lo, hi
 
 
 def activity_check(cols: dict[str, np.ndarray], s: np.ndarray, v: np.ndarray,

@@ -188,8 +188,7 @@ class AdaptiveDecider:
         hit = np.zeros(m, dtype=bool)
         if v is not None:
             if self.tolerance > 0:
-                lo, hi = cols["lo"][s], cols["hi"][s]  # as the check sees them (copies)
-                hit = checks.range_check(cols, s, v, self.tolerance, warm)
+                hit, lo, hi = checks.range_check(cols, s, v, self.tolerance, warm)
                 for r in np.flatnonzero(hit).tolist():
                     self.seen.setdefault(int(at[r]), {})["range"] = {
                         "low": lo[r].tolist(), "high": hi[r].tolist(),
